@@ -1,0 +1,161 @@
+"""embeddings: CLIP image and text embeddings of a shard's usable samples.
+
+Written as clip-retrieval writes them (float16, L2-normalized, row-aligned):
+    shards/<shard>/embeddings/<model>/img_emb.npy    (n, dim)
+    shards/<shard>/embeddings/<model>/text_emb.npy   (n, dim)
+    shards/<shard>/embeddings/<model>/keys.parquet   key, shard, row — row i of both arrays
+    shards/<shard>/embeddings/<model>/failures.parquet  key, shard, error — images the model could not read
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+from PIL import Image
+
+from orchestration.partitions import shard_partitions
+from resources.clip_model import ClipModelResource, LoadedClip
+from resources.crawl import CrawlResource
+from resources.lake import LakeResource, embeddings_dir, samples_path
+
+CODE_VERSION = "1"
+
+
+@dataclass
+class ShardEmbeddings:
+    keys: list[str]
+    image: np.ndarray  # (n, dim) float16, normalized
+    text: np.ndarray  # (n, dim) float16, normalized
+    failures: list[tuple[str, str]]  # (key, error)
+
+
+@torch.inference_mode()
+def encode_texts(clip: LoadedClip, captions: list[str], batch_size: int) -> np.ndarray:
+    """Normalized text embeddings; each distinct caption is encoded once."""
+    unique, inverse = np.unique(np.asarray(captions, dtype=object).astype(str), return_inverse=True)
+    chunks = []
+    for start in range(0, len(unique), batch_size):
+        tokens = clip.tokenizer(list(unique[start:start + batch_size])).to(clip.device)
+        chunks.append(clip.model.encode_text(tokens, normalize=True).float().cpu())
+    encoded = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return encoded[inverse] if len(captions) else encoded
+
+
+def _decode(data: bytes, size: int) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (size, size))  # JPEG: let the decoder downscale, far cheaper than decoding full size
+    return image.convert("RGB")
+
+
+@torch.inference_mode()
+def encode_images(clip: LoadedClip, images: dict[str, bytes], keys: list[str],
+                  batch_size: int) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """Normalized image embeddings for `keys`; returns (embedded keys, embeddings, failures)."""
+    input_size = clip.model.visual.image_size
+    side = input_size[0] if isinstance(input_size, (tuple, list)) else int(input_size)
+    done, chunks, failures = [], [], []
+    batch_keys, batch = [], []
+
+    def flush() -> None:
+        if batch:
+            pixels = torch.stack(batch).to(clip.device, dtype=clip.dtype)
+            chunks.append(clip.model.encode_image(pixels, normalize=True).float().cpu())
+            done.extend(batch_keys)
+            batch_keys.clear()
+            batch.clear()
+
+    for key in keys:
+        try:
+            batch.append(clip.preprocess(_decode(images[key], side)))
+            batch_keys.append(key)
+        except Exception as error:  # noqa: BLE001 - a bad image is recorded, not fatal
+            failures.append((key, f"{type(error).__name__}: {error}"))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    embedded = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return done, embedded, failures
+
+
+def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip, batch_size: int) -> ShardEmbeddings:
+    """Embed every sample whose image_status is ok; text only for images that embedded."""
+    usable = samples.filter(pc.equal(samples.column("image_status"), "ok"))
+    shard = usable.column("shard")[0].as_py() if usable.num_rows else None
+    members = dict(zip(usable.column("tar_member").to_pylist(), usable.column("key").to_pylist()))
+    images: dict[str, bytes] = {}
+    if shard is not None:
+        for name, data in crawl.iter_tar(shard, wanted=set(members)):
+            images[members[name]] = data
+    keys = [k for k in usable.column("key").to_pylist() if k in images]
+    failures = [(k, "image vanished from tar between samples and embeddings") for k in members.values()
+                if k not in images]
+    done, image_embeddings, image_failures = encode_images(clip, images, keys, batch_size)
+    caption_of = dict(zip(usable.column("key").to_pylist(), usable.column("caption").to_pylist()))
+    text_embeddings = encode_texts(clip, [caption_of[k] or "" for k in done], batch_size)
+    dim = clip.model.text_projection.shape[-1] if image_embeddings.size == 0 else image_embeddings.shape[1]
+    if not done:
+        image_embeddings = text_embeddings = np.zeros((0, dim), np.float32)
+    return ShardEmbeddings(done, image_embeddings.astype(np.float16), text_embeddings.astype(np.float16),
+                           failures + image_failures)
+
+
+def write_embeddings(lake: LakeResource, shard: str, model_id: str, result: ShardEmbeddings) -> None:
+    folder = embeddings_dir(shard, model_id)
+    lake.write_npy(f"{folder}/img_emb.npy", result.image)
+    lake.write_npy(f"{folder}/text_emb.npy", result.text)
+    lake.write_parquet(f"{folder}/failures.parquet", pa.table({
+        "key": pa.array([k for k, _ in result.failures], pa.string()),
+        "shard": pa.array([shard] * len(result.failures), pa.string()),
+        "error": pa.array([e for _, e in result.failures], pa.string()),
+    }))
+    # keys.parquet last: its presence means the arrays beside it are complete.
+    lake.write_parquet(f"{folder}/keys.parquet", pa.table({
+        "key": pa.array(result.keys, pa.string()),
+        "shard": pa.array([shard] * len(result.keys), pa.string()),
+        "row": pa.array(np.arange(len(result.keys)), pa.int64()),
+    }))
+
+
+def load_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(keys table, image embeddings, text embeddings) of one shard, as float32."""
+    folder = embeddings_dir(shard, model_id)
+    keys = lake.read_parquet(f"{folder}/keys.parquet")
+    image = lake.read_npy(f"{folder}/img_emb.npy").astype(np.float32)
+    text = lake.read_npy(f"{folder}/text_emb.npy").astype(np.float32)
+    return keys, image, text
+
+
+def build_embeddings_asset(model_id: str) -> AssetsDefinition:
+    """The embeddings asset for one model; the model id is part of its code version."""
+
+    @asset(
+        name="embeddings",
+        partitions_def=shard_partitions,
+        deps=["samples"],
+        group_name="per_shard",
+        code_version=f"{CODE_VERSION}+{model_id}",
+        compute_kind="open_clip",
+    )
+    def embeddings(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource,
+                   clip: ClipModelResource) -> MaterializeResult:
+        """CLIP image + text embeddings (fp16, normalized) of the shard's usable samples."""
+        if clip.model_id != model_id:
+            raise ValueError(f"clip resource is {clip.model_id} but these assets were defined for {model_id}: "
+                             "set CLIPSIEVE_MODEL / CLIPSIEVE_PRETRAINED and reload the code location")
+        shard = context.partition_key
+        samples = lake.read_parquet(samples_path(shard))
+        result = embed_shard(crawl, samples, clip.load(), clip.batch_size)
+        write_embeddings(lake, shard, model_id, result)
+        return MaterializeResult(metadata={
+            "model_id": model_id,
+            "embedded": len(result.keys),
+            "failures": len(result.failures),
+            "dim": int(result.image.shape[1]),
+            "path": lake.path(embeddings_dir(shard, model_id)),
+        })
+
+    return embeddings

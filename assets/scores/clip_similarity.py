@@ -1,0 +1,49 @@
+"""clip_similarity: cosine of each sample's image and caption embeddings (LAION's `similarity`).
+
+Embeddings are stored normalized, so the cosine is a row-wise dot product.
+"""
+
+import numpy as np
+import pyarrow as pa
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+
+from assets.embeddings import load_embeddings
+from assets.scores.common import write_scores
+from orchestration.partitions import shard_partitions
+from resources.lake import LakeResource
+
+CODE_VERSION = "1"
+
+
+def cosine_similarity(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, dim) arrays; renormalizes to undo fp16 rounding."""
+    image = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    return np.einsum("nd,nd->n", image, text).astype(np.float32)
+
+
+def similarity_scores(keys: pa.Table, image: np.ndarray, text: np.ndarray) -> pa.Table:
+    return pa.table({
+        "key": keys.column("key"),
+        "shard": keys.column("shard"),
+        "similarity": pa.array(cosine_similarity(image, text), pa.float32()),
+    })
+
+
+def build_clip_similarity_asset(model_id: str) -> AssetsDefinition:
+    @asset(
+        name="clip_similarity",
+        key_prefix="scores",
+        partitions_def=shard_partitions,
+        deps=["embeddings"],
+        group_name="scores",
+        code_version=f"{CODE_VERSION}+{model_id}",
+        compute_kind="numpy",
+    )
+    def clip_similarity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        """CLIP image-caption cosine similarity per embedded sample (LAION's `similarity`)."""
+        shard = context.partition_key
+        table = similarity_scores(*load_embeddings(lake, shard, model_id))
+        return MaterializeResult(metadata=write_scores(lake, shard, "clip_similarity", table, model_id))
+
+    return clip_similarity

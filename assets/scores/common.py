@@ -1,0 +1,30 @@
+"""What every score asset shares: which samples are scored, and how scores are written."""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from resources.lake import LakeResource, samples_path, score_path
+
+
+def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = None) -> pa.Table:
+    """The shard's samples whose image is usable (image_status "ok"): the scoring pool."""
+    table = lake.read_parquet(samples_path(shard))
+    table = table.filter(pc.equal(table.column("image_status"), "ok"))
+    return table.select(columns) if columns else table
+
+
+def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Table,
+                 model_id: str | None = None) -> dict:
+    """Write one filter's scores (key, shard, score columns); return Dagster metadata."""
+    if table.column_names[:2] != ["key", "shard"]:
+        raise ValueError(f"{filter_name}: score tables start with key, shard; got {table.column_names}")
+    path = score_path(shard, filter_name, model_id)
+    lake.write_parquet(path, table)
+    metadata: dict = {"rows": table.num_rows, "path": lake.path(path)}
+    if model_id is not None:
+        metadata["model_id"] = model_id
+    for name in table.column_names[2:]:
+        column = table.column(name)
+        if pa.types.is_floating(column.type) and table.num_rows:
+            metadata[f"mean/{name}"] = float(pc.mean(column).as_py() or 0.0)
+    return metadata

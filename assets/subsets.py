@@ -1,0 +1,161 @@
+"""subsets/<policy>: one asset per SQL policy file in sql/policies/.
+
+A policy is DuckDB SQL over the catalog views: `SET VARIABLE name = value;` lines for its
+parameters, then one SELECT returning the member keys (`key`, `shard`). Parameters are
+taken, in order, from the file, from the model's calibration file (a model whose
+similarity scale differs from ViT-B/32's ships one: models/demo/calibration.json), and
+from run config. Adding a policy is adding a file: the asset appears on reload.
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from resources.catalog import SQL_DIR, Catalog, CatalogResource
+from resources.lake import LakeResource, members_path
+from resources.versions import text_digest
+
+CODE_VERSION = "1"
+POLICY_DIR = Path(os.environ.get("CLIPSIEVE_POLICY_DIR", SQL_DIR / "policies"))
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SET_VARIABLE = re.compile(r"^\s*SET\s+VARIABLE\s+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    sql: str
+
+    @property
+    def parameters(self) -> list[str]:
+        return [m.group(1) for line in self.sql.splitlines() if (m := _SET_VARIABLE.match(line))]
+
+    def version(self, params: dict[str, object]) -> str:
+        """Digest of the SQL and the parameters that replace its defaults."""
+        return text_digest(self.sql + json.dumps(params, sort_keys=True))
+
+
+def load_policies(folder: Path = POLICY_DIR) -> list[Policy]:
+    policies = []
+    for path in sorted(folder.glob("*.sql")):
+        if not _NAME.match(path.stem):
+            raise ValueError(f"policy file names must be lower_snake_case: {path.name}")
+        policies.append(Policy(path.stem, path.read_text()))
+    return policies
+
+
+def calibrated_params(checkpoint: str) -> dict[str, dict[str, object]]:
+    """Per-policy parameters from a calibration.json beside a local checkpoint, if any."""
+    calibration = Path(checkpoint).with_name("calibration.json")
+    if not os.path.isfile(checkpoint) or not calibration.exists():
+        return {}
+    return json.loads(calibration.read_text()).get("policy_params", {})
+
+
+def _uncommented(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    try:
+        return repr(float(text))
+    except ValueError:
+        return "'" + text.replace("'", "''") + "'"
+
+
+def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> tuple[pa.Table, dict[str, str]]:
+    """Members (key, shard) selected by the policy, and the parameters in effect."""
+    connection = catalog.connection
+    try:
+        statements = connection.extract_statements(policy.sql)
+    except duckdb.Error as error:
+        raise ValueError(f"policy {policy.name}: SQL does not parse: {error}") from None
+    if not statements or statements[-1].type != duckdb.StatementType.SELECT:
+        raise ValueError(f"policy {policy.name}: must end with one SELECT returning key, shard")
+    unknown = sorted(set(params) - set(policy.parameters))
+    if unknown:
+        raise ValueError(f"policy {policy.name}: unknown parameter(s) {unknown}; it has {policy.parameters}")
+    try:
+        for statement in statements[:-1]:
+            if statement.type != duckdb.StatementType.SET or not _SET_VARIABLE.match(_uncommented(statement.query)):
+                raise ValueError(f"policy {policy.name}: only SET VARIABLE may precede the SELECT, "
+                                 f"found: {statement.query.strip()[:80]}")
+            connection.execute(statement.query)
+        for name, value in params.items():
+            connection.execute(f"SET VARIABLE {name} = {_sql_literal(value)}")
+        members = catalog.query(statements[-1].query)
+    except duckdb.Error as error:
+        raise ValueError(f"policy {policy.name}: query failed: {error}") from None
+    missing = {"key", "shard"} - set(members.column_names)
+    if missing:
+        raise ValueError(f"policy {policy.name}: result lacks column(s) {sorted(missing)}")
+    effective = {
+        name: str(connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]) for name in policy.parameters
+    }
+    connection.register("policy_result", members.select(["key", "shard"]))
+    strays = connection.execute(
+        "SELECT count(*) FROM policy_result r ANTI JOIN scores s USING (shard, key)").fetchone()[0]
+    if strays:
+        raise ValueError(f"policy {policy.name}: {strays} returned key(s) are not in the scored pool")
+    # One row per member, in a stable order, with the DataComp uid when the crawl has one.
+    members = connection.execute(
+        "SELECT DISTINCT ? AS policy, r.key, r.shard, s.uid FROM policy_result r JOIN scores s USING (shard, key) "
+        "ORDER BY r.shard, r.key", [policy.name]).fetch_arrow_table()
+    connection.unregister("policy_result")
+    return members, effective
+
+
+class PolicyConfig(Config):
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Replace policy parameters, e.g. {\"min_similarity\": \"0.25\"}. Numbers are "
+        "read as numbers, anything else as text.",
+    )
+
+
+def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
+                       upstream: list[AssetKey]) -> AssetsDefinition:
+    """The subsets/<policy> asset; `calibration` holds the model's parameter values."""
+
+    @asset(
+        name=policy.name,
+        key_prefix="subsets",
+        deps=upstream,
+        group_name="subsets",
+        code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
+        compute_kind="duckdb",
+        description=f"Members kept by sql/policies/{policy.name}.sql.",
+    )
+    def subset(context: AssetExecutionContext, config: PolicyConfig, lake: LakeResource,
+               catalog: CatalogResource) -> MaterializeResult:
+        db = catalog.open(lake.url, model_id)
+        try:
+            pool = db.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
+            members, effective = run_policy(db, policy, {**calibration, **config.params})
+        finally:
+            db.close()
+        lake.write_parquet(members_path(policy.name), members)
+        return MaterializeResult(metadata={
+            "members": members.num_rows,
+            "pool": pool,
+            "kept_share": members.num_rows / pool if pool else 0.0,
+            "model_id": model_id,
+            "sql_hash": text_digest(policy.sql),
+            "params": MetadataValue.json(effective),
+            "sql": MetadataValue.md(f"```sql\n{policy.sql.strip()}\n```"),
+            "path": lake.path(members_path(policy.name)),
+        })
+
+    return subset

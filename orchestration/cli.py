@@ -1,0 +1,164 @@
+"""The `clipsieve` command.
+
+    clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S
+    clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
+    clipsieve query --lake LAKE [--json] "SELECT ..."
+    clipsieve summary --lake LAKE
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import duckdb
+
+from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=os.environ.get("CLIPSIEVE_MODEL", DEMO_MODEL),
+                        help="open_clip model name (default: the demo model, or $CLIPSIEVE_MODEL)")
+    parser.add_argument("--pretrained", default=None,
+                        help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint path "
+                             "(default: the demo checkpoint, or $CLIPSIEVE_PRETRAINED)")
+
+
+def _pretrained(args: argparse.Namespace) -> str:
+    if args.pretrained:
+        return args.pretrained
+    if os.environ.get("CLIPSIEVE_PRETRAINED"):
+        return os.environ["CLIPSIEVE_PRETRAINED"]
+    if args.model != DEMO_MODEL:
+        raise SystemExit(f"--model {args.model} needs --pretrained (e.g. laion2b_s34b_b79k for ViT-B-32)")
+    return DEMO_CHECKPOINT
+
+
+def _instance(lake: str):
+    """The Dagster instance at $DAGSTER_HOME, else one kept in <lake>/_dagster."""
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        if "://" in lake:
+            print("DAGSTER_HOME is not set and the lake is remote: runs are not kept", file=sys.stderr)
+            return DagsterInstance.ephemeral()
+        home = Path(lake, "_dagster").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def cmd_sample_crawl(args: argparse.Namespace) -> None:
+    from assets.sample_crawl import write_sample_crawl
+
+    summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from orchestration.definitions import build_definitions
+    from orchestration.runner import run_pipeline
+
+    defs = build_definitions(crawl=args.crawl, lake=args.lake, model_name=args.model, pretrained=_pretrained(args))
+    instance = _instance(args.lake)
+    report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True))
+    print(f"shards: {len(report.shards)}; per-shard runs: {len(report.per_shard_runs)}; "
+          f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
+    print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
+    print_summary(args.lake)
+
+
+def print_summary(lake_root: str) -> None:
+    from resources.lake import LakeResource
+
+    lake = LakeResource(root=lake_root)
+    audits = lake.glob("audits/*/metrics.json")
+    if not audits:
+        print("no audits in the lake yet")
+        return
+    first = lake.read_json(audits[0])
+    crawl = first["crawl"]
+    print(f"\ncrawl rows {crawl['crawl_rows']}: usable {crawl['usable']}, failed downloads "
+          f"{crawl['failed_download']}, corrupt {crawl['corrupt_image']}, missing {crawl['missing_image']}")
+    header = f"{'policy':<22}{'kept':>7}{'of':>7}{'share':>8}{'nsfw before':>13}{'after':>8}" \
+             f"{'wmark before':>14}{'after':>8}{'index':>8}{'recall@10':>11}"
+    print(header)
+    for path in audits:
+        metrics = lake.read_json(path)
+        policy, before, after = metrics["policy"], metrics["before"], metrics["after"]
+        infos = lake.glob(f"indices/{policy}/{metrics['model_id']}/index_info.json")
+        info = lake.read_json(infos[0]) if infos else {"count": "-", "recall_at_10": float("nan")}
+        print(f"{policy:<22}{after['samples']:>7}{before['samples']:>7}{metrics['kept_share']:>8.3f}"
+              f"{before.get('nsfw_rate') or 0:>13.3f}{after.get('nsfw_rate') or 0:>8.3f}"
+              f"{before.get('watermark_rate') or 0:>14.3f}{after.get('watermark_rate') or 0:>8.3f}"
+              f"{info['count']:>8}{info['recall_at_10']:>11.3f}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    print_summary(args.lake)
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from resources.catalog import open_catalog
+    from resources.lake import LakeResource
+
+    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)))
+    try:
+        table = catalog.query(args.sql)
+    finally:
+        catalog.close()
+    rows = table.to_pylist()
+    if args.json:
+        json.dump(rows, sys.stdout, default=str)
+        sys.stdout.write("\n")
+        return
+    writer = csv.writer(sys.stdout)
+    writer.writerow(table.column_names)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row.values()])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipsieve", description="Curate image-text data with Dagster.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("sample-crawl", help="write the synthetic img2dataset crawl with planted defects")
+    p.add_argument("out")
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--samples-per-shard", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample_crawl)
+
+    p = commands.add_parser("materialize", help="register the crawl's shards and materialize every asset")
+    p.add_argument("--crawl", required=True, help="img2dataset output folder or fsspec URL")
+    p.add_argument("--lake", required=True, help="output folder or fsspec URL")
+    _model_args(p)
+    p.set_defaults(func=cmd_materialize)
+
+    p = commands.add_parser("query", help="run SQL against the catalog views (samples, scores, ...)")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--json", action="store_true", help="print a JSON array of row objects instead of CSV")
+    _model_args(p)
+    p.add_argument("sql")
+    p.set_defaults(func=cmd_query)
+
+    p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
+    p.add_argument("--lake", required=True)
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, duckdb.Error) as error:
+        raise SystemExit(f"clipsieve: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

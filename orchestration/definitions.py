@@ -1,0 +1,102 @@
+"""The Dagster code location: every asset, job, sensor and resource of clipsieve.
+
+Paths and the model come from environment variables, read when the code location loads:
+    CLIPSIEVE_CRAWL       the img2dataset crawl folder (or fsspec URL)
+    CLIPSIEVE_LAKE        where outputs go
+    CLIPSIEVE_MODEL       open_clip model name (default: the demo model)
+    CLIPSIEVE_PRETRAINED  open_clip pretrained tag or checkpoint path
+The model id is part of the code version of every asset computed from embeddings, so a
+model change marks exactly those assets stale.
+"""
+
+from dagster import (
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    AssetSpec,
+    Definitions,
+    define_asset_job,
+)
+
+from assets import audits, embeddings, indices, samples, subsets
+from assets.sample_crawl import sample_crawl
+from assets.scores import classifier_heads, clip_similarity, exact_hash, language, quality
+from orchestration.partitions import shard_partitions
+from orchestration.sensors import build_crawl_sensor
+from resources.catalog import CatalogResource
+from resources.clip_model import ClipModelResource
+from resources.crawl import CrawlResource
+from resources.heads import HeadsResource
+from resources.lake import LakeResource
+
+SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "language", "quality", "exact_hash")
+PER_SHARD_GROUPS = ("per_shard", "scores")
+CROSS_SHARD_GROUPS = ("subsets", "indices", "audits")
+
+
+def build_assets(clip: ClipModelResource, heads: HeadsResource) -> list[AssetsDefinition | AssetSpec]:
+    """Every asset for one model: per-shard stages, then one subset, index and audit per policy."""
+    model_id = clip.model_id
+    upstream = [AssetKey("samples"), AssetKey("embeddings")] + [AssetKey(["scores", s]) for s in SCORE_ASSETS]
+    calibration = subsets.calibrated_params(clip.pretrained)
+    per_policy = []
+    for policy in subsets.load_policies():
+        per_policy += [
+            subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream),
+            indices.build_index_asset(policy.name, model_id),
+            audits.build_audit_asset(policy.name, model_id),
+        ]
+    return [
+        sample_crawl,
+        samples.crawl_shard,
+        samples.samples,
+        embeddings.build_embeddings_asset(model_id),
+        clip_similarity.build_clip_similarity_asset(model_id),
+        *classifier_heads.build_head_assets(model_id, heads),
+        language.language,
+        quality.quality,
+        exact_hash.exact_hash,
+        *per_policy,
+    ]
+
+
+def build_resources(crawl: str | None = None, lake: str | None = None, model_name: str | None = None,
+                    pretrained: str | None = None) -> dict:
+    """Resources with defaults from the environment; arguments override them."""
+    clip = ClipModelResource()
+    if model_name is not None or pretrained is not None:
+        clip = ClipModelResource(model_name=model_name or clip.model_name, pretrained=pretrained or "")
+    return {
+        "crawl": CrawlResource(root=crawl) if crawl else CrawlResource(),
+        "lake": LakeResource(root=lake) if lake else LakeResource(),
+        "clip": clip,
+        "heads": HeadsResource(),
+        "catalog": CatalogResource(),
+    }
+
+
+per_shard_job = define_asset_job(
+    "per_shard",
+    selection=AssetSelection.groups(*PER_SHARD_GROUPS),
+    partitions_def=shard_partitions,
+    description="Samples, embeddings and every score of the selected shard(s).",
+)
+cross_shard_job = define_asset_job(
+    "cross_shard",
+    selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
+    description="Every policy's subset, index and audit, over all shards.",
+)
+sample_crawl_job = define_asset_job("sample_crawl", selection=AssetSelection.groups("demo"))
+
+
+def build_definitions(**overrides: str | None) -> Definitions:
+    resources = build_resources(**overrides)
+    return Definitions(
+        assets=build_assets(resources["clip"], resources["heads"]),
+        jobs=[per_shard_job, cross_shard_job, sample_crawl_job],
+        sensors=[build_crawl_sensor(per_shard_job)],
+        resources=resources,
+    )
+
+
+defs = build_definitions()

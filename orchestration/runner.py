@@ -1,0 +1,102 @@
+"""`clipsieve materialize`: register the crawl's shards and materialize what is out of date.
+
+Every run goes through Dagster (`dagster.materialize`) and is recorded in the instance, so
+the UI shows it. Per-shard work is skipped for a (shard, asset) whose latest
+materialization has the current code version (model id included) and whose output file
+is still in this lake; whatever is downstream of redone work is redone too. Cross-shard
+assets run when any per-shard work ran or when they are themselves out of date.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import fsspec
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions, materialize
+
+from orchestration.partitions import shard_partitions
+
+CODE_VERSION_TAG = "dagster/code_version"
+# Runs log to the instance (the UI shows everything); the terminal gets warnings only.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class RunReport:
+    shards: list[str]
+    per_shard_runs: dict[str, list[str]] = field(default_factory=dict)  # shard -> asset keys materialized
+    cross_shard_assets: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | None, lake_url: str,
+                partition: str | None) -> bool:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    if not records:
+        return False
+    event = records[0].asset_materialization
+    if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
+        return False
+    path = event.metadata.get("path")
+    path = getattr(path, "value", path)
+    return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
+
+
+def _exists(path: str) -> bool:
+    fs, stripped = fsspec.core.url_to_fs(path)
+    return fs.exists(stripped)
+
+
+def _downstream_closure(defs: Definitions, keys: set[AssetKey], within: set[AssetKey]) -> set[AssetKey]:
+    graph = defs.resolve_asset_graph()
+    result, frontier = set(keys), list(keys)
+    while frontier:
+        for child in graph.get(frontier.pop()).child_keys:
+            if child in within and child not in result:
+                result.add(child)
+                frontier.append(child)
+    return result
+
+
+def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> RunReport:
+    """Register the crawl's complete shards, then materialize everything out of date."""
+    started = time.time()
+    resources = defs.resources
+    crawl, lake = resources["crawl"], resources["lake"]
+    shards = crawl.shards()
+    if not shards:
+        raise ValueError(f"no complete shards (tar + parquet + _stats.json) in {crawl.root}")
+    known = set(instance.get_dynamic_partitions(shard_partitions.name))
+    instance.add_dynamic_partitions(shard_partitions.name, [s for s in shards if s not in known])
+
+    graph = defs.resolve_asset_graph()
+    nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
+    per_shard = {n.key for n in nodes if n.partitions_def is not None}
+    cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name != "demo"}
+    code_versions = {n.key: n.code_version for n in nodes}
+    assets = list(defs.assets or [])
+    report = RunReport(shards=shards)
+
+    for shard in shards:
+        stale = {k for k in per_shard if not _is_current(instance, k, code_versions[k], lake.url, shard)}
+        todo = _downstream_closure(defs, stale, per_shard)
+        if not todo:
+            continue
+        log(f"shard {shard}: materializing {len(todo)} asset(s)")
+        result = materialize(assets, instance=instance, partition_key=shard, selection=list(todo),
+                             resources=resources, tags={"clipsieve/shard": shard}, run_config=QUIET)
+        if not result.success:
+            raise RuntimeError(f"run for shard {shard} failed: {result.run_id}")
+        report.per_shard_runs[shard] = sorted(k.to_user_string() for k in todo)
+
+    stale = {k for k in cross_shard if not _is_current(instance, k, code_versions[k], lake.url, None)}
+    if report.per_shard_runs or stale:
+        todo = cross_shard if report.per_shard_runs else _downstream_closure(defs, stale, cross_shard)
+        log(f"cross-shard: materializing {len(todo)} asset(s)")
+        result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET)
+        if not result.success:
+            raise RuntimeError(f"cross-shard run failed: {result.run_id}")
+        report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
+    report.seconds = time.time() - started
+    return report

@@ -1,0 +1,43 @@
+"""The crawl sensor: new complete shards become partitions and get their per-shard run.
+
+A shard counts once its tar, parquet and stats file are all present; img2dataset writes
+the stats file last, so a shard still being written is not picked up.
+"""
+
+from dagster import (
+    DefaultSensorStatus,
+    JobDefinition,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from orchestration.partitions import shard_partitions
+from resources.crawl import CrawlResource
+
+
+def new_shards(crawl: CrawlResource, known: set[str]) -> list[str]:
+    """Complete shards of the crawl that are not partitions yet."""
+    return [shard for shard in crawl.shards() if shard not in known]
+
+
+def build_crawl_sensor(job: JobDefinition) -> SensorDefinition:
+    """The sensor, requesting runs of `job` (an asset job over the per-shard assets)."""
+    @sensor(
+        name="crawl_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.STOPPED,
+        description="Registers each new complete crawl shard as a partition and runs its per-shard assets.",
+    )
+    def crawl_sensor(context: SensorEvaluationContext, crawl: CrawlResource) -> SensorResult:
+        known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+        fresh = new_shards(crawl, known)
+        return SensorResult(
+            run_requests=[RunRequest(partition_key=shard, run_key=f"shard-{shard}") for shard in fresh],
+            dynamic_partitions_requests=[shard_partitions.build_add_request(fresh)] if fresh else [],
+        )
+
+    return crawl_sensor

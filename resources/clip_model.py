@@ -1,0 +1,102 @@
+"""The CLIP model: any open_clip name + pretrained tag or checkpoint path.
+
+The default is the project's demo model (models/demo), loaded through the same call a real
+checkpoint takes: `open_clip.create_model_and_transforms(name, pretrained=<path>)`. For real
+crawls use ViT-B-32 / laion2b_s34b_b79k, the model LAION-5B was filtered with
+(CLIPSIEVE_MODEL=ViT-B-32 CLIPSIEVE_PRETRAINED=laion2b_s34b_b79k).
+
+`model_id` names the model and its weights in the lake and in asset versions, so two
+models' outputs coexist and a model change makes exactly the dependent assets stale.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from resources.heads import DEMO_DIR
+from resources.versions import file_digest
+
+DEMO_MODEL = "clipsieve-demo"
+DEMO_CHECKPOINT = str(DEMO_DIR / f"{DEMO_MODEL}.safetensors")
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+
+def model_id(model_name: str, pretrained: str) -> str:
+    """Filesystem-safe id of a model and its weights: name + tag, or name + file hash."""
+    if pretrained and os.path.isfile(pretrained):
+        weights = f"{Path(pretrained).stem}-{file_digest(pretrained)}"
+    else:
+        weights = pretrained or "random"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{weights}")
+
+
+def _register_local_config(model_name: str, pretrained: str) -> None:
+    """A `<model_name>.json` open_clip config beside a local checkpoint is registered by name."""
+    import open_clip
+
+    if model_name in open_clip.list_models() or not os.path.isfile(pretrained):
+        return
+    config = Path(pretrained).with_name(f"{model_name}.json")
+    if not config.exists():
+        raise ValueError(f"unknown open_clip model {model_name!r} and no {config.name} beside {pretrained}")
+    open_clip.add_model_config(config)
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@lru_cache(maxsize=4)
+def _load(model_name: str, pretrained: str, device: str, precision: str) -> LoadedClip:
+    import open_clip
+
+    _register_local_config(model_name, pretrained)
+    torch_device = _pick_device(device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=pretrained or None, device=torch_device, precision=precision
+    )
+    model.eval()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    return LoadedClip(model, preprocess, open_clip.get_tokenizer(model_name), torch_device, dtype)
+
+
+class ClipModelResource(ConfigurableResource):
+    """The open_clip model that embeds images and captions."""
+
+    model_name: str = Field(
+        default=os.environ.get("CLIPSIEVE_MODEL", DEMO_MODEL),
+        description="open_clip model name, e.g. ViT-B-32 ($CLIPSIEVE_MODEL; default: the demo model).",
+    )
+    pretrained: str = Field(
+        default=os.environ.get("CLIPSIEVE_PRETRAINED", DEMO_CHECKPOINT),
+        description="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint path "
+        "($CLIPSIEVE_PRETRAINED).",
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'.")
+    precision: str = Field(default="fp32", description="open_clip precision: fp32, fp16, bf16, amp.")
+    batch_size: int = Field(default=256, description="Images (and captions) per forward pass.")
+
+    @property
+    def model_id(self) -> str:
+        return model_id(self.model_name, self.pretrained)
+
+    def load(self) -> LoadedClip:
+        """The model, its eval transform and tokenizer; cached per process."""
+        return _load(self.model_name, self.pretrained, self.device, self.precision)

@@ -1,0 +1,128 @@
+"""The lake: where every output lives, and the one place that knows its layout.
+
+    <lake>/shards/<shard>/samples.parquet
+    <lake>/shards/<shard>/embeddings/<model>/{img_emb.npy,text_emb.npy,keys.parquet,failures.parquet}
+    <lake>/shards/<shard>/scores/<filter>.parquet            model-independent filters
+    <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
+    <lake>/subsets/<policy>/members.parquet
+    <lake>/indices/<policy>/<model>/{image.index,keys.parquet,index_info.json}
+    <lake>/audits/<policy>/metrics.json
+
+Every write goes to a temporary name first and is renamed into place, so a killed run
+never leaves a half-written file under its final name. Paths go through fsspec, so the
+root can be a local folder or an object-store URL.
+"""
+
+import io
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+def samples_path(shard: str) -> str:
+    return f"shards/{shard}/samples.parquet"
+
+
+def embeddings_dir(shard: str, model_id: str) -> str:
+    return f"shards/{shard}/embeddings/{model_id}"
+
+
+def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str:
+    """Scores of one filter for one shard; filters over embeddings live under the model id."""
+    if model_id is None:
+        return f"shards/{shard}/scores/{filter_name}.parquet"
+    return f"shards/{shard}/scores/{model_id}/{filter_name}.parquet"
+
+
+def members_path(policy: str) -> str:
+    return f"subsets/{policy}/members.parquet"
+
+
+def index_dir(policy: str, model_id: str) -> str:
+    return f"indices/{policy}/{model_id}"
+
+
+def audit_dir(policy: str) -> str:
+    return f"audits/{policy}"
+
+
+class LakeResource(ConfigurableResource):
+    """Output storage: a local folder or an fsspec URL (s3://, gs://, memory://)."""
+
+    root: str = Field(
+        default=os.environ.get("CLIPSIEVE_LAKE", "data/lake"),
+        description="Root of the lake: a folder or an fsspec URL ($CLIPSIEVE_LAKE).",
+    )
+
+    def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.root)
+        return fs, root.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        """The lake root: an absolute folder for a local lake, a URL otherwise."""
+        return self.path("").rstrip("/")
+
+    def path(self, relative: str) -> str:
+        """Full path of a lake file: absolute for a local lake, a URL otherwise."""
+        fs, root = self._fs()
+        full = f"{root}/{relative}"
+        return full if self.is_local() else fs.unstrip_protocol(full)
+
+    def is_local(self) -> bool:
+        fs, _ = self._fs()
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        return "file" in protocols
+
+    def exists(self, relative: str) -> bool:
+        fs, root = self._fs()
+        return fs.exists(f"{root}/{relative}")
+
+    def glob(self, pattern: str) -> list[str]:
+        """Lake-relative paths matching a glob pattern, sorted."""
+        fs, root = self._fs()
+        return sorted(p[len(root) + 1:] if p.startswith(root) else p for p in fs.glob(f"{root}/{pattern}"))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        fs, root = self._fs()
+        final = f"{root}/{relative}"
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, final)
+
+    def read_bytes(self, relative: str) -> bytes:
+        fs, root = self._fs()
+        with fs.open(f"{root}/{relative}", "rb") as f:
+            return f.read()
+
+    def write_parquet(self, relative: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(relative, sink.getvalue())
+
+    def read_parquet(self, relative: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(relative)), columns=columns)
+
+    def write_npy(self, relative: str, array: np.ndarray) -> None:
+        sink = io.BytesIO()
+        np.save(sink, array, allow_pickle=False)
+        self.write_bytes(relative, sink.getvalue())
+
+    def read_npy(self, relative: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
+
+    def write_json(self, relative: str, value: Any) -> None:
+        self.write_bytes(relative, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def read_json(self, relative: str) -> Any:
+        return json.loads(self.read_bytes(relative))

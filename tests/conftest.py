@@ -1,0 +1,39 @@
+"""Shared fixtures: a small sample crawl, and a lake materialized from it through the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assets.sample_crawl import write_sample_crawl
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPSIEVE = [sys.executable, "-m", "orchestration.cli"]
+SHARDS, SAMPLES_PER_SHARD, SEED = 2, 120, 7
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLIPSIEVE, *args], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"clipsieve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def crawl(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("crawl")
+    write_sample_crawl(out, SHARDS, SAMPLES_PER_SHARD, SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def materialized(tmp_path_factory, crawl) -> dict:
+    """`clipsieve materialize` over the small crawl, with the runs in a DAGSTER_HOME of its own."""
+    lake = tmp_path_factory.mktemp("lake")
+    home = tmp_path_factory.mktemp("dagster_home")
+    env = {"DAGSTER_HOME": str(home)}
+    first = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    return {"crawl": crawl, "lake": lake, "home": home, "env": env, "output": first.stdout}

@@ -1,0 +1,75 @@
+"""The code location: asset graph, versions that follow the model, policies from files, the sensor."""
+
+import json
+import os
+import subprocess
+import sys
+
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+
+from assets.sample_crawl import write_sample_crawl
+from orchestration.definitions import build_assets, defs
+from orchestration.sensors import build_crawl_sensor
+from resources.clip_model import ClipModelResource
+from resources.crawl import CrawlResource
+from resources.heads import HeadsResource
+from tests.conftest import REPO
+
+PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
+             "scores/language", "scores/quality", "scores/exact_hash"]
+
+
+def test_graph_has_every_stage_with_shard_partitions():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(PER_SHARD) <= keys
+    for policy in ("laion400m", "laion2b_en"):
+        assert {f"subsets/{policy}", f"indices/{policy}", f"audits/{policy}"} <= keys
+    for name in PER_SHARD:
+        node = graph.get(AssetKey.from_user_string(name))
+        assert node.partitions_def.name == "shards" and node.code_version
+    assert graph.get(AssetKey(["subsets", "laion400m"])).partitions_def is None
+
+
+def test_model_id_is_in_the_versions_of_everything_below_embeddings():
+    demo = {a.key.to_user_string(): a for a in build_assets(ClipModelResource(), HeadsResource())
+            if hasattr(a, "code_versions_by_key")}
+    other_clip = ClipModelResource(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    other = {a.key.to_user_string(): a for a in build_assets(other_clip, HeadsResource())
+             if hasattr(a, "code_versions_by_key")}
+    changed = {k for k in demo if demo[k].code_versions_by_key[demo[k].key] != other[k].code_versions_by_key[
+        other[k].key]}
+    assert "ViT-B-32__laion2b_s34b_b79k" in other["embeddings"].code_versions_by_key[AssetKey("embeddings")]
+    assert {"embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
+            "subsets/laion400m", "indices/laion400m", "audits/laion400m"} <= changed
+    assert not changed & {"samples", "scores/language", "scores/quality", "scores/exact_hash"}
+
+
+def test_a_new_policy_file_is_a_new_subset_index_and_audit(tmp_path):
+    (tmp_path / "strict.sql").write_text(
+        "SET VARIABLE min_similarity = 0.9;\n"
+        "SELECT key, shard FROM scores WHERE similarity >= getvariable('min_similarity');\n")
+    code = ("import json; from orchestration.definitions import defs; "
+            "print(json.dumps(sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "CLIPSIEVE_POLICY_DIR": str(tmp_path)})
+    keys = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"subsets/strict", "indices/strict", "audits/strict"} <= keys
+    assert "subsets/laion400m" not in keys
+
+
+def test_workspace_loads_in_dagster():
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "dagster"), "definitions", "validate", "-w",
+                             "workspace.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sensor_registers_complete_shards_only(tmp_path):
+    write_sample_crawl(tmp_path, shards=2, samples_per_shard=60, seed=1)
+    (tmp_path / "00001_stats.json").unlink()  # shard 00001 still being written
+    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"))
+    with DagsterInstance.ephemeral() as instance:
+        context = build_sensor_context(instance=instance, resources={"crawl": CrawlResource(root=str(tmp_path))})
+        result = sensor(context)
+        assert [r.partition_key for r in result.run_requests] == ["00000"]
+        assert result.dynamic_partitions_requests[0].partition_keys == ["00000"]
