@@ -8,6 +8,7 @@ Written as clip-retrieval writes them (float16, L2-normalized, row-aligned):
 """
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +53,12 @@ def _decode(data: bytes, size: int) -> Image.Image:
 
 
 @torch.inference_mode()
-def encode_images(clip: LoadedClip, images: dict[str, bytes], keys: list[str],
+def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]],
                   batch_size: int) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """Normalized image embeddings for `keys`; returns (embedded keys, embeddings, failures)."""
+    """Normalized embeddings of (key, image bytes) pairs, streamed in batches.
+
+    Returns (embedded keys, embeddings in that order, failures as (key, error)).
+    """
     input_size = clip.model.visual.image_size
     side = input_size[0] if isinstance(input_size, (tuple, list)) else int(input_size)
     done, chunks, failures = [], [], []
@@ -68,9 +72,9 @@ def encode_images(clip: LoadedClip, images: dict[str, bytes], keys: list[str],
             batch_keys.clear()
             batch.clear()
 
-    for key in keys:
+    for key, data in images:
         try:
-            batch.append(clip.preprocess(_decode(images[key], side)))
+            batch.append(clip.preprocess(_decode(data, side)))
             batch_keys.append(key)
         except Exception as error:  # noqa: BLE001 - a bad image is recorded, not fatal
             failures.append((key, f"{type(error).__name__}: {error}"))
@@ -82,25 +86,33 @@ def encode_images(clip: LoadedClip, images: dict[str, bytes], keys: list[str],
 
 
 def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip, batch_size: int) -> ShardEmbeddings:
-    """Embed every sample whose image_status is ok; text only for images that embedded."""
+    """Embed every sample whose image_status is ok, in the samples' order.
+
+    Images stream from the tar batch by batch (memory stays flat whatever the shard
+    size); captions are encoded for the images that embedded.
+    """
     usable = samples.filter(pc.equal(samples.column("image_status"), "ok"))
-    shard = usable.column("shard")[0].as_py() if usable.num_rows else None
-    members = dict(zip(usable.column("tar_member").to_pylist(), usable.column("key").to_pylist()))
-    images: dict[str, bytes] = {}
-    if shard is not None:
-        for name, data in crawl.iter_tar(shard, wanted=set(members)):
-            images[members[name]] = data
-    keys = [k for k in usable.column("key").to_pylist() if k in images]
-    failures = [(k, "image vanished from tar between samples and embeddings") for k in members.values()
-                if k not in images]
-    done, image_embeddings, image_failures = encode_images(clip, images, keys, batch_size)
-    caption_of = dict(zip(usable.column("key").to_pylist(), usable.column("caption").to_pylist()))
+    keys = usable.column("key").to_pylist()
+    key_of = dict(zip(usable.column("tar_member").to_pylist(), keys))
+    streamed: Iterable[tuple[str, bytes]] = ()
+    if keys:
+        shard = usable.column("shard")[0].as_py()
+        streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
+    done, image_embeddings, failures = encode_images(clip, streamed, batch_size)
+    # Tar order is arbitrary: put rows back in the samples' order.
+    position = {k: i for i, k in enumerate(keys)}
+    order = np.argsort([position[k] for k in done], kind="stable")
+    done = [done[i] for i in order]
+    seen = set(done) | {k for k, _ in failures}
+    failures += [(k, "image missing from the tar at embedding time") for k in keys if k not in seen]
+    caption_of = dict(zip(keys, usable.column("caption").to_pylist()))
     text_embeddings = encode_texts(clip, [caption_of[k] or "" for k in done], batch_size)
-    dim = clip.model.text_projection.shape[-1] if image_embeddings.size == 0 else image_embeddings.shape[1]
-    if not done:
+    if done:
+        image_embeddings = image_embeddings[order]
+    else:
+        dim = encode_texts(clip, [""], 1).shape[1]
         image_embeddings = text_embeddings = np.zeros((0, dim), np.float32)
-    return ShardEmbeddings(done, image_embeddings.astype(np.float16), text_embeddings.astype(np.float16),
-                           failures + image_failures)
+    return ShardEmbeddings(done, image_embeddings.astype(np.float16), text_embeddings.astype(np.float16), failures)
 
 
 def write_embeddings(lake: LakeResource, shard: str, model_id: str, result: ShardEmbeddings) -> None:

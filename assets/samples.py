@@ -61,14 +61,15 @@ def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
     keys = [str(k) for k in table.column("key").to_pylist()]
     statuses = table.column("status").to_pylist()
 
-    images: dict[str, tuple[str, bytes]] = {}
+    # Checked as they stream by; only (member, size, error) is kept, so memory stays flat.
+    images: dict[str, tuple[str, int, str | None]] = {}
     captions: dict[str, str] = {}
     tar_error = None
     try:
         for name, data in crawl.iter_tar(shard):
             stem, _, extension = os.path.basename(name).rpartition(".")
             if extension.lower() in IMAGE_EXTENSIONS:
-                images[stem] = (name, data)
+                images[stem] = (name, len(data), check_image(data))
             elif extension == "txt":
                 captions[stem] = data.decode("utf-8", errors="replace")
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -84,8 +85,7 @@ def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
             member, size, state = None, None, "missing_image"
             reason = tar_error or f"no image for key {key} in {shard}.tar"
         else:
-            member, data = entry
-            size, reason = len(data), check_image(data)
+            member, size, reason = entry
             state = "ok" if reason is None else "corrupt_image"
         tar_member.append(member)
         image_bytes.append(size)

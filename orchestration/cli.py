@@ -40,15 +40,16 @@ def _instance(lake: str):
     """The Dagster instance at $DAGSTER_HOME, else one kept in <lake>/_dagster."""
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
         if "://" in lake:
             print("DAGSTER_HOME is not set and the lake is remote: runs are not kept", file=sys.stderr)
             return DagsterInstance.ephemeral()
-        home = Path(lake, "_dagster").resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = str(home)
+        home = str(Path(lake, "_dagster").resolve())
+        os.environ["DAGSTER_HOME"] = home
+    if not os.path.isdir(home):
+        os.makedirs(home)
+        Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return DagsterInstance.get()
 
 

@@ -86,7 +86,7 @@ cross_shard_job = define_asset_job(
     selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
     description="Every policy's subset, index and audit, over all shards.",
 )
-sample_crawl_job = define_asset_job("sample_crawl", selection=AssetSelection.groups("demo"))
+sample_crawl_job = define_asset_job("demo_crawl", selection=AssetSelection.groups("demo"))
 
 
 def build_definitions(**overrides: str | None) -> Definitions:

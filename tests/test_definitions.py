@@ -5,15 +5,17 @@ import os
 import subprocess
 import sys
 
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
 from assets.sample_crawl import write_sample_crawl
+from assets.samples import crawl_shard, samples
 from orchestration.definitions import build_assets, defs
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.heads import HeadsResource
-from tests.conftest import REPO
+from resources.lake import LakeResource
+from tests.conftest import REPO, SAMPLES_PER_SHARD
 
 PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
              "scores/language", "scores/quality", "scores/exact_hash"]
@@ -73,3 +75,19 @@ def test_sensor_registers_complete_shards_only(tmp_path):
         result = sensor(context)
         assert [r.partition_key for r in result.run_requests] == ["00000"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["00000"]
+
+
+def test_one_asset_for_one_partition_as_the_ui_launches_it(tmp_path, crawl):
+    resources = {"crawl": CrawlResource(root=str(crawl)), "lake": LakeResource(root=str(tmp_path))}
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("shards", ["00001"])
+        result = materialize([samples, crawl_shard], instance=instance, partition_key="00001",
+                             resources=resources, selection=[samples])
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        assert event.partition == "00001"
+        metadata = event.materialization.metadata
+        assert metadata["rows"].value == SAMPLES_PER_SHARD
+        assert metadata["image_status/failed_to_download"].value > 0
+    written = LakeResource(root=str(tmp_path)).read_parquet("shards/00001/samples.parquet")
+    assert written.num_rows == SAMPLES_PER_SHARD and set(written.column("shard").to_pylist()) == {"00001"}

@@ -28,7 +28,7 @@ def held_out(tmp_path_factory):
     images = {n[:-4]: d for n, d in CrawlResource(root=str(out)).iter_tar("00000") if n.endswith(".jpg")}
     clip = ClipModelResource().load()
     keys = [r["key"] for r in rows if truth[r["key"]] != "corrupt_image"]
-    done, image_emb, _ = encode_images(clip, images, keys, 128)
+    done, image_emb, _ = encode_images(clip, ((k, images[k]) for k in keys), 128)
     caption = {r["key"]: r["caption"] for r in rows}
     return {"keys": done, "image": image_emb, "truth": truth, "caption": caption, "clip": clip}
 
@@ -75,6 +75,6 @@ def test_unreadable_image_is_a_recorded_failure_not_a_crash():
     clip = ClipModelResource().load()
     good = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 0, 255)).save(good, format="JPEG")
-    done, embeddings, failures = encode_images(clip, {"a": good.getvalue(), "b": b"not an image"}, ["a", "b"], 8)
+    done, embeddings, failures = encode_images(clip, [("a", good.getvalue()), ("b", b"not an image")], 8)
     assert done == ["a"] and embeddings.shape == (1, 128)
     assert failures[0][0] == "b" and "UnidentifiedImageError" in failures[0][1]

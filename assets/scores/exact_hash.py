@@ -8,6 +8,7 @@ of the lowest 8x8 DCT coefficients of a 32x32 greyscale thumbnail against their 
 
 import hashlib
 import io
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -47,24 +48,32 @@ def perceptual_hashes(thumbnails: np.ndarray) -> np.ndarray:
     return packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
 
 
-def hash_images(images: list[bytes]) -> tuple[list[str], np.ndarray]:
-    """(sha256 hex, phash) per image."""
-    digests = [hashlib.sha256(data).hexdigest() for data in images]
-    thumbnails = np.stack([_thumbnail(d) for d in images]) if images else np.zeros((0, _SIDE, _SIDE), np.float32)
-    return digests, perceptual_hashes(thumbnails)
+def hash_images(images: Iterable[tuple[str, bytes]]) -> tuple[list[str], list[str], np.ndarray]:
+    """(keys, sha256 hex, phash) of streamed (key, image bytes) pairs."""
+    keys, digests, thumbnails = [], [], []
+    for key, data in images:
+        keys.append(key)
+        digests.append(hashlib.sha256(data).hexdigest())
+        thumbnails.append(_thumbnail(data))
+    stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, _SIDE, _SIDE), np.float32)
+    return keys, digests, perceptual_hashes(stacked)
 
 
 def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
-    members = samples.column("tar_member").to_pylist()
-    images: dict[str, bytes] = {}
+    """sha256 and phash of each sample's image, in the samples' order."""
+    key_of = dict(zip(samples.column("tar_member").to_pylist(), samples.column("key").to_pylist()))
+    streamed: Iterable[tuple[str, bytes]] = ()
     if samples.num_rows:
-        images = dict(crawl.iter_tar(samples.column("shard")[0].as_py(), wanted=set(members)))
-    digests, phashes = hash_images([images[m] for m in members])
+        shard = samples.column("shard")[0].as_py()
+        streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
+    keys, digests, phashes = hash_images(streamed)
+    row = {k: i for i, k in enumerate(keys)}
+    order = [row[k] for k in samples.column("key").to_pylist()]
     return pa.table({
         "key": samples.column("key"),
         "shard": samples.column("shard"),
-        "sha256": pa.array(digests, pa.string()),
-        "phash": pa.array(phashes, pa.int64()),
+        "sha256": pa.array([digests[i] for i in order], pa.string()),
+        "phash": pa.array(phashes[order] if order else [], pa.int64()),
     })
 
 
