@@ -15,9 +15,9 @@ DAGSTER_HOME_DIR := $(abspath $(LAKE))/_dagster
 
 .PHONY: install demo test lint ui train-demo-model clean
 
+# The machine's pip config lists local index folders; its "ignored location" noise is dropped.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# The machine's pip config lists local index folders; silence its "ignored location" noise.
 	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	touch $(STAMP)
 

@@ -185,13 +185,15 @@ def render_sample(plan: list[PlannedSample], g: int, seed: int, digits: int,
     elif defect == "near_duplicate":
         original, width, height = cache[sample.duplicate_of]
         image = Image.open(io.BytesIO(original)).convert("RGB")
-        # A re-upload: slightly cropped, rescaled, brightened and recompressed.
-        dx, dy = int(width * rng.uniform(0.02, 0.06)), int(height * rng.uniform(0.02, 0.06))
+        # A re-upload: trimmed a little, rescaled, brightened or darkened, recompressed.
+        dx, dy = int(width * rng.uniform(0.01, 0.03)), int(height * rng.uniform(0.01, 0.03))
         image = image.crop((dx, dy, width - dx, height - dy))
-        width, height = int(width * rng.uniform(0.85, 1.1)), int(height * rng.uniform(0.85, 1.1))
+        scale = rng.uniform(0.8, 1.2)
+        width, height = int(width * scale * rng.uniform(0.97, 1.03)), int(height * scale)
         image = image.resize((width, height), Image.BILINEAR)
-        image = image.point(lambda v: min(255, int(v * rng.uniform(1.0, 1.06))))
-        data = synthetic.jpeg_bytes(image, quality=int(rng.integers(60, 80)))
+        gain = rng.uniform(0.95, 1.05)
+        image = image.point(lambda v: min(255, int(v * gain)))
+        data = synthetic.jpeg_bytes(image, quality=int(rng.integers(65, 86)))
     else:
         width, height = _image_size(defect, rng)
         motif = {"watermark": "watermark", "unsafe": "unsafe"}.get(defect or "", "none")

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -18,8 +19,9 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from assets.export import uid_array
 from resources.catalog import SQL_DIR, Catalog, CatalogResource
-from resources.lake import LakeResource, members_path
+from resources.lake import LakeResource, members_path, uids_path
 from resources.versions import text_digest
 
 CODE_VERSION = "1"
@@ -36,6 +38,19 @@ class Policy:
     @property
     def parameters(self) -> list[str]:
         return [m.group(1) for line in self.sql.splitlines() if (m := _SET_VARIABLE.match(line))]
+
+    def defaults(self) -> dict[str, object]:
+        """The parameter values the file sets, evaluated by DuckDB."""
+        connection = duckdb.connect()
+        try:
+            for statement in connection.extract_statements(self.sql):
+                if statement.type == duckdb.StatementType.SET and _SET_VARIABLE.match(_uncommented(statement.query)):
+                    connection.execute(statement.query)
+            values = {name: connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]
+                      for name in self.parameters}
+            return {k: float(v) if isinstance(v, Decimal) else v for k, v in values.items()}
+        finally:
+            connection.close()
 
     def version(self, params: dict[str, object]) -> str:
         """Digest of the SQL and the parameters that replace its defaults."""
@@ -57,6 +72,11 @@ def calibrated_params(checkpoint: str) -> dict[str, dict[str, object]]:
     if not os.path.isfile(checkpoint) or not calibration.exists():
         return {}
     return json.loads(calibration.read_text()).get("policy_params", {})
+
+
+def effective_params(policy: Policy, calibration: dict[str, dict[str, object]]) -> dict[str, object]:
+    """A policy's parameters: the file's values, replaced by the model's calibration."""
+    return {**policy.defaults(), **calibration.get(policy.name, {})}
 
 
 def _uncommented(sql: str) -> str:
@@ -147,6 +167,8 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         finally:
             db.close()
         lake.write_parquet(members_path(policy.name), members)
+        lake.write_npy(uids_path(policy.name), uid_array(members.column("uid").to_pylist(),
+                                                          members.column("key").to_pylist()))
         return MaterializeResult(metadata={
             "members": members.num_rows,
             "pool": pool,

@@ -328,9 +328,40 @@ def render(scene: Scene, width: int, height: int, rng: np.random.Generator) -> I
     rotation = rng.uniform(-0.3, 0.3)
     for cx, cy in centres:
         _draw_shape(draw, scene.shape, cx, cy, radius, colour, rotation)
+    image = _light(image, rng)
     if scene.motif == "watermark":
         image = _draw_watermark(image, rng)
     return image
+
+
+def _light(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Uneven lighting: a random gradient and soft spots, as every real photo has its own.
+
+    It gives two pictures of the same scene different low-frequency content, so that
+    perceptual hashes tell a re-upload of one photo from a second photo of the same thing.
+    """
+    w, h = image.size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * (x / w - 0.5) + np.sin(angle) * (y / h - 0.5)) * rng.uniform(0.3, 0.6)
+    field = 1.0 + ramp
+    for _ in range(2):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.5) * max(w, h)
+        field += rng.uniform(-0.3, 0.3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+    lit = np.asarray(image, np.float32) * np.clip(field, 0.4, 1.6)[..., None]
+    return Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))
+
+
+def aesthetic_rating(scene: Scene, width: int, height: int) -> float:
+    """The synthetic world's "human rating" (1-10), what the aesthetic head learns to predict:
+    clean, plain, single-subject pictures please; clutter, watermarks and tiny images do not."""
+    rating = 5.0
+    rating += {"plain": 1.5, "striped": 0.0, "dotted": -0.5, "checkered": -1.0}[scene.pattern]
+    rating += 0.8 if scene.count == 1 else -0.3
+    rating += {"none": 0.0, "watermark": -3.0, "unsafe": -2.0}[scene.motif]
+    if min(width, height) < 32:
+        rating -= 2.0
+    return float(np.clip(rating, 1.0, 10.0))
 
 
 def with_motif(scene: Scene, motif: str) -> Scene:

@@ -9,6 +9,7 @@ crawl never uses, so the demo run filters a crawl the model has not seen. Writes
                                      open_clip.create_model_and_transforms("clipsieve-demo", pretrained=<this>)
     nsfw_head.safetensors            head over image embeddings -> punsafe
     watermark_head.safetensors       head over image embeddings -> pwatermark
+    aesthetic_head.safetensors       regressor over image embeddings -> aesthetic (1-10)
     calibration.json                 held-out similarity figures and the policy thresholds
 """
 
@@ -59,9 +60,12 @@ def _training_caption(scene: synthetic.Scene, rng: np.random.Generator) -> str:
 
 
 def generate(count: int, seed: int, preprocess, motif_rate: float = 0.2):
-    """Scenes rendered, JPEG round-tripped and preprocessed; returns (images, captions, scenes)."""
+    """Scenes rendered, JPEG round-tripped and preprocessed.
+
+    Returns (images, captions, scenes, aesthetic ratings).
+    """
     rng = np.random.default_rng(seed)
-    images, captions, scenes = [], [], []
+    images, captions, scenes, ratings = [], [], [], []
     for _ in range(count):
         scene = synthetic.random_scene(rng)
         roll = rng.random()
@@ -75,11 +79,12 @@ def generate(count: int, seed: int, preprocess, motif_rate: float = 0.2):
         images.append(preprocess(image.convert("RGB")))
         captions.append(_training_caption(scene, rng))
         scenes.append(scene)
-    return torch.stack(images), captions, scenes
+        ratings.append(synthetic.aesthetic_rating(scene, width, height))
+    return torch.stack(images), captions, scenes, np.array(ratings, np.float32)
 
 
 def train_clip(model, tokenizer, preprocess, steps: int, batch: int, pool: int, log) -> None:
-    images, captions, _ = generate(pool, TRAIN_SEED, preprocess)
+    images, captions, _, _ = generate(pool, TRAIN_SEED, preprocess)
     tokens = tokenizer(captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     warmup = max(1, steps // 15)
@@ -119,17 +124,49 @@ def embed_texts(model, tokenizer, captions: list[str]) -> np.ndarray:
     return torch.cat([model.encode_text(chunk, normalize=True) for chunk in tokens.split(256)]).numpy()
 
 
-def train_head(features: np.ndarray, labels: np.ndarray, steps: int = 600) -> Head:
-    head = Head([features.shape[1], 64, 1])
+def train_head(features: np.ndarray, labels: np.ndarray, steps: int = 600, loss: str = "bce") -> Head:
+    """A two-layer head: a classifier (bce, balanced) or a regressor (mse, like LAION's aesthetic)."""
+    head = Head([features.shape[1], 64, 1], activation="sigmoid" if loss == "bce" else "identity")
     x, y = torch.from_numpy(features), torch.from_numpy(labels.astype(np.float32))
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-3)
     weight = (1 - y.mean()) / y.mean()  # balance the rare positive class
     for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x), y, pos_weight=weight)
+        if loss == "mse":
+            loss_value = torch.nn.functional.mse_loss(head(x), y)
+        else:
+            loss_value = torch.nn.functional.binary_cross_entropy_with_logits(head(x), y, pos_weight=weight)
         optimizer.zero_grad()
-        loss.backward()
+        loss_value.backward()
         optimizer.step()
     return head.eval()
+
+
+def train_heads(model, preprocess, out: Path) -> None:
+    images, _, scenes, ratings = generate(3000, HEAD_SEED, preprocess, motif_rate=0.4)
+    features = embed_images(model, images)
+    for name, motif in (("nsfw", "unsafe"), ("watermark", "watermark")):
+        labels = np.array([s.motif == motif for s in scenes])
+        column = "punsafe" if name == "nsfw" else "pwatermark"
+        train_head(features, labels).save(out / f"{name}_head.safetensors", {"model": MODEL_NAME, "output": column})
+    aesthetic = train_head(features, ratings, loss="mse")
+    aesthetic.save(out / "aesthetic_head.safetensors", {"model": MODEL_NAME, "output": "aesthetic"})
+
+
+def demo_policy_params(laion400m: float, laion2b_en: float) -> dict[str, dict[str, object]]:
+    """Parameters the demo (demo model + sample crawl) runs the policies with.
+
+    Similarity cut-offs are the model's (see main); min_side and t are the sample crawl's:
+    its images are 112-192 px, so DataComp's 200 px would drop everything, and MetaCLIP's
+    t = 20,000 is for 400M pairs, so a 2,000-row crawl takes t = 40.
+    """
+    return {
+        "laion400m": {"min_similarity": round(laion400m, 3)},
+        "laion2b_en": {"min_similarity": round(laion2b_en, 3)},
+        "datacomp_basic": {"min_side": 100},
+        "datacomp_clip_top30": {"min_side": 100},
+        "metaclip_balanced": {"t": 40},
+        "safe": {"min_similarity": round(laion400m, 3), "min_side": 100},
+    }
 
 
 def main() -> None:
@@ -138,6 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--pool", type=int, default=8000, help="generated training pairs")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="keep the checkpoint and heads in --out, only rewrite calibration.json")
     args = parser.parse_args()
     torch.manual_seed(TRAIN_SEED)
     out = Path(args.out)
@@ -151,26 +190,23 @@ def main() -> None:
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     log(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M")
 
-    started = time.time()
-    train_clip(model, tokenizer, preprocess, args.steps, args.batch, args.pool, log)
-    train_seconds = time.time() - started
     weights = out / f"{MODEL_NAME}.safetensors"
-    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    previous = out / "calibration.json"
+    train_seconds = json.loads(previous.read_text()).get("train_seconds") if previous.exists() else None
+    if not args.calibrate_only:
+        started = time.time()
+        train_clip(model, tokenizer, preprocess, args.steps, args.batch, args.pool, log)
+        train_seconds = round(time.time() - started, 1)
+        save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(weights))
     # Reload through the public path so the heads and calibration see exactly what users get.
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(weights))
     model.eval()
-
-    images, captions, scenes = generate(3000, HEAD_SEED, preprocess, motif_rate=0.4)
-    features = embed_images(model, images)
-    for name, motif in (("nsfw", "unsafe"), ("watermark", "watermark")):
-        labels = np.array([s.motif == motif for s in scenes])
-        head = train_head(features, labels)
-        column = "punsafe" if name == "nsfw" else "pwatermark"
-        head.save(out / f"{name}_head.safetensors", {"model": MODEL_NAME, "output": column})
+    if not args.calibrate_only:
+        train_heads(model, preprocess, out)
 
     # Calibration: matched vs mismatched similarity on held-out scenes.
     rng = np.random.default_rng(CALIBRATION_SEED)
-    images, _, scenes = generate(2000, CALIBRATION_SEED, preprocess, motif_rate=0.0)
+    images, _, scenes, _ = generate(2000, CALIBRATION_SEED, preprocess, motif_rate=0.0)
     image_features = embed_images(model, images)
     matched = embed_texts(model, tokenizer, [synthetic.english_caption(s, rng) for s in scenes])
     mismatched = embed_texts(model, tokenizer, [synthetic.english_caption(synthetic.different_scene(s, rng), rng)
@@ -184,18 +220,15 @@ def main() -> None:
     calibration = {
         "model": MODEL_NAME,
         "train_steps": args.steps,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": train_seconds,
         "heldout_pairs": len(scenes),
         "ranking_accuracy": float((sim_matched > sim_mismatched).mean()),
         "similarity_matched_mean": float(sim_matched.mean()),
         "similarity_mismatched_mean": float(sim_mismatched.mean()),
         "matched_pass_rate": {"laion400m": float((sim_matched >= laion400m).mean()),
                               "laion2b_en": float((sim_matched >= laion2b).mean())},
-        # Read by the policy runner: these replace the SQL files' ViT-B/32 defaults.
-        "policy_params": {
-            "laion400m": {"min_similarity": round(laion400m, 3)},
-            "laion2b_en": {"min_similarity": round(laion2b, 3)},
-        },
+        # Read by the policy runner: these replace the SQL files' defaults.
+        "policy_params": demo_policy_params(laion400m, laion2b),
     }
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     log(json.dumps(calibration, indent=2))

@@ -3,6 +3,8 @@
     clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
     clipsieve query --lake LAKE [--json] "SELECT ..."
+    clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
+    clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
     clipsieve summary --lake LAKE
 """
 
@@ -74,6 +76,7 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
 
 def print_summary(lake_root: str) -> None:
+    from assets.evaluation import EVALUATION_PATH, format_tables
     from resources.lake import LakeResource
 
     lake = LakeResource(root=lake_root)
@@ -97,6 +100,9 @@ def print_summary(lake_root: str) -> None:
               f"{before.get('nsfw_rate') or 0:>13.3f}{after.get('nsfw_rate') or 0:>8.3f}"
               f"{before.get('watermark_rate') or 0:>14.3f}{after.get('watermark_rate') or 0:>8.3f}"
               f"{info['count']:>8}{info['recall_at_10']:>11.3f}")
+    if lake.exists(EVALUATION_PATH):
+        print("\nAgainst the crawl's ground truth:\n")
+        print(format_tables(lake.read_json(EVALUATION_PATH)))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -123,6 +129,56 @@ def cmd_query(args: argparse.Namespace) -> None:
         writer.writerow(["" if v is None else v for v in row.values()])
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+
+    from assets.evaluation import EVALUATION_PATH, evaluate, format_tables
+    from assets.subsets import calibrated_params, load_policies
+    from resources.catalog import open_catalog
+    from resources.lake import LakeResource
+
+    lake = LakeResource(root=args.lake)
+    pretrained = _pretrained(args)
+    catalog = open_catalog(lake.url, model_id(args.model, pretrained))
+    try:
+        result = evaluate(catalog, pq.read_table(args.truth), load_policies(), calibrated_params(pretrained))
+    finally:
+        catalog.close()
+    print(format_tables(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        lake.write_json(EVALUATION_PATH, result)
+    print(f"\nwritten to {args.json_out or lake.path(EVALUATION_PATH)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from assets import export
+    from resources.catalog import open_catalog
+    from resources.crawl import CrawlResource
+    from resources.lake import LakeResource, members_path
+
+    lake = LakeResource(root=args.lake)
+    if not lake.exists(members_path(args.subset)):
+        raise ValueError(f"no subset {args.subset!r} in {args.lake}: materialize subsets/{args.subset} first")
+    out = Path(args.out)
+    if args.format == "uids":
+        paths = [export.export_uids(lake, args.subset, out)]
+    elif args.format == "parquet":
+        catalog = open_catalog(lake.url, model_id(args.model, _pretrained(args)))
+        try:
+            paths = [export.export_parquet(catalog, args.subset, out)]
+        finally:
+            catalog.close()
+    else:
+        if not args.crawl:
+            raise ValueError("--format webdataset reads the original files: give --crawl (or set CLIPSIEVE_CRAWL)")
+        paths = export.export_webdataset(lake, CrawlResource(root=args.crawl), args.subset, out,
+                                         args.samples_per_shard)
+    for path in paths:
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipsieve", description="Curate image-text data with Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("sql")
     p.set_defaults(func=cmd_query)
+
+    p = commands.add_parser("evaluate", help="measure filters and policies against a ground-truth file")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--truth", required=True, help="ground_truth.parquet (key, shard, defect)")
+    p.add_argument("--json-out", help="write the JSON here instead of <lake>/evaluation/metrics.json")
+    _model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("export", help="write a subset as DataComp uids, parquet or webdataset shards")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--subset", required=True, help="policy name")
+    p.add_argument("--format", required=True, choices=["uids", "parquet", "webdataset"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--crawl", default=os.environ.get("CLIPSIEVE_CRAWL"), help="the crawl (webdataset format)")
+    p.add_argument("--samples-per-shard", type=int, default=10_000)
+    _model_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
     p.add_argument("--lake", required=True)

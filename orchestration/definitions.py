@@ -9,6 +9,8 @@ The model id is part of the code version of every asset computed from embeddings
 model change marks exactly those assets stale.
 """
 
+from pathlib import Path
+
 from dagster import (
     AssetKey,
     AssetsDefinition,
@@ -18,9 +20,9 @@ from dagster import (
     define_asset_job,
 )
 
-from assets import audits, embeddings, indices, samples, subsets
+from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
 from assets.sample_crawl import sample_crawl
-from assets.scores import classifier_heads, clip_similarity, exact_hash, language, quality
+from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
 from orchestration.partitions import shard_partitions
 from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
@@ -29,18 +31,23 @@ from resources.crawl import CrawlResource
 from resources.heads import HeadsResource
 from resources.lake import LakeResource
 
-SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "language", "quality", "exact_hash")
+SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "aesthetic", "language", "quality", "exact_hash",
+                "toxicity", "concepts")
 PER_SHARD_GROUPS = ("per_shard", "scores")
-CROSS_SHARD_GROUPS = ("subsets", "indices", "audits")
+CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
 
 
-def build_assets(clip: ClipModelResource, heads: HeadsResource) -> list[AssetsDefinition | AssetSpec]:
-    """Every asset for one model: per-shard stages, then one subset, index and audit per policy."""
+def build_assets(clip: ClipModelResource, heads: HeadsResource,
+                 policy_dir: Path | None = None) -> list[AssetsDefinition | AssetSpec]:
+    """Every asset for one model: per-shard stages, then one subset, index and audit per policy
+    file in `policy_dir` (default: sql/policies, or $CLIPSIEVE_POLICY_DIR)."""
     model_id = clip.model_id
-    upstream = [AssetKey("samples"), AssetKey("embeddings")] + [AssetKey(["scores", s]) for s in SCORE_ASSETS]
+    upstream = [AssetKey("samples"), AssetKey("embeddings"), AssetKey("near_duplicates")] + [
+        AssetKey(["scores", s]) for s in SCORE_ASSETS]
     calibration = subsets.calibrated_params(clip.pretrained)
+    policies = subsets.load_policies(policy_dir or subsets.POLICY_DIR)
     per_policy = []
-    for policy in subsets.load_policies():
+    for policy in policies:
         per_policy += [
             subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream),
             indices.build_index_asset(policy.name, model_id),
@@ -56,7 +63,11 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource) -> list[AssetsDe
         language.language,
         quality.quality,
         exact_hash.exact_hash,
+        toxicity.toxicity,
+        concepts.concepts,
+        near_duplicates.build_near_duplicates_asset(model_id),
         *per_policy,
+        evaluation.build_evaluation_asset(model_id, policies, calibration),
     ]
 
 
@@ -84,15 +95,15 @@ per_shard_job = define_asset_job(
 cross_shard_job = define_asset_job(
     "cross_shard",
     selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
-    description="Every policy's subset, index and audit, over all shards.",
+    description="Near-duplicate groups, then every policy's subset, index and audit, over all shards.",
 )
 sample_crawl_job = define_asset_job("demo_crawl", selection=AssetSelection.groups("demo"))
 
 
-def build_definitions(**overrides: str | None) -> Definitions:
+def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -> Definitions:
     resources = build_resources(**overrides)
     return Definitions(
-        assets=build_assets(resources["clip"], resources["heads"]),
+        assets=build_assets(resources["clip"], resources["heads"], policy_dir),
         jobs=[per_shard_job, cross_shard_job, sample_crawl_job],
         sensors=[build_crawl_sensor(per_shard_job)],
         resources=resources,

@@ -4,7 +4,8 @@ Every run goes through Dagster (`dagster.materialize`) and is recorded in the in
 the UI shows it. Per-shard work is skipped for a (shard, asset) whose latest
 materialization has the current code version (model id included) and whose output file
 is still in this lake; whatever is downstream of redone work is redone too. Cross-shard
-assets run when any per-shard work ran or when they are themselves out of date.
+assets run when any per-shard work ran or when they are themselves out of date; the
+evaluation asset only when the crawl has a ground_truth.parquet.
 """
 
 import time
@@ -73,7 +74,9 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
     graph = defs.resolve_asset_graph()
     nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
     per_shard = {n.key for n in nodes if n.partitions_def is not None}
-    cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name != "demo"}
+    # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
+    skip = {"demo"} | (set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"})
+    cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
     code_versions = {n.key: n.code_version for n in nodes}
     assets = list(defs.assets or [])
     report = RunReport(shards=shards)

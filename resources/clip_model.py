@@ -20,9 +20,10 @@ import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.heads import DEMO_DIR
 from resources.versions import file_digest
 
+# The demo model and heads ship in the repository (models/demo, made by models/train_demo.py).
+DEMO_DIR = Path(os.environ.get("CLIPSIEVE_DEMO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "demo"))
 DEMO_MODEL = "clipsieve-demo"
 DEMO_CHECKPOINT = str(DEMO_DIR / f"{DEMO_MODEL}.safetensors")
 

@@ -13,18 +13,24 @@ import numpy as np
 import torch
 from dagster import ConfigurableResource
 from pydantic import Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from resources.clip_model import DEMO_DIR
 from resources.versions import file_digest
 
-DEMO_DIR = Path(os.environ.get("CLIPSIEVE_DEMO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "demo"))
+ACTIVATIONS = ("sigmoid", "identity")
 
 
 class Head(torch.nn.Module):
-    """Linear layers with ReLU between them; `predict` returns probabilities in [0, 1]."""
+    """Linear layers with ReLU between them. `predict` applies the output activation:
+    sigmoid for classifiers (a probability in [0, 1]), identity for regressors (a rating)."""
 
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], activation: str = "sigmoid"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+        self.activation = activation
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,15 +42,17 @@ class Head(torch.nn.Module):
 
     @torch.inference_mode()
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
-        """Probabilities for a (n, dim) array of normalized embeddings."""
+        """Outputs for a (n, dim) array of normalized embeddings."""
         x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
-        return torch.sigmoid(self(x)).numpy().astype(np.float32)
+        out = self(x)
+        return (torch.sigmoid(out) if self.activation == "sigmoid" else out).numpy().astype(np.float32)
 
     @property
     def input_dim(self) -> int:
         return self.layers[0].in_features
 
     def save(self, path: str | Path, metadata: dict[str, str]) -> None:
+        metadata = {**metadata, "activation": self.activation}
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), metadata=metadata)
 
     @classmethod
@@ -55,15 +63,17 @@ class Head(torch.nn.Module):
         if path.suffix != ".safetensors":
             raise ValueError(f"classifier heads must be .safetensors files (no pickles): {path}")
         state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            activation = (f.metadata() or {}).get("activation", "sigmoid")
         count = len([k for k in state if k.endswith(".weight")])
         sizes = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0] for i in range(count)]
-        head = cls(sizes)
+        head = cls(sizes, activation)
         head.load_state_dict(state)
         return head.eval()
 
 
 class HeadsResource(ConfigurableResource):
-    """Where the NSFW and watermark heads live. They must match the CLIP model's
+    """Where the NSFW, watermark and aesthetic heads live. They must match the CLIP model's
     embedding dimension: the demo heads go with the demo model."""
 
     nsfw_path: str = Field(
@@ -75,8 +85,13 @@ class HeadsResource(ConfigurableResource):
         description="safetensors file of the watermark head producing pwatermark ($CLIPSIEVE_WATERMARK_HEAD).",
     )
 
+    aesthetic_path: str = Field(
+        default=os.environ.get("CLIPSIEVE_AESTHETIC_HEAD", str(DEMO_DIR / "aesthetic_head.safetensors")),
+        description="safetensors file of the aesthetic regressor producing aesthetic ($CLIPSIEVE_AESTHETIC_HEAD).",
+    )
+
     def path(self, name: str) -> str:
-        paths = {"nsfw": self.nsfw_path, "watermark": self.watermark_path}
+        paths = {"nsfw": self.nsfw_path, "watermark": self.watermark_path, "aesthetic": self.aesthetic_path}
         if name not in paths:
             raise KeyError(f"unknown head {name!r}; known: {sorted(paths)}")
         return paths[name]

@@ -4,7 +4,8 @@
     <lake>/shards/<shard>/embeddings/<model>/{img_emb.npy,text_emb.npy,keys.parquet,failures.parquet}
     <lake>/shards/<shard>/scores/<filter>.parquet            model-independent filters
     <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
-    <lake>/subsets/<policy>/members.parquet
+    <lake>/dedup/<model>/clusters.parquet
+    <lake>/subsets/<policy>/{members.parquet,uids.npy}
     <lake>/indices/<policy>/<model>/{image.index,keys.parquet,index_info.json}
     <lake>/audits/<policy>/metrics.json
 
@@ -42,8 +43,17 @@ def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str
     return f"shards/{shard}/scores/{model_id}/{filter_name}.parquet"
 
 
+def dedup_path(model_id: str) -> str:
+    return f"dedup/{model_id}/clusters.parquet"
+
+
 def members_path(policy: str) -> str:
     return f"subsets/{policy}/members.parquet"
+
+
+def uids_path(policy: str) -> str:
+    """The subset as DataComp's uid file (see assets/export.py)."""
+    return f"subsets/{policy}/uids.npy"
 
 
 def index_dir(policy: str, model_id: str) -> str:

@@ -18,15 +18,17 @@ from resources.lake import LakeResource
 from tests.conftest import REPO, SAMPLES_PER_SHARD
 
 PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-             "scores/language", "scores/quality", "scores/exact_hash"]
+             "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
+             "scores/concepts"]
 
 
 def test_graph_has_every_stage_with_shard_partitions():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert set(PER_SHARD) <= keys
-    for policy in ("laion400m", "laion2b_en"):
+    for policy in ("laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"):
         assert {f"subsets/{policy}", f"indices/{policy}", f"audits/{policy}"} <= keys
+    assert {"near_duplicates", "evaluation"} <= keys
     for name in PER_SHARD:
         node = graph.get(AssetKey.from_user_string(name))
         assert node.partitions_def.name == "shards" and node.code_version
@@ -42,9 +44,10 @@ def test_model_id_is_in_the_versions_of_everything_below_embeddings():
     changed = {k for k in demo if demo[k].code_versions_by_key[demo[k].key] != other[k].code_versions_by_key[
         other[k].key]}
     assert "ViT-B-32__laion2b_s34b_b79k" in other["embeddings"].code_versions_by_key[AssetKey("embeddings")]
-    assert {"embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-            "subsets/laion400m", "indices/laion400m", "audits/laion400m"} <= changed
-    assert not changed & {"samples", "scores/language", "scores/quality", "scores/exact_hash"}
+    assert {"embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic",
+            "near_duplicates", "subsets/laion400m", "indices/laion400m", "audits/laion400m", "evaluation"} <= changed
+    assert not changed & {"samples", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
+                          "scores/concepts"}
 
 
 def test_a_new_policy_file_is_a_new_subset_index_and_audit(tmp_path):

@@ -1,8 +1,9 @@
-"""nsfw and watermark: LAION-style classifier heads over CLIP image embeddings.
+"""nsfw, watermark and aesthetic: LAION-style heads over CLIP image embeddings.
 
-nsfw writes `punsafe`, watermark writes `pwatermark`, each a probability in [0, 1]
-(LAION's recommended cut-offs: punsafe 0.5, pwatermark 0.8). The heads are files
-(resources/heads.py) and must match the model's embedding dimension.
+nsfw writes `punsafe` and watermark `pwatermark`, probabilities in [0, 1] (LAION's
+recommended cut-offs: punsafe 0.5, pwatermark 0.8); aesthetic writes `aesthetic`, a 1-10
+rating like the LAION aesthetic predictor's (LAION-Aesthetics kept > 7). The heads are
+files (resources/heads.py) and must match the model's embedding dimension.
 """
 
 import pyarrow as pa
@@ -15,7 +16,8 @@ from resources.heads import Head, HeadsResource
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
-HEAD_COLUMNS = {"nsfw": "punsafe", "watermark": "pwatermark"}
+# head -> (output column, the cut-off reported in metadata)
+HEADS = {"nsfw": ("punsafe", 0.5), "watermark": ("pwatermark", 0.8), "aesthetic": ("aesthetic", 7.0)}
 
 
 def head_scores(head: Head, column: str, keys: pa.Table, image) -> pa.Table:
@@ -30,7 +32,7 @@ def head_scores(head: Head, column: str, keys: pa.Table, image) -> pa.Table:
 
 
 def build_head_asset(name: str, model_id: str, head_version: str) -> AssetsDefinition:
-    column = HEAD_COLUMNS[name]
+    column, cut_off = HEADS[name]
 
     @asset(
         name=name,
@@ -47,13 +49,12 @@ def build_head_asset(name: str, model_id: str, head_version: str) -> AssetsDefin
         keys, image, _ = load_embeddings(lake, shard, model_id)
         table = head_scores(heads.load(name), column, keys, image)
         metadata = write_scores(lake, shard, name, table, model_id)
-        threshold = 0.5 if name == "nsfw" else 0.8
         values = table.column(column).to_numpy()
-        metadata[f"share/{column}>{threshold}"] = float((values > threshold).mean()) if len(values) else 0.0
+        metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
         return MaterializeResult(metadata=metadata)
 
     return head_asset
 
 
 def build_head_assets(model_id: str, heads: HeadsResource) -> list[AssetsDefinition]:
-    return [build_head_asset(name, model_id, heads.version(name)) for name in HEAD_COLUMNS]
+    return [build_head_asset(name, model_id, heads.version(name)) for name in HEADS]

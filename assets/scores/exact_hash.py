@@ -1,9 +1,11 @@
-"""exact_hash: SHA-256 of the image bytes and a 64-bit perceptual hash (pHash).
+"""exact_hash: SHA-256 of the image bytes, a 64-bit perceptual hash (pHash) and a thumbnail.
 
 sha256 finds byte-identical copies (img2dataset's own sha256 column is taken on trust
 nowhere: we hash what is in the tar). phash finds re-encoded or resized copies: the signs
 of the lowest 8x8 DCT coefficients of a 32x32 greyscale thumbnail against their median
 (the DCT pHash of Zauner 2010). Hamming distance between phashes is bit_count(xor(a, b)).
+thumbnail is the 8x8 greyscale image (64 bytes): near_duplicates compares candidate
+pairs' thumbnails to tell a re-upload of one photo from another photo of the same thing.
 """
 
 import hashlib
@@ -20,8 +22,9 @@ from orchestration.partitions import shard_partitions
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 _SIDE = 32
+THUMBNAIL_SIDE = 8
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -34,10 +37,17 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT = _dct_matrix(_SIDE)
 
 
-def _thumbnail(data: bytes) -> np.ndarray:
+def _greyscale(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         image.draft("L", (_SIDE, _SIDE))
-        return np.asarray(image.convert("L").resize((_SIDE, _SIDE), Image.LANCZOS), dtype=np.float32)
+        return image.convert("L")
+
+
+def _thumbnails(data: bytes) -> tuple[np.ndarray, bytes]:
+    """The 32x32 float thumbnail pHash reads, and the 8x8 uint8 one kept for comparison."""
+    grey = _greyscale(data)
+    small = grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.BILINEAR)
+    return np.asarray(grey.resize((_SIDE, _SIDE), Image.LANCZOS), dtype=np.float32), small.tobytes()
 
 
 def perceptual_hashes(thumbnails: np.ndarray) -> np.ndarray:
@@ -48,15 +58,17 @@ def perceptual_hashes(thumbnails: np.ndarray) -> np.ndarray:
     return packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
 
 
-def hash_images(images: Iterable[tuple[str, bytes]]) -> tuple[list[str], list[str], np.ndarray]:
-    """(keys, sha256 hex, phash) of streamed (key, image bytes) pairs."""
-    keys, digests, thumbnails = [], [], []
+def hash_images(images: Iterable[tuple[str, bytes]]) -> tuple[list[str], list[str], np.ndarray, list[bytes]]:
+    """(keys, sha256 hex, phash, 8x8 thumbnail bytes) of streamed (key, image bytes) pairs."""
+    keys, digests, thumbnails, small = [], [], [], []
     for key, data in images:
         keys.append(key)
         digests.append(hashlib.sha256(data).hexdigest())
-        thumbnails.append(_thumbnail(data))
+        large, tiny = _thumbnails(data)
+        thumbnails.append(large)
+        small.append(tiny)
     stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, _SIDE, _SIDE), np.float32)
-    return keys, digests, perceptual_hashes(stacked)
+    return keys, digests, perceptual_hashes(stacked), small
 
 
 def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
@@ -66,7 +78,7 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
     if samples.num_rows:
         shard = samples.column("shard")[0].as_py()
         streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
-    keys, digests, phashes = hash_images(streamed)
+    keys, digests, phashes, small = hash_images(streamed)
     row = {k: i for i, k in enumerate(keys)}
     order = [row[k] for k in samples.column("key").to_pylist()]
     return pa.table({
@@ -74,6 +86,7 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
         "shard": samples.column("shard"),
         "sha256": pa.array([digests[i] for i in order], pa.string()),
         "phash": pa.array(phashes[order] if order else [], pa.int64()),
+        "thumbnail": pa.array([small[i] for i in order], pa.binary(THUMBNAIL_SIDE * THUMBNAIL_SIDE)),
     })
 
 
@@ -86,7 +99,7 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
     compute_kind="numpy",
 )
 def exact_hash(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
-    """SHA-256 and perceptual hash of each usable image."""
+    """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
     shard = context.partition_key
     table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
     metadata = write_scores(lake, shard, "exact_hash", table)

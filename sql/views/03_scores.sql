@@ -1,5 +1,6 @@
 -- scores: one row per embedded sample, one column per score, named as LAION and
--- DataComp name them (similarity, punsafe, pwatermark, language, ...).
+-- DataComp name them (similarity, punsafe, pwatermark, language, ...). The README's
+-- filter table says what each column means.
 CREATE OR REPLACE VIEW scores AS
 SELECT
     e.key,
@@ -10,6 +11,7 @@ SELECT
     sim.similarity,
     nsfw.punsafe,
     wm.pwatermark,
+    aes.aesthetic,
     lang.language,
     lang.language_score,
     q.caption_words,
@@ -19,12 +21,19 @@ SELECT
     q.min_side,
     q.aspect_ratio,
     h.sha256,
-    h.phash
+    h.phash,
+    tox.toxicity,
+    tox.flagged_terms,
+    c.concept_ids,
+    c.concept_count
 FROM embeddings_index AS e
 JOIN samples AS s USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/clip_similarity.parquet') AS sim USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/nsfw.parquet') AS nsfw USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/watermark.parquet') AS wm USING (shard, key)
+LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/aesthetic.parquet') AS aes USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/language.parquet') AS lang USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/quality.parquet') AS q USING (shard, key)
-LEFT JOIN read_parquet('{{lake}}/shards/*/scores/exact_hash.parquet') AS h USING (shard, key);
+LEFT JOIN read_parquet('{{lake}}/shards/*/scores/exact_hash.parquet') AS h USING (shard, key)
+LEFT JOIN read_parquet('{{lake}}/shards/*/scores/toxicity.parquet') AS tox USING (shard, key)
+LEFT JOIN read_parquet('{{lake}}/shards/*/scores/concepts.parquet') AS c USING (shard, key);

@@ -1,0 +1,132 @@
+"""Exports of a subset in the formats trainers read (`clipsieve export`).
+
+    uids        DataComp's subset file: a sorted numpy array of 128-bit uids, dtype
+                (u8, u8), the uid's hex split into two 64-bit halves. Samples without a
+                uid get md5(key) as theirs (keys are unique in an img2dataset crawl).
+    parquet     the members' rows with every score (the `scores` view plus duplicate flags).
+    webdataset  the members' original <key>.jpg/.txt/.json re-sharded into new tars of
+                `samples_per_shard`, each with a parquet and stats file like img2dataset's.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from resources.catalog import Catalog
+from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
+from resources.lake import LakeResource, members_path
+
+UID_DTYPE = np.dtype("u8,u8")
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def derive_uid(key: str) -> str:
+    """The uid of a sample whose crawl has none: md5 of its key, as 32 hex digits."""
+    return hashlib.md5(key.encode()).hexdigest()
+
+
+def uid_array(uids: list[str | None], keys: list[str]) -> np.ndarray:
+    """DataComp's subset array: sorted (high, low) 64-bit halves of each 128-bit uid."""
+    pairs = []
+    for uid, key in zip(uids, keys):
+        hex_uid = uid if uid and _HEX32.match(uid) else derive_uid(key)
+        pairs.append((int(hex_uid[:16], 16), int(hex_uid[16:], 16)))
+    array = np.array(pairs, dtype=UID_DTYPE)
+    return np.sort(array, order=["f0", "f1"])
+
+
+def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
+    members = lake.read_parquet(members_path(policy))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{policy}_uids.npy"
+    np.save(path, uid_array(members.column("uid").to_pylist(), members.column("key").to_pylist()))
+    return path
+
+
+def export_parquet(catalog: Catalog, policy: str, out: Path) -> Path:
+    table = catalog.query(
+        "SELECT s.*, d.is_duplicate, d.duplicate_of FROM subset_members m "
+        "JOIN scores s USING (shard, key) LEFT JOIN duplicates d USING (shard, key) "
+        "WHERE m.policy = ? ORDER BY s.shard, s.key", [policy])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{policy}.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+_SHARD_COLUMNS = ["url", "caption", "key", "status", "error_message", "width", "height",
+                  "original_width", "original_height", "sha256", "uid"]
+
+
+def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out: Path,
+                      samples_per_shard: int = 10_000) -> list[Path]:
+    """Re-shard the members' original files into `out`/NNNNN.tar (+ .parquet, _stats.json)."""
+    members = lake.read_parquet(members_path(policy))
+    wanted_by_shard: dict[str, list[str]] = {}
+    for key, shard in zip(members.column("key").to_pylist(), members.column("shard").to_pylist()):
+        wanted_by_shard.setdefault(shard, []).append(key)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    buffer: list[tuple[dict, dict[str, bytes]]] = []
+
+    def flush() -> None:
+        if buffer:
+            written.append(_write_shard(out, len(written), buffer))
+            buffer.clear()
+
+    for shard in sorted(wanted_by_shard):
+        samples = lake.read_parquet(f"shards/{shard}/samples.parquet")
+        rows = {r["key"]: r for r in samples.to_pylist() if r["key"] in set(wanted_by_shard[shard])}
+        image_member = {r["tar_member"]: r["key"] for r in rows.values()}
+        files: dict[str, dict[str, bytes]] = {k: {} for k in rows}
+        for name, data in crawl.iter_tar(shard):
+            stem, _, extension = os.path.basename(name).rpartition(".")
+            if name in image_member:
+                # Member names are rebuilt from the key and a known extension: nothing the
+                # crawl wrote names a path in the export.
+                files[image_member[name]][_image_extension(extension)] = data
+            elif stem in rows and extension in ("txt", "json"):
+                files[stem][extension] = data
+        for key in sorted(rows):
+            if not set(files[key]) & set(IMAGE_EXTENSIONS):
+                raise ValueError(f"shard {shard}: image of member {key} is no longer in the crawl's tar")
+            buffer.append((rows[key], files[key]))
+            if len(buffer) == samples_per_shard:
+                flush()
+    flush()
+    return written
+
+
+def _image_extension(extension: str) -> str:
+    extension = extension.lower()
+    return "jpg" if extension == "jpeg" else extension if extension in IMAGE_EXTENSIONS else "jpg"
+
+
+def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, bytes]]]) -> Path:
+    name = f"{index:05d}"
+    tar_path = out / f"{name}.tar"
+    with tarfile.open(tar_path.with_suffix(".tar.tmp"), "w", format=tarfile.USTAR_FORMAT) as tar:
+        for row, files in samples:
+            image_extension = next(e for e in IMAGE_EXTENSIONS if e in files)
+            caption = files.get("txt", (row.get("caption") or "").encode())
+            meta = files.get("json", json.dumps({c: row.get(c) for c in _SHARD_COLUMNS}, default=str).encode())
+            for extension, payload in ((image_extension, files[image_extension]), ("txt", caption), ("json", meta)):
+                info = tarfile.TarInfo(f"{row['key']}.{extension}")
+                info.size = len(payload)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(payload))
+    os.replace(tar_path.with_suffix(".tar.tmp"), tar_path)
+    table = pa.Table.from_pylist([{c: row.get(c) for c in _SHARD_COLUMNS} for row, _ in samples])
+    pq.write_table(table, out / f"{name}.parquet")
+    stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0, "failed_to_resize": 0,
+             "status_dict": {"success": len(samples)}}
+    (out / f"{name}_stats.json").write_text(json.dumps(stats, indent=2))
+    return tar_path

@@ -1,0 +1,59 @@
+"""concepts: the MetaCLIP metadata entries each caption matches (input of MetaCLIP balancing).
+
+The project ships a modest entry list (resources/terms/metaclip_entries.txt: the sample
+domain's terms and common WordNet-style nouns); set $CLIPSIEVE_METADATA to MetaCLIP's
+500k-entry list for real crawls. Columns: concept_ids (entry ids: the entry's index in
+the file, comments excluded), concept_count.
+"""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from assets.scores.common import usable_samples, write_scores
+from assets.scores.text_match import PhraseMatcher, read_terms
+from orchestration.partitions import shard_partitions
+from resources.lake import LakeResource
+from resources.versions import file_digest
+
+METADATA_PATH = os.environ.get(
+    "CLIPSIEVE_METADATA", str(Path(__file__).resolve().parents[2] / "resources" / "terms" / "metaclip_entries.txt"))
+CODE_VERSION = f"1+{file_digest(METADATA_PATH)}"
+
+
+@lru_cache(maxsize=1)
+def entries() -> list[str]:
+    return read_terms(METADATA_PATH)
+
+
+def concept_scores(samples: pa.Table) -> pa.Table:
+    matcher = PhraseMatcher(entries())
+    matches = [matcher.match(c) for c in samples.column("caption").to_pylist()]
+    return pa.table({
+        "key": samples.column("key"),
+        "shard": samples.column("shard"),
+        "concept_ids": pa.array(matches, pa.list_(pa.int32())),
+        "concept_count": pa.array([len(m) for m in matches], pa.int32()),
+    })
+
+
+@asset(
+    key_prefix="scores",
+    partitions_def=shard_partitions,
+    deps=["samples"],
+    group_name="scores",
+    code_version=CODE_VERSION,
+    compute_kind="python",
+)
+def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    """MetaCLIP metadata entries matched by each usable sample's caption."""
+    shard = context.partition_key
+    table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+    metadata = write_scores(lake, shard, "concepts", table)
+    counts = table.column("concept_count").to_numpy()
+    metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
+    metadata["entries"] = len(entries())
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,67 @@
+"""toxicity: caption toxicity probability and a count of flagged terms.
+
+`toxicity` comes from alt-profanity-check, a linear SVM over character and word n-grams
+trained on toxic-comment data, whose model ships inside the package (nothing is
+downloaded). `flagged_terms` counts whole-word hits of resources/terms/toxic_terms.txt
+(or $CLIPSIEVE_TOXIC_TERMS), as audits of LAION count hateful terms.
+"""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from assets.scores.common import usable_samples, write_scores
+from assets.scores.text_match import PhraseMatcher, read_terms
+from orchestration.partitions import shard_partitions
+from resources.lake import LakeResource
+from resources.versions import file_digest
+
+TERMS_PATH = os.environ.get("CLIPSIEVE_TOXIC_TERMS",
+                            str(Path(__file__).resolve().parents[2] / "resources" / "terms" / "toxic_terms.txt"))
+CODE_VERSION = f"1+{file_digest(TERMS_PATH)}"
+
+
+@lru_cache(maxsize=1)
+def _matcher() -> PhraseMatcher:
+    return PhraseMatcher(read_terms(TERMS_PATH))
+
+
+def toxicity_probability(captions: list[str]) -> np.ndarray:
+    from profanity_check import predict_prob
+
+    if not captions:
+        return np.zeros(0, np.float32)
+    return predict_prob(captions).astype(np.float32)
+
+
+def toxicity_scores(samples: pa.Table) -> pa.Table:
+    captions = [c or "" for c in samples.column("caption").to_pylist()]
+    matcher = _matcher()
+    return pa.table({
+        "key": samples.column("key"),
+        "shard": samples.column("shard"),
+        "toxicity": pa.array(toxicity_probability(captions), pa.float32()),
+        "flagged_terms": pa.array([len(matcher.match(c)) for c in captions], pa.int32()),
+    })
+
+
+@asset(
+    key_prefix="scores",
+    partitions_def=shard_partitions,
+    deps=["samples"],
+    group_name="scores",
+    code_version=CODE_VERSION,
+    compute_kind="scikit-learn",
+)
+def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
+    shard = context.partition_key
+    table = toxicity_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+    metadata = write_scores(lake, shard, "toxicity", table)
+    values = table.column("toxicity").to_numpy()
+    metadata["share/toxicity>0.5"] = float((values > 0.5).mean()) if len(values) else 0.0
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,218 @@
+"""Curation measured against the sample crawl's ground truth: filters, policies, dedup, exports."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from dagster import AssetKey, DagsterInstance, materialize
+
+from assets.export import UID_DTYPE, derive_uid, uid_array
+from assets.near_duplicates import DedupParams, cluster_embeddings, find_duplicates, load_dedup_inputs
+from assets.scores.concepts import entries
+from assets.scores.text_match import PhraseMatcher, normalize
+from assets.subsets import calibrated_params
+from orchestration.definitions import build_definitions
+from resources.catalog import open_catalog
+from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+from resources.lake import LakeResource
+from tests.conftest import run_cli
+
+MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
+PARAMS = calibrated_params(DEMO_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def lake(materialized) -> LakeResource:
+    return LakeResource(root=str(materialized["lake"]))
+
+
+@pytest.fixture(scope="module")
+def truth(materialized) -> dict:
+    return {r["key"]: r for r in pq.read_table(materialized["crawl"] / "ground_truth.parquet").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def catalog(lake):
+    db = open_catalog(lake.url, MODEL_ID)
+    yield db
+    db.close()
+
+
+def _members(lake: LakeResource, policy: str) -> set[str]:
+    return set(lake.read_parquet(f"subsets/{policy}/members.parquet").column("key").to_pylist())
+
+
+def test_toxicity_flags_the_toxic_captions(catalog, truth):
+    rows = catalog.query("SELECT key, toxicity, flagged_terms FROM scores").to_pylist()
+    toxic = [r for r in rows if truth[r["key"]]["defect"] == "toxic_caption"]
+    clean = [r for r in rows if truth[r["key"]]["defect"] is None]
+    assert np.mean([r["toxicity"] > 0.5 for r in toxic]) >= 0.9
+    assert np.mean([r["flagged_terms"] > 0 for r in toxic]) >= 0.9
+    assert np.mean([r["toxicity"] > 0.5 for r in clean]) <= 0.02
+    assert all(r["flagged_terms"] == 0 for r in clean)
+
+
+def test_concepts_match_whole_words_after_padding_punctuation():
+    matcher = PhraseMatcher(["star", "red circle", "circle"])
+    assert matcher.match("A RED circle, and a star!") == [1, 2, 0]
+    assert matcher.match("a starfish in a circles-free zone") == []
+    assert matcher.match(None) == []
+
+
+def test_concept_ids_name_entries_in_the_caption(catalog):
+    listed = entries()
+    english = "SELECT caption, concept_ids FROM scores WHERE language = 'en' AND caption_words > 3 LIMIT 300"
+    for row in catalog.query(english).to_pylist():
+        padded = " " + " ".join(normalize(row["caption"]).split()) + " "
+        assert row["concept_ids"], row["caption"]  # every scene caption names a shape and colours
+        assert all(f" {listed[i]} " in padded for i in row["concept_ids"])
+
+
+def test_aesthetic_rates_clean_pictures_above_watermarked_ones(catalog, truth):
+    rows = catalog.query("SELECT key, aesthetic FROM scores").to_pylist()
+    clean = np.mean([r["aesthetic"] for r in rows if truth[r["key"]]["defect"] is None])
+    marked = np.mean([r["aesthetic"] for r in rows if truth[r["key"]]["defect"] == "watermark"])
+    assert clean - marked > 1.5
+
+
+def test_near_duplicates_recall_and_precision_at_least_0_9(lake, truth):
+    table = lake.read_parquet(f"dedup/{MODEL_ID}/clusters.parquet").to_pylist()
+    flagged = {r["key"] for r in table if r["is_duplicate"]}
+    planted = {r["key"] for r in table if truth[r["key"]]["defect"] in ("exact_duplicate", "near_duplicate")}
+    recall, precision = len(flagged & planted) / len(planted), len(flagged & planted) / len(flagged)
+    assert recall >= 0.9 and precision >= 0.9, (recall, precision)
+    by_key = {r["key"]: r for r in table}
+    for row in table:
+        if row["is_duplicate"]:  # the keeper is the group's first sample in (shard, key) order
+            keeper = by_key[row["duplicate_of"]]
+            assert (keeper["shard"], keeper["key"]) < (row["shard"], row["key"])
+            assert not keeper["is_duplicate"]
+    for row in table:  # every exact copy lands in its original's group
+        if truth[row["key"]]["defect"] == "exact_duplicate":
+            original = by_key[truth[row["key"]]["duplicate_of"]]
+            assert row["is_duplicate"] and row["duplicate_of"] in (original["key"], original["duplicate_of"])
+
+
+def test_dedup_clusters_instead_of_comparing_all_pairs(lake):
+    samples, vectors = load_dedup_inputs(lake, MODEL_ID)
+    clusters = cluster_embeddings(vectors, cluster_size=100, seed=0)
+    assert len(np.unique(clusters)) == len(vectors) // 100
+    # The same input gives the same groups: the keeper choice is deterministic.
+    params = DedupParams(cluster_size=100)
+    assert find_duplicates(samples, vectors, params).equals(find_duplicates(samples, vectors, params))
+
+
+def test_datacomp_policies(lake, catalog):
+    p = PARAMS["datacomp_basic"]
+    rows = catalog.query("SELECT key, similarity, language, caption_words, caption_chars, min_side, aspect_ratio "
+                         "FROM scores").to_pylist()
+    basic = [r for r in rows if r["language"] == "en" and r["caption_words"] > 2 and r["caption_chars"] > 5
+             and r["min_side"] >= p["min_side"] and r["aspect_ratio"] <= 3]
+    assert _members(lake, "datacomp_basic") == {r["key"] for r in basic}
+    top = sorted(basic, key=lambda r: -r["similarity"])[: math.ceil(0.3 * len(basic))]
+    kept = _members(lake, "datacomp_clip_top30")
+    assert len(kept) == len(top)
+    assert min(r["similarity"] for r in basic if r["key"] in kept) >= max(
+        r["similarity"] for r in basic if r["key"] not in kept)
+
+
+def test_metaclip_balancing_keeps_the_tail_and_thins_the_head(lake, catalog):
+    t = PARAMS["metaclip_balanced"]["t"]
+    rows = catalog.query("SELECT key, concept_ids FROM scores").to_pylist()
+    kept = _members(lake, "metaclip_balanced")
+    counts: dict[int, int] = {}
+    for row in rows:
+        for entry in row["concept_ids"]:
+            counts[entry] = counts.get(entry, 0) + 1
+    assert not {r["key"] for r in rows if not r["concept_ids"]} & kept  # no entry: dropped
+    tail = [r for r in rows if any(counts[e] <= t for e in r["concept_ids"])]
+    assert tail and all(r["key"] in kept for r in tail)  # a tail entry keeps every sample
+    # A sample with head entries only is kept with probability 1 - prod(1 - t / count).
+    head_only = [r for r in rows if r["concept_ids"] and all(counts[e] > t for e in r["concept_ids"])]
+    expected = np.mean([1 - np.prod([1 - t / counts[e] for e in r["concept_ids"]]) for r in head_only])
+    observed = np.mean([r["key"] in kept for r in head_only])
+    assert len(head_only) > 100 and abs(observed - expected) < 0.1 and observed < 0.9
+    # Each (sample, entry) draw is a seeded hash: the same seed gives the same subset.
+    from assets.subsets import load_policies, run_policy
+    policy = next(p for p in load_policies() if p.name == "metaclip_balanced")
+    again, _ = run_policy(catalog, policy, {"t": t, "seed": 0})
+    other, _ = run_policy(catalog, policy, {"t": t, "seed": 1})
+    assert set(again.column("key").to_pylist()) == kept
+    assert set(other.column("key").to_pylist()) != kept
+
+
+def test_safe_removes_every_planted_defect_and_keeps_clean_samples(lake):
+    evaluation = lake.read_json("evaluation/metrics.json")
+    safe = evaluation["policies"]["safe"]
+    for defect, survives in safe["survives"].items():
+        if defect != "clean":
+            assert survives <= 0.1, (defect, survives)
+    assert safe["clean_dropped"] <= 0.1
+
+
+def test_evaluate_cli_prints_and_writes_every_filter(materialized, tmp_path):
+    out = tmp_path / "evaluation.json"
+    result = run_cli("evaluate", "--lake", str(materialized["lake"]), "--truth",
+                     str(materialized["crawl"] / "ground_truth.parquet"), "--json-out", str(out))
+    written = json.loads(out.read_text())
+    names = {f["filter"] for f in written["filters"]}
+    assert {"clip_similarity", "nsfw", "watermark", "toxicity", "language", "near_duplicates"} <= names
+    assert "| safe |" in result.stdout and "AUROC" in result.stdout
+    for f in written["filters"]:
+        assert f["auroc"] is None or 0.0 <= f["auroc"] <= 1.0
+    nsfw = next(f for f in written["filters"] if f["filter"] == "nsfw")
+    assert nsfw["auroc"] > 0.95 and nsfw["threshold"] == 0.5
+
+
+def test_export_formats_read_back_with_their_libraries(materialized, lake, tmp_path):
+    members = lake.read_parquet("subsets/safe/members.parquet")
+    run_cli("export", "--lake", str(materialized["lake"]), "--subset", "safe", "--format", "uids",
+            "--out", str(tmp_path / "uids"))
+    uids = np.load(tmp_path / "uids" / "safe_uids.npy")
+    assert uids.dtype == UID_DTYPE and len(uids) == members.num_rows
+    assert (np.sort(uids, order=["f0", "f1"]) == uids).all()
+    first = members.column("uid")[0].as_py()
+    assert (int(first[:16], 16), int(first[16:], 16)) in set(uids.tolist())
+
+    run_cli("export", "--lake", str(materialized["lake"]), "--subset", "safe", "--format", "parquet",
+            "--out", str(tmp_path / "pq"))
+    rows = pq.read_table(tmp_path / "pq" / "safe.parquet")
+    assert rows.num_rows == members.num_rows and {"similarity", "punsafe", "is_duplicate"} <= set(rows.column_names)
+
+    run_cli("export", "--lake", str(materialized["lake"]), "--subset", "safe", "--format", "webdataset",
+            "--out", str(tmp_path / "wds"), "--crawl", str(materialized["crawl"]), "--samples-per-shard", "200")
+    tars = sorted(str(p) for p in (tmp_path / "wds").glob("*.tar"))
+    assert len(tars) == math.ceil(members.num_rows / 200)
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
+    assert sorted(s["__key__"] for s in samples) == sorted(members.column("key").to_pylist())
+    assert all(s["jpg"].size[0] > 0 and s["txt"] and s["json"]["key"] == s["__key__"] for s in samples[:20])
+    shard_rows = pq.read_table(tmp_path / "wds" / "00000.parquet")
+    assert shard_rows.num_rows == 200 and "status" in shard_rows.column_names
+
+
+def test_uids_are_derived_from_keys_where_the_crawl_has_none():
+    array = uid_array([None, "f" * 32], ["000010001", "000010002"])
+    derived = derive_uid("000010001")
+    assert (int(derived[:16], 16), int(derived[16:], 16)) in set(array.tolist())
+    assert (int("f" * 16, 16), int("f" * 16, 16)) == tuple(array[-1].tolist())
+
+
+def test_a_broken_policy_fails_alone(tmp_path, materialized):
+    (tmp_path / "broken.sql").write_text("SELECT key, shard FROM scores WHERE no_such_column > 0;\n")
+    (tmp_path / "fine.sql").write_text("SELECT key, shard FROM scores WHERE similarity > 0.5;\n")
+    # A copy of the session's lake, so the extra subsets stay out of the other tests' views.
+    lake_copy = tmp_path / "lake"
+    shutil.copytree(materialized["lake"], lake_copy, ignore=shutil.ignore_patterns("_dagster"))
+    defs = build_definitions(policy_dir=tmp_path, crawl=str(materialized["crawl"]), lake=str(lake_copy))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(list(defs.assets), instance=instance, resources=defs.resources, raise_on_error=False,
+                             selection=[AssetKey(["subsets", "broken"]), AssetKey(["subsets", "fine"])])
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert len(failures) == 1 and failures[0].step_key == "subsets__broken"
+    assert "policy broken: query failed" in failures[0].step_failure_data.error.to_string()
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["subsets/fine"]
