@@ -21,6 +21,7 @@ from pydantic import Field
 
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, CatalogResource, read_sql
+from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -157,8 +158,8 @@ def format_tables(result: dict[str, Any]) -> str:
 
 class EvaluationConfig(Config):
     truth: str = Field(
-        default=os.path.join(os.environ.get("CLIPSIEVE_CRAWL", "data/sample_crawl"), "ground_truth.parquet"),
-        description="Ground-truth parquet (key, shard, defect); default: the crawl's ground_truth.parquet.",
+        default="",
+        description="Ground-truth parquet (key, shard, defect); empty: the crawl's ground_truth.parquet.",
     )
 
 
@@ -171,18 +172,19 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="duckdb",
     )
-    def evaluation(context: AssetExecutionContext, config: EvaluationConfig, lake: LakeResource,
-                   catalog: CatalogResource) -> MaterializeResult:
+    def evaluation(context: AssetExecutionContext, config: EvaluationConfig, crawl: CrawlResource,
+                   lake: LakeResource, catalog: CatalogResource) -> MaterializeResult:
         """Filters and policies measured against the crawl's ground truth (the sample crawl's)."""
-        if not os.path.exists(config.truth):
-            raise FileNotFoundError(f"no ground truth at {config.truth}: evaluation needs a crawl with planted "
+        truth = config.truth or crawl.file("ground_truth", ".parquet")
+        if not os.path.exists(truth):
+            raise FileNotFoundError(f"no ground truth at {truth}: evaluation needs a crawl with planted "
                                     "defects, such as the sample crawl")
         db = catalog.open(lake.url, model_id)
         try:
-            result = evaluate(db, pq.read_table(config.truth), policies, calibration)
+            result = evaluate(db, pq.read_table(truth), policies, calibration)
         finally:
             db.close()
-        lake.write_json(EVALUATION_PATH, {**result, "model_id": model_id, "truth": config.truth})
+        lake.write_json(EVALUATION_PATH, {**result, "model_id": model_id, "truth": truth})
         return MaterializeResult(metadata={
             "evaluation": MetadataValue.md(format_tables(result)),
             "model_id": model_id,
