@@ -1,35 +1,170 @@
-"""audits/<policy>: what a policy kept and removed, before vs after, as JSON and metadata.
+"""audits/<policy>: what a policy kept and removed, before (the scored pool) vs after.
 
-Metrics (queries in sql/audits/):
-    crawl       rows, usable images, failed downloads, corrupt and missing images
-    rates       samples, NSFW (punsafe > 0.5, > 0.9), watermark (pwatermark > 0.8), exact
-                and perceptual-hash duplicate rates, English share, mean similarity
-    languages   share of each caption language
+metrics.json holds (queries in sql/audits/, formulas in assets/audit_metrics.py):
+    crawl            rows, usable images, failed downloads, corrupt and missing images
+    rates            NSFW (punsafe > 0.5, > 0.9), watermark (pwatermark > 0.8), toxic captions
+                     (toxicity > 0.5, with a Wilson 95% interval), exact / near / phash
+                     duplicate rates, English share, mean similarity
+    distributions    language shares; caption length and similarity quantiles; MetaCLIP
+                     concept coverage (entries never matched, top-10 entries' share, entropy)
+    representation   caption groups (resources/terms/demographic_groups.json): count and
+                     share before vs after, removal rate and its ratio to the overall rate
+    retrieval_bias   MaxSkew@k and NDKL of caption groups in the index's top k for neutral
+                     prompts (resources/terms/neutral_prompts.txt), target = the subset's shares
+    association      WEAT effect size and permutation p-value, in the text space (group words
+                     vs attribute words) and cross-modally (members' images by caption group
+                     vs attribute words); word sets in resources/terms/association.json
+report.html renders them with plots; the asset's metadata carries a summary table.
 """
 
+import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
+from assets import audit_metrics as formulas
+from assets import checks
+from assets.audit_report import render_report
+from assets.embeddings import encode_texts
+from assets.indices import gather_embeddings, read_index, search
+from assets.scores.concepts import entries
 from resources.catalog import Catalog, CatalogResource, read_sql
-from resources.lake import LakeResource, audit_dir
+from resources.clip_model import ClipModelResource, LoadedClip
+from resources.lake import LakeResource, audit_dir, index_dir
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
+TERMS_DIR = Path(__file__).resolve().parents[1] / "resources" / "terms"
+GROUPS_PATH = os.environ.get("CLIPSIEVE_GROUP_TERMS", str(TERMS_DIR / "demographic_groups.json"))
+PROMPTS_PATH = os.environ.get("CLIPSIEVE_NEUTRAL_PROMPTS", str(TERMS_DIR / "neutral_prompts.txt"))
+ASSOCIATION_PATH = os.environ.get("CLIPSIEVE_ASSOCIATION_TERMS", str(TERMS_DIR / "association.json"))
+RETRIEVAL_K = 50
+WEAT_SAMPLE = 500  # members per group in the cross-modal test
 
 
-def audit_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
-    """Every audit figure of one policy's subset against the scored pool."""
+def group_patterns(path: str = GROUPS_PATH) -> dict[str, str]:
+    """group -> whole-word regular expression of its terms, for every group of every axis."""
+    spec = json.loads(Path(path).read_text())
+    patterns = {}
+    for axis, groups in spec.items():
+        if axis.startswith("_"):
+            continue
+        for group, terms in groups.items():
+            patterns[group] = r"\b(?:" + "|".join(re.escape(t.lower()) for t in terms) + r")\b"
+    return patterns
+
+
+def _stage_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
+    return {row.pop("stage"): row for row in table.to_pylist()}
+
+
+def concept_coverage(rows: list[dict], total_entries: int) -> dict[str, Any]:
+    counts = sorted((r["matches"] for r in rows), reverse=True)
+    matches = sum(counts)
+    return {
+        "entries": total_entries,
+        "entries_with_zero_matches": total_entries - len(counts),
+        "top10_entries_share": sum(counts[:10]) / matches if matches else 0.0,
+        "entropy_bits": formulas.entropy_bits(counts),
+    }
+
+
+def representation(counts: pa.Table, before_total: int, after_total: int) -> dict[str, Any]:
+    before, after = {}, {}
+    for row in counts.to_pylist():
+        (before if row["stage"] == "before" else after)[row["group_name"]] = row["samples"]
+    ratios = formulas.removal_ratios(before, after, before_total, after_total)
+    groups = {}
+    for group in sorted(before):
+        groups[group] = {
+            "before": before[group],
+            "after": after.get(group, 0),
+            "share_before": before[group] / sum(before.values()),
+            "share_after": after.get(group, 0) / sum(after.values()) if after else 0.0,
+            "removal_rate": 1 - after.get(group, 0) / before[group],
+            "removal_ratio": ratios[group],
+        }
+    present = [g["removal_ratio"] for g in groups.values() if g["removal_ratio"] is not None]
+    return {"groups": groups, "max_removal_ratio": max(present) if present else None}
+
+
+def retrieval_bias(clip: LoadedClip, index, index_keys: pa.Table, labels: dict[str, str],
+                   prompts: list[str], k: int = RETRIEVAL_K) -> dict[str, Any]:
+    """MaxSkew@k and NDKL per prompt over the top k members that carry a caption group."""
+    groups = sorted(set(labels.values()))
+    if not groups or index.ntotal == 0:
+        return {"k": k, "prompts": [], "mean_max_skew": None, "mean_ndkl": None}
+    target = {g: list(labels.values()).count(g) / len(labels) for g in groups}
+    vectors = encode_texts(clip, prompts, 64)
+    # Retrieve deep enough to find k grouped members, as people-image benchmarks hold only people.
+    depth = min(index.ntotal, max(k * 20, 500))
+    per_prompt = []
+    for prompt, hits in zip(prompts, search(index, index_keys, vectors, depth)):
+        ranked = [labels[key] for key, _ in hits if key in labels][:k]
+        if not ranked:
+            continue
+        per_prompt.append({"prompt": prompt, "results": len(ranked), "skews": formulas.skews(ranked, target),
+                           "max_skew": formulas.max_skew(ranked, target), "ndkl": formulas.ndkl(ranked, target)})
+    return {
+        "k": k,
+        "target": target,
+        "prompts": per_prompt,
+        "mean_max_skew": float(np.mean([p["max_skew"] for p in per_prompt])) if per_prompt else None,
+        "mean_ndkl": float(np.mean([p["ndkl"] for p in per_prompt])) if per_prompt else None,
+    }
+
+
+def _templated(clip: LoadedClip, words: list[str], templates: list[str]) -> np.ndarray:
+    return encode_texts(clip, [t.format(w) for w in words for t in templates], 64)
+
+
+def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarray]) -> dict[str, Any]:
+    """WEAT in the text space and cross-modally (images of each caption group vs attribute words)."""
+    a = _templated(clip, spec["attributes"]["a"], spec["attribute_templates"])
+    b = _templated(clip, spec["attributes"]["b"], spec["attribute_templates"])
+    x = _templated(clip, spec["targets"]["x"], spec["target_templates"])
+    y = _templated(clip, spec["targets"]["y"], spec["target_templates"])
+    words = {"x": spec["targets"]["x"], "y": spec["targets"]["y"], "a": spec["attributes"]["a"],
+             "b": spec["attributes"]["b"]}
+    result: dict[str, Any] = {"words": words, "text": formulas.weat(x, y, a, b)}
+    gx, gy = spec["image_group"]["x"], spec["image_group"]["y"]
+    if len(member_images.get(gx, [])) >= 2 and len(member_images.get(gy, [])) >= 2:
+        result["cross_modal"] = {**formulas.weat(member_images[gx], member_images[gy], a, b),
+                                 "image_groups": {"x": gx, "y": gy}}
+    return result
+
+
+def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
+                  clip: LoadedClip | None = None) -> dict[str, Any]:
+    """Every audit figure of one policy's subset against the scored pool. With the lake,
+    model and clip given, also the retrieval-bias and association audits over its index."""
     connection = catalog.connection
     connection.execute("SET VARIABLE policy = ?", [policy])
     connection.execute(read_sql("audits/stages.sql"))
+    patterns = group_patterns()
+    connection.register("audit_group_patterns", pa.table({
+        "group_name": list(patterns), "pattern": list(patterns.values())}))
+    connection.execute(read_sql("audits/sample_groups.sql"))
+
     crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
-    rates = {row.pop("stage"): row for row in catalog.query(read_sql("audits/rates.sql")).to_pylist()}
-    empty = {"samples": 0}
+    rates = _stage_rows(catalog.query(read_sql("audits/rates.sql")))
+    empty = {"samples": 0, "toxic": 0}
     before, after = rates.get("before", empty), rates.get("after", empty)
+    for stage in (before, after):
+        stage["toxic_rate_ci95"] = list(formulas.wilson_interval(stage.get("toxic", 0), stage["samples"]))
     languages: dict[str, dict[str, float]] = {"before": {}, "after": {}}
     for row in catalog.query(read_sql("audits/languages.sql")).to_pylist():
         languages[row["stage"]][row["language"]] = row["share"]
-    return {
+    quantiles = _stage_rows(catalog.query(read_sql("audits/quantiles.sql")))
+    concept_rows = catalog.query(read_sql("audits/concepts.sql")).to_pylist()
+    total_entries = len(entries())
+    concepts = {stage: concept_coverage([r for r in concept_rows if r["stage"] == stage], total_entries)
+                for stage in ("before", "after")}
+    metrics: dict[str, Any] = {
         "policy": policy,
         "crawl": crawl,
         "before": before,
@@ -37,7 +172,34 @@ def audit_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
         "removed": before["samples"] - after["samples"],
         "kept_share": after["samples"] / before["samples"] if before["samples"] else 0.0,
         "languages": languages,
+        "distributions": {"quantiles": [0.1, 0.25, 0.5, 0.75, 0.9], "before": quantiles.get("before", {}),
+                          "after": quantiles.get("after", {}), "concepts": concepts},
+        "representation": representation(catalog.query(read_sql("audits/group_counts.sql")),
+                                         before["samples"], after["samples"]),
     }
+    if lake is not None and model_id is not None and clip is not None:
+        labelled = catalog.query(read_sql("audits/group_labels.sql"))
+        labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
+        index, index_keys = read_index(lake, index_dir(policy, model_id))
+        prompts = [line.strip() for line in Path(PROMPTS_PATH).read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+        metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
+        metrics["association"] = association(clip, json.loads(Path(ASSOCIATION_PATH).read_text()),
+                                             _group_images(lake, model_id, labelled))
+    connection.unregister("audit_group_patterns")
+    return metrics
+
+
+def _group_images(lake: LakeResource, model_id: str, labelled: pa.Table) -> dict[str, np.ndarray]:
+    """Image embeddings of up to WEAT_SAMPLE members per caption group."""
+    _, images, _ = gather_embeddings(lake, model_id, labelled.select(["key", "shard"]))
+    groups = np.array(labelled.column("group_name").to_pylist(), dtype=object)
+    rng = np.random.default_rng(0)
+    sampled = {}
+    for group in sorted(set(groups)):
+        rows = np.flatnonzero(groups == group)
+        sampled[group] = images[rng.choice(rows, size=min(WEAT_SAMPLE, len(rows)), replace=False)]
+    return sampled
 
 
 def _cell(value: Any) -> str:
@@ -46,42 +208,64 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+RATE_ROWS = ("samples", "nsfw_rate", "nsfw_rate_p90", "watermark_rate", "toxic_rate", "exact_duplicate_rate",
+             "near_duplicate_rate", "english_rate", "mean_similarity")
+
+
 def markdown_table(metrics: dict[str, Any]) -> str:
-    """Before-vs-after table of the rate metrics, for the Dagster UI."""
+    """Before-vs-after table of the headline figures, for the Dagster UI."""
     lines = ["| metric | before | after |", "|---|---|---|"]
-    for name in metrics["before"]:
+    for name in RATE_ROWS:
         lines.append(f"| {name} | {_cell(metrics['before'].get(name))} | {_cell(metrics['after'].get(name))} |")
-    top = sorted(metrics["languages"]["before"].items(), key=lambda kv: -kv[1])[:8]
-    for language, share in top:
+    for group, figures in metrics["representation"]["groups"].items():
+        lines.append(f"| share of '{group}' captions | {figures['share_before']:.4f} | {figures['share_after']:.4f} |")
+    for language, share in sorted(metrics["languages"]["before"].items(), key=lambda kv: -kv[1])[:5]:
         after = metrics["languages"]["after"].get(language, 0.0)
         lines.append(f"| language {language} | {share:.4f} | {after:.4f} |")
+    lines.append(f"| max group removal ratio | | {_cell(metrics['representation']['max_removal_ratio'])} |")
+    if "retrieval_bias" in metrics:
+        lines.append(f"| mean MaxSkew@{metrics['retrieval_bias']['k']} | | "
+                     f"{_cell(metrics['retrieval_bias']['mean_max_skew'])} |")
+        for space, result in metrics["association"].items():
+            if space != "words":
+                lines.append(f"| WEAT {space} d (p) | | {result['effect_size']:.3f} ({result['p_value']:.4f}) |")
     return "\n".join(lines)
 
 
 def build_audit_asset(policy: str, model_id: str) -> AssetsDefinition:
+    key = AssetKey(["audits", policy])
+
     @asset(
         name=policy,
         key_prefix="audits",
-        deps=[AssetKey(["subsets", policy])],
+        check_specs=checks.specs(key, checks.AUDIT_CHECKS, policy, blocking=False),
+        deps=[AssetKey(["subsets", policy]), AssetKey(["indices", policy])],
         group_name="audits",
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="duckdb",
-        description=f"Audit of subsets/{policy}: rates and language shares before vs after the policy.",
+        description=f"Audit of subsets/{policy}: rates, distributions, representation, retrieval bias and "
+                    "association, before vs after the policy, with an HTML report.",
     )
-    def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource) -> MaterializeResult:
+    def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
+              clip: ClipModelResource) -> MaterializeResult:
         db = catalog.open(lake.url, model_id)
         try:
-            metrics = {**audit_metrics(db, policy), "model_id": model_id}
+            metrics = {**audit_metrics(db, policy, lake, model_id, clip.load()), "model_id": model_id}
         finally:
             db.close()
         folder = audit_dir(policy)
         lake.write_json(f"{folder}/metrics.json", metrics)
-        return MaterializeResult(metadata={
+        lake.write_bytes(f"{folder}/report.html", render_report(metrics).encode())
+        results = checks.evaluate(checks.AUDIT_CHECKS, policy, {
+            "retrieval_skew": metrics["retrieval_bias"]["mean_max_skew"]}, blocking=False)
+        return MaterializeResult(check_results=results, metadata={
             "kept": metrics["after"]["samples"],
             "removed": metrics["removed"],
             "kept_share": metrics["kept_share"],
             "nsfw_rate_after": metrics["after"].get("nsfw_rate") or 0.0,
+            "max_removal_ratio": metrics["representation"]["max_removal_ratio"] or 0.0,
             "audit": MetadataValue.md(markdown_table(metrics)),
+            "report": MetadataValue.path(lake.path(f"{folder}/report.html")),
             "path": lake.path(f"{folder}/metrics.json"),
         })
 

@@ -45,9 +45,9 @@ DEFECTS = (
     "failed_download",
 )
 DEFECT_RATE = 0.03
-# Captions that name a woman get mismatched captions this many times as often: the
-# planted case of a filter removing one group's samples at a higher rate.
-MISMATCH_WEIGHT_WOMAN = 2.5
+# Captions that name a woman get mismatched captions this many times as often as the
+# rest: the planted case of a filter removing one group's samples at a higher rate.
+MISMATCH_RATE_RATIO_WOMAN = 3.0
 _DOWNLOAD_ERRORS = (
     "HTTP Error 404: Not Found",
     "HTTP Error 403: Forbidden",
@@ -86,18 +86,17 @@ def plan_crawl(shards: int, samples_per_shard: int, seed: int) -> list[PlannedSa
         raise ValueError(f"crawl too small to plant every defect: {total} samples")
     free = np.ones(total, dtype=bool)
 
-    def take(count: int, eligible: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        candidates = np.flatnonzero(eligible & free)
-        p = None
-        if weights is not None:
-            p = weights[candidates] / weights[candidates].sum()
-        chosen = rng.choice(candidates, size=count, replace=False, p=p)
+    def take(count: int, eligible: np.ndarray) -> np.ndarray:
+        chosen = rng.choice(np.flatnonzero(eligible & free), size=count, replace=False)
         free[chosen] = False
         return np.sort(chosen)
 
     everything = np.ones(total, dtype=bool)
-    weights = np.array([MISMATCH_WEIGHT_WOMAN if s.scene.person == "woman" else 1.0 for s in plan])
-    for g in take(per_defect, everything, weights):
+    # Exact counts, so the planted ratio holds in every crawl: rate_woman = ratio * rate_rest.
+    woman = np.array([s.scene.person == "woman" for s in plan])
+    rate_rest = per_defect / (MISMATCH_RATE_RATIO_WOMAN * woman.sum() + (~woman).sum())
+    women_mismatched = min(int(woman.sum()), round(MISMATCH_RATE_RATIO_WOMAN * rate_rest * woman.sum()))
+    for g in np.concatenate([take(women_mismatched, woman), take(per_defect - women_mismatched, ~woman)]):
         plan[g].defect = "mismatched_caption"
     # Duplicates sit in the later part of the crawl so an earlier original always exists.
     late = np.arange(total) >= total // 5

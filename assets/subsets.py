@@ -19,9 +19,11 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from assets import checks
+from assets.audits import audit_metrics
 from assets.export import uid_array
 from resources.catalog import SQL_DIR, Catalog, CatalogResource
-from resources.lake import LakeResource, members_path, uids_path
+from resources.lake import LakeResource, checks_path, members_path, uids_path
 from resources.versions import text_digest
 
 CODE_VERSION = "1"
@@ -149,10 +151,13 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
                        upstream: list[AssetKey]) -> AssetsDefinition:
     """The subsets/<policy> asset; `calibration` holds the model's parameter values."""
 
+    key = AssetKey(["subsets", policy.name])
+
     @asset(
         name=policy.name,
         key_prefix="subsets",
         deps=upstream,
+        check_specs=checks.specs(key, checks.SUBSET_CHECKS, policy.name, blocking=True),
         group_name="subsets",
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
         compute_kind="duckdb",
@@ -167,9 +172,20 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         finally:
             db.close()
         lake.write_parquet(members_path(policy.name), members)
+        db = catalog.open(lake.url, model_id)  # anew, so subset_members sees the file just written
+        try:
+            figures = audit_metrics(db, policy.name)  # the audit's figures that do not need the index
+        finally:
+            db.close()
         lake.write_npy(uids_path(policy.name), uid_array(members.column("uid").to_pylist(),
                                                           members.column("key").to_pylist()))
-        return MaterializeResult(metadata={
+        results = checks.evaluate(checks.SUBSET_CHECKS, policy.name, {
+            "nsfw_rate": figures["after"].get("nsfw_rate"),
+            "duplicate_rate": figures["after"].get("near_duplicate_rate"),
+            "group_removal_ratio": figures["representation"]["max_removal_ratio"],
+        }, blocking=True)
+        lake.write_json(checks_path(policy.name), checks.summary(results))
+        return MaterializeResult(check_results=results, metadata={
             "members": members.num_rows,
             "pool": pool,
             "kept_share": members.num_rows / pool if pool else 0.0,

@@ -5,6 +5,7 @@
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
+    clipsieve search --lake LAKE --subset POLICY ["a red car" | --image PATH] [-k 10] [--json]
     clipsieve summary --lake LAKE
 """
 
@@ -156,11 +157,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     from assets import export
     from resources.catalog import open_catalog
     from resources.crawl import CrawlResource
-    from resources.lake import LakeResource, members_path
+    from resources.lake import LakeResource, checks_path, members_path
 
     lake = LakeResource(root=args.lake)
     if not lake.exists(members_path(args.subset)):
         raise ValueError(f"no subset {args.subset!r} in {args.lake}: materialize subsets/{args.subset} first")
+    failed = {name: result for name, result in (lake.read_json(checks_path(args.subset))
+                                                if lake.exists(checks_path(args.subset)) else {}).items()
+              if not result["passed"]}
+    if failed:
+        reasons = "; ".join(f"{name} = {r['value']} ({r['kind']} {r['bound']})" for name, r in failed.items())
+        raise ValueError(f"subset {args.subset!r} failed its blocking checks, not exporting: {reasons}")
     out = Path(args.out)
     if args.format == "uids":
         paths = [export.export_uids(lake, args.subset, out)]
@@ -177,6 +184,40 @@ def cmd_export(args: argparse.Namespace) -> None:
                                          args.samples_per_shard)
     for path in paths:
         print(path)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from assets.indices import encode_query, read_index, search
+    from resources.catalog import open_catalog
+    from resources.clip_model import ClipModelResource
+    from resources.lake import LakeResource, index_dir
+
+    lake = LakeResource(root=args.lake)
+    clip = ClipModelResource(model_name=args.model, pretrained=_pretrained(args))
+    folder = index_dir(args.subset, clip.model_id)
+    if not lake.exists(f"{folder}/image.index"):
+        raise ValueError(f"no index for subset {args.subset!r} and model {clip.model_id} in {args.lake}: "
+                         f"materialize indices/{args.subset} first")
+    if args.image:
+        query = encode_query(clip.load(), image=Path(args.image).read_bytes())
+    elif args.text:
+        query = encode_query(clip.load(), text=args.text)
+    else:
+        raise ValueError("give a text to search for, or --image PATH")
+    index, keys = read_index(lake, folder)
+    (hits,) = search(index, keys, query, args.k)
+    catalog = open_catalog(lake.url, clip.model_id)
+    try:
+        captions = {r["key"]: r["caption"] for r in catalog.query(
+            "SELECT key, caption FROM samples WHERE key IN (SELECT unnest(?))", [[k for k, _ in hits]]).to_pylist()}
+    finally:
+        catalog.close()
+    rows = [{"key": key, "score": round(score, 4), "caption": captions.get(key)} for key, score in hits]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        print(f"{row['key']}  {row['score']:.4f}  {row['caption']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int, default=10_000)
     _model_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("search", help="kNN search of a subset's index by text or by image")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--subset", required=True, help="policy name")
+    p.add_argument("text", nargs="?", help="text to search for (text -> image)")
+    p.add_argument("--image", help="image file to search with (image -> image)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print a JSON array of {key, score, caption}")
+    _model_args(p)
+    p.set_defaults(func=cmd_search)
 
     p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
     p.add_argument("--lake", required=True)

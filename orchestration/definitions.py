@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets.indices import IndexResource
 from assets.sample_crawl import sample_crawl
 from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
 from orchestration.partitions import shard_partitions
@@ -83,6 +84,7 @@ def build_resources(crawl: str | None = None, lake: str | None = None, model_nam
         "clip": clip,
         "heads": HeadsResource(),
         "catalog": CatalogResource(),
+        "indexing": IndexResource(),
     }
 
 

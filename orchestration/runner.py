@@ -44,6 +44,22 @@ def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | No
     return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
 
 
+def _failures(result) -> str:
+    """Failed checks and steps of a run, one line each, for the terminal."""
+    lines = []
+    for event in result.all_events:
+        evaluation = event.event_specific_data if event.event_type_value == "ASSET_CHECK_EVALUATION" else None
+        if evaluation is not None and not evaluation.passed:
+            values = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+            lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed: "
+                         f"{values.get('what')} = {values.get('value')} ({values.get('kind')} {values.get('bound')})")
+        elif event.is_step_failure:
+            lines.append(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
+        elif event.is_step_skipped:
+            lines.append(f"  step {event.step_key} skipped (an upstream step or blocking check failed)")
+    return "\n".join(lines)
+
+
 def _exists(path: str) -> bool:
     fs, stripped = fsspec.core.url_to_fs(path)
     return fs.exists(stripped)
@@ -97,9 +113,10 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
     if report.per_shard_runs or stale:
         todo = cross_shard if report.per_shard_runs else _downstream_closure(defs, stale, cross_shard)
         log(f"cross-shard: materializing {len(todo)} asset(s)")
-        result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET)
+        result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
+                             raise_on_error=False)
         if not result.success:
-            raise RuntimeError(f"cross-shard run failed: {result.run_id}")
+            raise RuntimeError(f"cross-shard run {result.run_id} failed:\n" + _failures(result))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
     report.seconds = time.time() - started
     return report

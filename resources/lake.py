@@ -5,7 +5,7 @@
     <lake>/shards/<shard>/scores/<filter>.parquet            model-independent filters
     <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
     <lake>/dedup/<model>/clusters.parquet
-    <lake>/subsets/<policy>/{members.parquet,uids.npy}
+    <lake>/subsets/<policy>/{members.parquet,uids.npy,checks.json}
     <lake>/indices/<policy>/<model>/{image.index,keys.parquet,index_info.json}
     <lake>/audits/<policy>/metrics.json
 
@@ -54,6 +54,11 @@ def members_path(policy: str) -> str:
 def uids_path(policy: str) -> str:
     """The subset as DataComp's uid file (see assets/export.py)."""
     return f"subsets/{policy}/uids.npy"
+
+
+def checks_path(policy: str) -> str:
+    """Results of the subset's asset checks, read by `clipsieve export`."""
+    return f"subsets/{policy}/checks.json"
 
 
 def index_dir(policy: str, model_id: str) -> str:

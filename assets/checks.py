@@ -1,0 +1,69 @@
+"""Asset checks that gate subsets: bounds per policy from sql/policies/checks.toml.
+
+subset (blocking)   nsfw_rate, duplicate_rate, group_removal_ratio
+index (blocking)    recall_at_10
+audit (warning)     retrieval_skew
+A failed blocking check stops the subset's index and audit in the same run (Dagster
+skips them) and its export (`clipsieve export` reads subsets/<policy>/checks.json).
+"""
+
+import os
+from pathlib import Path
+
+import tomllib
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+
+from resources.catalog import SQL_DIR
+
+CHECKS_PATH = Path(os.environ.get("CLIPSIEVE_CHECKS", SQL_DIR / "policies" / "checks.toml"))
+
+# check name -> (bound name, "max" or "min", what the figure is)
+SUBSET_CHECKS = {
+    "nsfw_rate": ("max_nsfw_rate", "max", "share of members with punsafe > 0.5"),
+    "duplicate_rate": ("max_duplicate_rate", "max", "share of members flagged by near_duplicates"),
+    "group_removal_ratio": ("max_removal_ratio", "max", "largest caption-group removal rate / overall rate"),
+}
+INDEX_CHECKS = {"recall_at_10": ("min_recall_at_10", "min", "recall@10 against exact search")}
+AUDIT_CHECKS = {"retrieval_skew": ("max_mean_max_skew", "max", "mean MaxSkew@k over the neutral prompts")}
+
+
+def bounds(policy: str, path: Path | None = None) -> dict[str, float]:
+    """The check bounds of a policy: [default], replaced by its own table."""
+    path = path or CHECKS_PATH
+    config = tomllib.loads(path.read_text()) if path.exists() else {}
+    return {**config.get("default", {}), **config.get(policy, {})}
+
+
+def specs(asset_key: AssetKey, checks: dict, policy: str, blocking: bool) -> list[AssetCheckSpec]:
+    limits = bounds(policy)
+    return [
+        AssetCheckSpec(name, asset=asset_key, blocking=blocking,
+                       description=f"{what} {'at most' if kind == 'max' else 'at least'} {limits.get(bound)}")
+        for name, (bound, kind, what) in checks.items() if bound in limits
+    ]
+
+
+def evaluate(checks: dict, policy: str, figures: dict[str, float | None], blocking: bool) -> list[AssetCheckResult]:
+    """One result per configured check: passed when the figure is within its bound."""
+    limits = bounds(policy)
+    results = []
+    for name, (bound, kind, what) in checks.items():
+        if bound not in limits:
+            continue
+        value, limit = figures.get(name), limits[bound]
+        passed = value is None or (value <= limit if kind == "max" else value >= limit)
+        results.append(AssetCheckResult(
+            check_name=name,
+            passed=bool(passed),
+            severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN,
+            metadata={"value": value if value is not None else "n/a", "bound": limit, "kind": kind, "what": what},
+        ))
+    return results
+
+
+def summary(results: list[AssetCheckResult]) -> dict[str, dict]:
+    """JSON-ready record of check results (written beside the subset for `clipsieve export`)."""
+    return {
+        r.check_name: {"passed": r.passed, **{k: getattr(v, "value", v) for k, v in r.metadata.items()}}
+        for r in results
+    }

@@ -1,0 +1,179 @@
+"""Indices that can be searched and audits that can be believed, and checks that gate."""
+
+import json
+import math
+import re
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+from dagster._core.instance.ref import InstanceRef
+
+from assets import audit_metrics as formulas
+from assets import checks
+from assets.indices import IndexSettings, build_index, choose_factory, recall_at_k
+from orchestration.definitions import build_definitions
+from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+from resources.crawl import CrawlResource
+from resources.lake import LakeResource, index_dir
+from tests.conftest import run_cli
+
+MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def lake(materialized) -> LakeResource:
+    return LakeResource(root=str(materialized["lake"]))
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_index_type_grows_with_the_set_and_shrinks_with_the_budget():
+    assert choose_factory(5_000, 128, 2**30) == "Flat"
+    assert choose_factory(200_000, 128, 2**30) == "HNSW32"
+    assert choose_factory(3_000_000, 128, 2**31).startswith("IVF") and choose_factory(
+        3_000_000, 128, 2**31).endswith(",Flat")
+    assert choose_factory(3_000_000, 512, 2**31).split(",")[1].startswith("PQ")
+    with pytest.raises(ValueError, match="do not fit"):
+        choose_factory(10**9, 512, 2**20)
+
+
+@pytest.mark.parametrize("budget_bytes, family", [(10 * 2**20, "HNSW32"), (int(3.5 * 2**20), "IVF")])
+def test_approximate_index_recall_is_measured_against_exact_search(budget_bytes, family):
+    rng = np.random.default_rng(0)
+    vectors, queries = _unit(rng, 25_000, 32), _unit(rng, 200, 32)
+    index, info = build_index(vectors, queries, IndexSettings(budget_bytes, 0.9, 200))
+    assert info["factory"].startswith(family)
+    # Recompute recall@10 by brute force, independently of the index module.
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    _, found = index.search(queries, 10)
+    recomputed = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found)])
+    assert info["recall_at_10"] == pytest.approx(recomputed, abs=0.01)
+    if family == "HNSW32":
+        assert info["recall_at_10"] >= 0.9 and info["search_params"].startswith("efSearch")
+    assert info["memory_bytes"] == faiss.serialize_index(index).nbytes
+
+
+def test_recall_counts_ties_as_hits():
+    vectors = np.repeat(_unit(np.random.default_rng(1), 5, 8), 3, axis=0)  # every vector three times
+    index = faiss.IndexFlatIP(8)
+    index.add(vectors)
+    truth = index.search(vectors[:4], 3)
+    assert recall_at_k(index, vectors[:4], truth, k=3) == 1.0
+
+
+def test_demo_indices_record_their_figures(lake, materialized):
+    info = lake.read_json(f"{index_dir('safe', MODEL_ID)}/index_info.json")
+    assert {"factory", "memory_bytes", "build_seconds", "recall_at_10"} <= set(info)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(materialized["home"])))
+    event = instance.get_latest_materialization_event(AssetKey(["indices", "safe"]))
+    metadata = event.asset_materialization.metadata
+    assert metadata["factory"].value == info["factory"] and metadata["recall_at_10"].value == info["recall_at_10"]
+
+
+def test_search_by_text_and_by_image_stays_in_the_subset(materialized, lake):
+    members = set(lake.read_parquet("subsets/safe/members.parquet").column("key").to_pylist())
+    out = run_cli("search", "--lake", str(materialized["lake"]), "--subset", "safe",
+                  "a photo of a red circle on a blue background", "-k", "10", "--json")
+    hits = json.loads(out.stdout)
+    assert len(hits) == 10 and {h["key"] for h in hits} <= members
+    # Few members are exactly a red circle on blue; the nearest are red things on blue.
+    red_on_blue = re.compile(r"\bred \w+ (?:on|against) a (?:\w+ )?blue background")
+    assert sum(bool(red_on_blue.search(h["caption"])) for h in hits) >= 5
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    text = run_cli("search", "--lake", str(materialized["lake"]), "--subset", "safe", "a blue star", "-k", "3")
+    assert len(text.stdout.strip().splitlines()) == 3
+
+    member = sorted(members)[0]
+    shard = member[:5]
+    crawl = CrawlResource(root=str(materialized["crawl"]))
+    image = next(data for name, data in crawl.iter_tar(shard) if name == f"{member}.jpg")
+    path = materialized["lake"].parent / "query.jpg"
+    path.write_bytes(image)
+    by_image = json.loads(run_cli("search", "--lake", str(materialized["lake"]), "--subset", "safe",
+                                  "--image", str(path), "-k", "5", "--json").stdout)
+    assert by_image[0]["key"] == member and by_image[0]["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_audit_formulas_against_hand_computed_values():
+    low, high = formulas.wilson_interval(5, 100)
+    # p = .05, z = 1.96: (0.05 + 0.019208 +- 1.96 * sqrt(0.000475 + 0.0000960)) / 1.038416
+    assert low == pytest.approx(0.021543, abs=1e-5) and high == pytest.approx(0.111750, abs=1e-5)
+    assert formulas.wilson_interval(0, 0) == (0.0, 1.0)
+    assert formulas.entropy_bits([1, 1, 1, 1]) == pytest.approx(2.0)
+    target = {"a": 0.5, "b": 0.5}
+    assert formulas.max_skew(["a", "a", "a", "b"], target) == pytest.approx(math.log(0.75 / 0.5), abs=1e-5)
+    # NDKL of a ranking that is balanced from the second result on: only i = 1 and i = 3 differ from D*.
+    kl1 = 1 * math.log(1 / 0.5)  # top-1 = [a]: all mass on a
+    kl3 = (2 / 3) * math.log((2 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / 0.5)
+    z = 1 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    expected = (kl1 / math.log2(2) + kl3 / math.log2(4)) / z
+    assert formulas.ndkl(["a", "b", "a"], target) == pytest.approx(expected, abs=1e-4)
+    ratios = formulas.removal_ratios({"g": 10, "h": 10}, {"g": 5, "h": 9}, 20, 14)
+    assert ratios["g"] == pytest.approx(0.5 / 0.3) and ratios["h"] == pytest.approx(0.1 / 0.3)
+
+
+def test_weat_effect_size_and_permutation_p_value():
+    a, b = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    x = np.array([[0.9, 0.1], [0.8, 0.2], [0.95, 0.05]])
+    y = np.array([[0.1, 0.9], [0.2, 0.8], [0.05, 0.95]])
+    s = np.concatenate([x @ a.T - x @ b.T, y @ a.T - y @ b.T]).ravel()
+    result = formulas.weat(x, y, a, b, permutations=2000)
+    assert result["effect_size"] == pytest.approx((s[:3].mean() - s[3:].mean()) / s.std(ddof=1))
+    assert result["p_value"] == pytest.approx(1 / 20, abs=0.02)  # 1 of the 20 splits is as extreme
+    assert formulas.weat(y, x, a, b)["effect_size"] < 0
+
+
+def test_the_planted_skew_is_detected(lake):
+    metrics = lake.read_json("audits/laion400m/metrics.json")
+    groups = metrics["representation"]["groups"]
+    assert groups["woman"]["removal_ratio"] > 1.5 * groups["man"]["removal_ratio"]  # mismatched 3x as often
+    bias = {p["prompt"]: p["skews"] for p in metrics["retrieval_bias"]["prompts"]}
+    assert bias["a pink shape next to a person"]["woman"] > 0.3 > bias["a pink shape next to a person"]["man"]
+    assert bias["a blue shape next to a person"]["man"] > 0 > bias["a blue shape next to a person"]["woman"]
+    cross = metrics["association"]["cross_modal"]
+    assert cross["image_groups"] == {"x": "woman", "y": "man"}
+    assert cross["effect_size"] > 0.5 and cross["p_value"] < 0.01
+    assert metrics["association"]["text"]["effect_size"] > 0
+    assert metrics["before"]["toxic_rate_ci95"][0] <= metrics["before"]["toxic_rate"] <= \
+        metrics["before"]["toxic_rate_ci95"][1]
+    concepts = metrics["distributions"]["concepts"]["before"]
+    assert 0 < concepts["entries_with_zero_matches"] < concepts["entries"] and concepts["entropy_bits"] > 1
+
+
+def test_report_is_one_self_contained_page(lake):
+    page = lake.read_bytes("audits/safe/report.html").decode()
+    assert page.count("src='data:image/png;base64,") >= 5
+    assert "http://" not in page and "https://" not in page
+    assert "Retrieval bias" in page and "WEAT" in page
+
+
+def test_a_failing_blocking_check_stops_index_and_export(tmp_path, materialized, monkeypatch):
+    lake_copy = tmp_path / "lake"
+    shutil.copytree(materialized["lake"], lake_copy, ignore=shutil.ignore_patterns("_dagster"))
+    shutil.rmtree(lake_copy / "indices" / "safe")
+    tight = tmp_path / "checks.toml"
+    tight.write_text("[default]\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
+    monkeypatch.setattr(checks, "CHECKS_PATH", tight)
+    defs = build_definitions(crawl=str(materialized["crawl"]), lake=str(lake_copy))
+    selection = [AssetKey(["subsets", "safe"]), AssetKey(["indices", "safe"]), AssetKey(["audits", "safe"])]
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(list(defs.assets), instance=instance, resources=defs.resources, selection=selection,
+                             raise_on_error=False)
+    assert not result.success
+    evaluations = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+                   for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert not evaluations["group_removal_ratio"].passed and evaluations["group_removal_ratio"].metadata[
+        "bound"].value == 0.5
+    materialized_keys = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized_keys == {AssetKey(["subsets", "safe"])}  # index and audit did not run
+    assert not (lake_copy / "indices" / "safe").exists()
+    refused = run_cli("export", "--lake", str(lake_copy), "--subset", "safe", "--format", "uids",
+                      "--out", str(tmp_path / "out"), check=False)
+    assert refused.returncode != 0 and "failed its blocking checks" in refused.stderr
+    assert "group_removal_ratio" in refused.stderr
