@@ -8,9 +8,9 @@ skips them) and its export (`clipsieve export` reads subsets/<policy>/checks.jso
 """
 
 import os
+import tomllib
 from pathlib import Path
 
-import tomllib
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
 
 from resources.catalog import SQL_DIR
