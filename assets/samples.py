@@ -18,7 +18,7 @@ import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeResult, asset
 from PIL import Image
 
 from orchestration.partitions import shard_partitions
@@ -125,10 +125,13 @@ def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
 def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
     """Every input row of the shard, with tar member and image status; nothing dropped."""
     shard = context.partition_key
+    fingerprint = crawl.fingerprint(shard)
     table = read_samples(crawl, shard)
     lake.write_parquet(samples_path(shard), table)
     statuses = pc.value_counts(table.column("image_status")).to_pylist()
-    return MaterializeResult(metadata={
+    # The data version follows the crawl files, so a rewritten shard makes everything below it stale.
+    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{fingerprint}"), metadata={
+        "crawl_fingerprint": fingerprint,
         "rows": table.num_rows,
         "usable_images": sum(s["counts"] for s in statuses if s["values"] == "ok"),
         **{f"image_status/{s['values']}": s["counts"] for s in statuses},

@@ -2,8 +2,9 @@
 
 Every run goes through Dagster (`dagster.materialize`) and is recorded in the instance, so
 the UI shows it. Per-shard work is skipped for a (shard, asset) whose latest
-materialization has the current code version (model id included) and whose output file
-is still in this lake; whatever is downstream of redone work is redone too. Cross-shard
+materialization has the current code version (model id included), whose output file is
+still in this lake and, for `samples`, whose crawl files have not changed (size and
+mtime fingerprint); whatever is downstream of redone work is redone too. Cross-shard
 assets run when any per-shard work ran or when they are themselves out of date; the
 evaluation asset only when the crawl has a ground_truth.parquet.
 """
@@ -17,6 +18,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions, 
 from orchestration.partitions import shard_partitions
 
 CODE_VERSION_TAG = "dagster/code_version"
+SAMPLES = AssetKey("samples")
 # Runs log to the instance (the UI shows everything); the terminal gets warnings only.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -30,7 +32,7 @@ class RunReport:
 
 
 def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | None, lake_url: str,
-                partition: str | None) -> bool:
+                partition: str | None, fingerprint: str | None = None) -> bool:
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
     ).records
@@ -39,6 +41,10 @@ def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | No
     event = records[0].asset_materialization
     if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
         return False
+    if fingerprint is not None:  # samples: the crawl shard must not have changed since
+        recorded = event.metadata.get("crawl_fingerprint")
+        if getattr(recorded, "value", recorded) != fingerprint:
+            return False
     path = event.metadata.get("path")
     path = getattr(path, "value", path)
     return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
@@ -98,7 +104,9 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
     report = RunReport(shards=shards)
 
     for shard in shards:
-        stale = {k for k in per_shard if not _is_current(instance, k, code_versions[k], lake.url, shard)}
+        fingerprint = crawl.fingerprint(shard)
+        stale = {k for k in per_shard if not _is_current(instance, k, code_versions[k], lake.url, shard,
+                                                          fingerprint if k == SAMPLES else None)}
         todo = _downstream_closure(defs, stale, per_shard)
         if not todo:
             continue

@@ -1,8 +1,12 @@
-"""The crawl sensor: new complete shards become partitions and get their per-shard run.
+"""The crawl sensor: new complete shards become partitions and get their per-shard run,
+and a shard rewritten under the same name (its files' size or mtime changed) is run again.
 
 A shard counts once its tar, parquet and stats file are all present; img2dataset writes
-the stats file last, so a shard still being written is not picked up.
+the stats file last, so a shard still being written is not picked up. The cursor keeps
+each shard's fingerprint.
 """
+
+import json
 
 from dagster import (
     DefaultSensorStatus,
@@ -35,9 +39,14 @@ def build_crawl_sensor(job: JobDefinition) -> SensorDefinition:
     def crawl_sensor(context: SensorEvaluationContext, crawl: CrawlResource) -> SensorResult:
         known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
         fresh = new_shards(crawl, known)
+        seen = json.loads(context.cursor) if context.cursor else {}
+        current = {shard: crawl.fingerprint(shard) for shard in crawl.shards()}
+        changed = [s for s in current if s in known and seen.get(s) not in (None, current[s])]
         return SensorResult(
-            run_requests=[RunRequest(partition_key=shard, run_key=f"shard-{shard}") for shard in fresh],
+            run_requests=[RunRequest(partition_key=shard, run_key=f"shard-{shard}-{current[shard]}")
+                          for shard in fresh + changed],
             dynamic_partitions_requests=[shard_partitions.build_add_request(fresh)] if fresh else [],
+            cursor=json.dumps(current, sort_keys=True),
         )
 
     return crawl_sensor

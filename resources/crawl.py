@@ -5,6 +5,7 @@ writes the stats last). Tar members are read by name; nothing is ever extracted 
 so a hostile member name cannot escape anywhere.
 """
 
+import hashlib
 import io
 import os
 import tarfile
@@ -42,6 +43,16 @@ class CrawlResource(ConfigurableResource):
             for n in names
             if n.endswith(".tar") and f"{n[:-4]}.parquet" in names and f"{n[:-4]}_stats.json" in names
         )
+
+    def fingerprint(self, shard: str) -> str:
+        """Size and modification time of the shard's three files, hashed: it changes when
+        img2dataset (or anyone) rewrites the shard under the same name."""
+        fs, _ = self._fs()
+        parts = []
+        for suffix in (".tar", ".parquet", "_stats.json"):
+            info = fs.info(self.file(shard, suffix))
+            parts.append(f"{suffix}:{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def file(self, shard: str, suffix: str) -> str:
         """Path of a shard file, e.g. file("00000", ".tar")."""
