@@ -6,6 +6,8 @@
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
     clipsieve search --lake LAKE --subset POLICY ["a red car" | --image PATH] [-k 10] [--json]
+    clipsieve explain --lake LAKE KEY
+    clipsieve lineage --lake LAKE --subset POLICY
     clipsieve summary --lake LAKE
 """
 
@@ -220,6 +222,44 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{row['key']}  {row['score']:.4f}  {row['caption']}")
 
 
+def _existing_instance(lake: str):
+    """The instance the runs were recorded in ($DAGSTER_HOME, else <lake>/_dagster), if any."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    home = os.environ.get("DAGSTER_HOME") or str(Path(lake, "_dagster"))
+    return DagsterInstance.from_ref(InstanceRef.from_dir(home)) if os.path.isdir(home) else None
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from assets.subsets import calibrated_params, load_policies
+    from orchestration.lineage import explain
+    from resources.catalog import open_catalog
+    from resources.lake import LakeResource
+
+    pretrained = _pretrained(args)
+    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, pretrained))
+    try:
+        result = explain(catalog, args.key, load_policies(), calibrated_params(pretrained),
+                         _existing_instance(args.lake))
+    finally:
+        catalog.close()
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_lineage(args: argparse.Namespace) -> None:
+    from orchestration.lineage import subset_lineage
+    from resources.catalog import open_catalog
+    from resources.lake import LakeResource
+
+    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)))
+    try:
+        result = subset_lineage(catalog, args.subset, _existing_instance(args.lake))
+    finally:
+        catalog.close()
+    print(json.dumps(result, indent=2, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipsieve", description="Curate image-text data with Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array of {key, score, caption}")
     _model_args(p)
     p.set_defaults(func=cmd_search)
+
+    p = commands.add_parser("explain", help="one sample's crawl row, scores, policy decisions and runs")
+    p.add_argument("--lake", required=True)
+    p.add_argument("key")
+    _model_args(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = commands.add_parser("lineage", help="the shards, model, SQL and runs behind a subset")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--subset", required=True)
+    _model_args(p)
+    p.set_defaults(func=cmd_lineage)
 
     p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
     p.add_argument("--lake", required=True)

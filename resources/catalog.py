@@ -35,9 +35,9 @@ class Catalog:
     connection: duckdb.DuckDBPyConnection
     missing: dict[str, str] = field(default_factory=dict)
 
-    def query(self, sql: str, parameters: list | None = None) -> pa.Table:
+    def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
         try:
-            return self.connection.execute(sql, parameters or []).fetch_arrow_table()
+            return self.connection.execute(sql, parameters if parameters is not None else []).fetch_arrow_table()
         except duckdb.CatalogException as error:
             if self.missing:
                 hints = "; ".join(f"{name}: {why}" for name, why in self.missing.items())

@@ -1,0 +1,141 @@
+"""Lineage: where a sample or a subset came from (`clipsieve explain`, `clipsieve lineage`).
+
+explain   one sample: its crawl row (shard, tar member, url, caption, status), every
+          score, each policy's decision and, when dropped, the WHERE clauses it fails
+          (the policy's top-level AND terms, split by DuckDB's own parser), and the Dagster
+          run and materialization behind each of its files.
+lineage   one subset: shards, model, SQL hash and parameters, member count, and the runs
+          that produced the subset, its index and its audit.
+"""
+
+import copy
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+from assets.subsets import Policy, effective_params
+from resources.catalog import Catalog, read_sql
+
+PER_SHARD_ASSETS = ("samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
+                    "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash",
+                    "scores/toxicity", "scores/concepts")
+
+
+def where_clauses(catalog: Catalog, policy: Policy) -> list[tuple[str, str]]:
+    """(clause, single-clause SELECT) for each top-level AND term of the policy's WHERE."""
+    connection = catalog.connection
+    select = connection.extract_statements(policy.sql)[-1].query
+    tree = json.loads(connection.execute("SELECT json_serialize_sql(?)", [select]).fetchone()[0])
+    if tree.get("error"):
+        return []
+    where = tree["statements"][0]["node"].get("where_clause")
+    if not where:
+        return []
+    terms = where["children"] if where.get("type") == "CONJUNCTION_AND" else [where]
+    clauses = []
+    for term in terms:
+        single = copy.deepcopy(tree)
+        single["statements"][0]["node"]["where_clause"] = term
+        sql = connection.execute("SELECT json_deserialize_sql(?)", [json.dumps(single)]).fetchone()[0]
+        clauses.append((sql.rsplit(" WHERE ", 1)[-1], sql))
+    return clauses
+
+
+def _with_values(clause: str, params: dict[str, Any]) -> str:
+    """The clause with getvariable('x') shown as x's value."""
+    return re.sub(r"getvariable\('(\w+)'\)", lambda m: repr(params.get(m.group(1), m.group(0))), clause)
+
+
+def policy_decision(catalog: Catalog, policy: Policy, params: dict[str, Any], key: str, shard: str,
+                    kept: bool) -> dict[str, Any]:
+    if kept:
+        return {"kept": True}
+    connection = catalog.connection
+    for name, value in params.items():
+        connection.execute(f"SET VARIABLE {name} = ?", [value])
+    failing = []
+    for clause, sql in where_clauses(catalog, policy):
+        connection.execute(f"CREATE OR REPLACE TEMP VIEW clause_result AS {sql}")
+        passes = connection.execute(read_sql("lineage/clause.sql"), {"key": key, "shard": shard}).fetchone()[0]
+        if not passes:
+            failing.append(_with_values(clause, params))
+    if failing:
+        return {"kept": False, "dropped_by": failing}
+    return {"kept": False, "dropped_by": ["the policy's selection beyond its WHERE clauses (ranking, sampling "
+                                          "or joins), see sql/policies/" + policy.name + ".sql"]}
+
+
+def _materialization(instance: DagsterInstance, asset: str, partition: str | None) -> dict[str, Any] | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey.from_user_string(asset),
+                           asset_partitions=[partition] if partition else None), limit=1).records
+    if not records:
+        return None
+    record = records[0]
+    event = record.asset_materialization
+    path = event.metadata.get("path")
+    return {
+        "run_id": record.run_id,
+        "materialized_at": datetime.fromtimestamp(record.timestamp, UTC).isoformat(),
+        "code_version": event.tags.get("dagster/code_version"),
+        "path": getattr(path, "value", path),
+    }
+
+
+def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dict[str, dict[str, Any]],
+            instance: DagsterInstance | None) -> dict[str, Any]:
+    """Everything known about one sample, from crawl row to each policy's decision."""
+    rows = catalog.query(read_sql("lineage/sample.sql"), {"key": key}).to_pylist()
+    if not rows:
+        raise ValueError(f"no sample with key {key!r} in the lake")
+    sample = rows[0]
+    shard = sample["shard"]
+    scores = catalog.query(read_sql("lineage/scores.sql"), {"key": key}).to_pylist()
+    members = {r["policy"] for r in catalog.query(read_sql("lineage/membership.sql"), {"key": key}).to_pylist()}
+    materialized = {r["policy"] for r in catalog.query(read_sql("lineage/policies.sql")).to_pylist()}
+    result: dict[str, Any] = {"key": key, "shard": shard, "tar_member": sample.get("tar_member"),
+                              "url": sample.get("url"), "caption": sample.get("caption"),
+                              "status": sample.get("status"), "image_status": sample.get("image_status"),
+                              "image_error": sample.get("image_error")}
+    if scores:
+        result["scores"] = {k: v for k, v in scores[0].items() if k not in ("key", "shard", "url", "caption")}
+    decisions = {}
+    for policy in policies:
+        if policy.name not in materialized:
+            continue
+        if not scores:
+            decisions[policy.name] = {"kept": False, "dropped_by": [
+                f"never scored: image_status {sample.get('image_status')} ({sample.get('image_error')})"]}
+            continue
+        params = effective_params(policy, calibration)
+        decisions[policy.name] = policy_decision(catalog, policy, params, key, shard, policy.name in members)
+    result["policies"] = decisions
+    if instance is not None:
+        result["materializations"] = {
+            **{asset: _materialization(instance, asset, shard) for asset in PER_SHARD_ASSETS},
+            **{f"subsets/{p}": _materialization(instance, f"subsets/{p}", None) for p in decisions},
+        }
+    return result
+
+
+def subset_lineage(catalog: Catalog, policy: str, instance: DagsterInstance | None) -> dict[str, Any]:
+    """Which shards, model, SQL and runs produced a subset, its index and its audit."""
+    shards = catalog.query(read_sql("lineage/subset_shards.sql"), {"policy": policy}).to_pylist()
+    if not shards:
+        raise ValueError(f"no subset {policy!r} in the lake")
+    result: dict[str, Any] = {"policy": policy, "members": sum(s["members"] for s in shards),
+                              "shards": {s["shard"]: s["members"] for s in shards}}
+    if instance is not None:
+        for group in ("subsets", "indices", "audits"):
+            records = instance.fetch_materializations(AssetKey([group, policy]), limit=1).records
+            if records:
+                metadata = records[0].asset_materialization.metadata
+                result[group] = {
+                    **_materialization(instance, f"{group}/{policy}", None),
+                    **{k: getattr(metadata[k], "value", metadata[k]) for k in
+                       ("model_id", "sql_hash", "params", "factory", "recall_at_10") if k in metadata},
+                }
+    return result
