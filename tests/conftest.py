@@ -38,3 +38,28 @@ def materialized(tmp_path_factory, crawl) -> dict:
     env = {"DAGSTER_HOME": str(home)}
     first = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
     return {"crawl": crawl, "lake": lake, "home": home, "env": env, "output": first.stdout}
+
+
+@pytest.fixture(scope="session")
+def lake(materialized):
+    from resources.lake import LakeResource
+
+    return LakeResource(root=str(materialized["lake"]))
+
+
+@pytest.fixture(scope="session")
+def truth(materialized) -> dict:
+    import pyarrow.parquet as pq
+
+    return {r["key"]: r for r in pq.read_table(materialized["crawl"] / "ground_truth.parquet").to_pylist()}
+
+
+@pytest.fixture(scope="session")
+def catalog(lake):
+    """A DuckDB catalog over the materialized lake, for the demo model."""
+    from resources.catalog import open_catalog
+    from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+
+    db = open_catalog(lake.url, model_id(DEMO_MODEL, DEMO_CHECKPOINT))
+    yield db
+    db.close()

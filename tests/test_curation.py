@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import webdataset as wds
 from dagster import AssetKey, DagsterInstance, materialize
 
@@ -16,30 +15,12 @@ from assets.scores.concepts import entries
 from assets.scores.text_match import PhraseMatcher, normalize
 from assets.subsets import calibrated_params
 from orchestration.definitions import build_definitions
-from resources.catalog import open_catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.lake import LakeResource
 from tests.conftest import run_cli
 
 MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
 PARAMS = calibrated_params(DEMO_CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def lake(materialized) -> LakeResource:
-    return LakeResource(root=str(materialized["lake"]))
-
-
-@pytest.fixture(scope="module")
-def truth(materialized) -> dict:
-    return {r["key"]: r for r in pq.read_table(materialized["crawl"] / "ground_truth.parquet").to_pylist()}
-
-
-@pytest.fixture(scope="module")
-def catalog(lake):
-    db = open_catalog(lake.url, MODEL_ID)
-    yield db
-    db.close()
 
 
 def _members(lake: LakeResource, policy: str) -> set[str]:

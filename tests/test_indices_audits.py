@@ -17,15 +17,10 @@ from assets.indices import IndexSettings, build_index, choose_factory, recall_at
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.crawl import CrawlResource
-from resources.lake import LakeResource, index_dir
+from resources.lake import index_dir
 from tests.conftest import run_cli
 
 MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def lake(materialized) -> LakeResource:
-    return LakeResource(root=str(materialized["lake"]))
 
 
 def _unit(rng, n, d):

@@ -11,9 +11,8 @@ from dagster._core.instance.ref import InstanceRef
 
 from assets.indices import read_index, search
 from assets.subsets import calibrated_params
-from resources.catalog import open_catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
-from resources.lake import LakeResource, embeddings_dir, index_dir, score_path
+from resources.lake import embeddings_dir, index_dir, score_path
 from tests.conftest import SHARDS, run_cli
 
 MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
@@ -22,23 +21,6 @@ PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "
              "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
              "scores/concepts"]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"]
-
-
-@pytest.fixture(scope="module")
-def lake(materialized) -> LakeResource:
-    return LakeResource(root=str(materialized["lake"]))
-
-
-@pytest.fixture(scope="module")
-def truth(materialized) -> dict:
-    return {r["key"]: r for r in pq.read_table(materialized["crawl"] / "ground_truth.parquet").to_pylist()}
-
-
-@pytest.fixture(scope="module")
-def catalog(lake):
-    db = open_catalog(lake.url, MODEL_ID)
-    yield db
-    db.close()
 
 
 def test_every_asset_materialized_per_partition_in_the_instance(materialized):

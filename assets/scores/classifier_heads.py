@@ -7,11 +7,10 @@ files (resources/heads.py) and must match the model's embedding dimension.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.embeddings import load_embeddings
-from assets.scores.common import write_scores
-from orchestration.partitions import shard_partitions
+from assets.scores.common import score_asset, write_scores
 from resources.heads import Head, HeadsResource
 from resources.lake import LakeResource
 
@@ -34,16 +33,8 @@ def head_scores(head: Head, column: str, keys: pa.Table, image) -> pa.Table:
 def build_head_asset(name: str, model_id: str, head_version: str) -> AssetsDefinition:
     column, cut_off = HEADS[name]
 
-    @asset(
-        name=name,
-        key_prefix="scores",
-        partitions_def=shard_partitions,
-        deps=["embeddings"],
-        group_name="scores",
-        code_version=f"{CODE_VERSION}+{model_id}+{head_version}",
-        compute_kind="torch",
-        description=f"`{column}` from the {name} head over CLIP image embeddings.",
-    )
+    @score_asset(f"{CODE_VERSION}+{model_id}+{head_version}", "torch", deps=("embeddings",), name=name,
+                 description=f"`{column}` from the {name} head over CLIP image embeddings.")
     def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource) -> MaterializeResult:
         shard = context.partition_key
         keys, image, _ = load_embeddings(lake, shard, model_id)

@@ -5,11 +5,10 @@ Embeddings are stored normalized, so the cosine is a row-wise dot product.
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.embeddings import load_embeddings
-from assets.scores.common import write_scores
-from orchestration.partitions import shard_partitions
+from assets.scores.common import score_asset, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -31,15 +30,7 @@ def similarity_scores(keys: pa.Table, image: np.ndarray, text: np.ndarray) -> pa
 
 
 def build_clip_similarity_asset(model_id: str) -> AssetsDefinition:
-    @asset(
-        name="clip_similarity",
-        key_prefix="scores",
-        partitions_def=shard_partitions,
-        deps=["embeddings"],
-        group_name="scores",
-        code_version=f"{CODE_VERSION}+{model_id}",
-        compute_kind="numpy",
-    )
+    @score_asset(f"{CODE_VERSION}+{model_id}", "numpy", deps=("embeddings",), name="clip_similarity")
     def clip_similarity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         """CLIP image-caption cosine similarity per embedded sample (LAION's `similarity`)."""
         shard = context.partition_key

@@ -2,8 +2,16 @@
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from dagster import asset
 
+from orchestration.partitions import shard_partitions
 from resources.lake import LakeResource, samples_path, score_path
+
+
+def score_asset(code_version: str, compute_kind: str, deps: tuple[str, ...] = ("samples",), **kwargs):
+    """The @asset declaration every per-shard score shares: scores/<name>, one partition per shard."""
+    return asset(key_prefix="scores", partitions_def=shard_partitions, deps=list(deps), group_name="scores",
+                 code_version=code_version, compute_kind=compute_kind, **kwargs)
 
 
 def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = None) -> pa.Table:

@@ -11,11 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import usable_samples, write_scores
+from assets.scores.common import score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
-from orchestration.partitions import shard_partitions
 from resources.lake import LakeResource
 from resources.versions import file_digest
 
@@ -40,14 +39,7 @@ def concept_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@asset(
-    key_prefix="scores",
-    partitions_def=shard_partitions,
-    deps=["samples"],
-    group_name="scores",
-    code_version=CODE_VERSION,
-    compute_kind="python",
-)
+@score_asset(CODE_VERSION, "python")
 def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """MetaCLIP metadata entries matched by each usable sample's caption."""
     shard = context.partition_key

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 from PIL import Image
 
-from assets.scores.common import usable_samples, write_scores
-from orchestration.partitions import shard_partitions
+from assets.scores.common import score_asset, usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
@@ -90,14 +89,7 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
     })
 
 
-@asset(
-    key_prefix="scores",
-    partitions_def=shard_partitions,
-    deps=["samples"],
-    group_name="scores",
-    code_version=CODE_VERSION,
-    compute_kind="numpy",
-)
+@score_asset(CODE_VERSION, "numpy")
 def exact_hash(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
     """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
     shard = context.partition_key

@@ -8,10 +8,9 @@ import importlib.resources
 from functools import lru_cache
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import usable_samples, write_scores
-from orchestration.partitions import shard_partitions
+from assets.scores.common import score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -50,14 +49,7 @@ def language_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@asset(
-    key_prefix="scores",
-    partitions_def=shard_partitions,
-    deps=["samples"],
-    group_name="scores",
-    code_version=CODE_VERSION,
-    compute_kind="fasttext",
-)
+@score_asset(CODE_VERSION, "fasttext")
 def language(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption language (fastText lid.176) per usable sample."""
     shard = context.partition_key

@@ -6,10 +6,9 @@ crawl records it, as DataComp filters on it), min_side, aspect_ratio (long side 
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import usable_samples, write_scores
-from orchestration.partitions import shard_partitions
+from assets.scores.common import score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -42,14 +41,7 @@ def quality_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@asset(
-    key_prefix="scores",
-    partitions_def=shard_partitions,
-    deps=["samples"],
-    group_name="scores",
-    code_version=CODE_VERSION,
-    compute_kind="pyarrow",
-)
+@score_asset(CODE_VERSION, "pyarrow")
 def quality(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption words and characters, image sides and aspect ratio per usable sample."""
     shard = context.partition_key

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import usable_samples, write_scores
+from assets.scores.common import score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
-from orchestration.partitions import shard_partitions
 from resources.lake import LakeResource
 from resources.versions import file_digest
 
@@ -49,14 +48,7 @@ def toxicity_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@asset(
-    key_prefix="scores",
-    partitions_def=shard_partitions,
-    deps=["samples"],
-    group_name="scores",
-    code_version=CODE_VERSION,
-    compute_kind="scikit-learn",
-)
+@score_asset(CODE_VERSION, "scikit-learn")
 def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
     shard = context.partition_key
