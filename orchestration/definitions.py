@@ -9,6 +9,7 @@ The model id is part of the code version of every asset computed from embeddings
 model change marks exactly those assets stale.
 """
 
+import os
 from pathlib import Path
 
 from dagster import (
@@ -18,6 +19,7 @@ from dagster import (
     AssetSpec,
     Definitions,
     define_asset_job,
+    multiprocess_executor,
 )
 
 from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
@@ -25,6 +27,7 @@ from assets.indices import IndexResource
 from assets.sample_crawl import sample_crawl
 from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
 from orchestration.partitions import shard_partitions
+from orchestration.schedules import CROSS_SHARD_AUTOMATION, PER_SHARD_AUTOMATION, build_refresh_schedule
 from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
@@ -36,6 +39,8 @@ SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "aesthetic", "language",
                 "toxicity", "concepts")
 PER_SHARD_GROUPS = ("per_shard", "scores")
 CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
+# Steps of one run in parallel (UI and daemon runs; `clipsieve materialize` runs in process).
+MAX_CONCURRENT_STEPS = int(os.environ.get("CLIPSIEVE_MAX_CONCURRENT_STEPS", "2"))
 
 
 def build_assets(clip: ClipModelResource, heads: HeadsResource,
@@ -102,12 +107,26 @@ cross_shard_job = define_asset_job(
 sample_crawl_job = define_asset_job("demo_crawl", selection=AssetSelection.groups("demo"))
 
 
+def with_automation(assets: list) -> list:
+    """Per-shard assets below samples follow it eagerly; cross-shard assets refresh on the cron."""
+    automated = []
+    for item in assets:
+        if isinstance(item, AssetsDefinition) and item.key not in (AssetKey("sample_crawl"), AssetKey("samples")):
+            node_partitioned = item.partitions_def is not None
+            item = item.map_asset_specs(lambda spec, p=node_partitioned: spec.replace_attributes(
+                automation_condition=PER_SHARD_AUTOMATION if p else CROSS_SHARD_AUTOMATION))
+        automated.append(item)
+    return automated
+
+
 def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -> Definitions:
     resources = build_resources(**overrides)
     return Definitions(
-        assets=build_assets(resources["clip"], resources["heads"], policy_dir),
+        assets=with_automation(build_assets(resources["clip"], resources["heads"], policy_dir)),
         jobs=[per_shard_job, cross_shard_job, sample_crawl_job],
         sensors=[build_crawl_sensor(per_shard_job)],
+        schedules=[build_refresh_schedule(cross_shard_job)],
+        executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
         resources=resources,
     )
 

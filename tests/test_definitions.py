@@ -94,3 +94,13 @@ def test_one_asset_for_one_partition_as_the_ui_launches_it(tmp_path, crawl):
         assert metadata["image_status/failed_to_download"].value > 0
     written = LakeResource(root=str(tmp_path)).read_parquet("shards/00001/samples.parquet")
     assert written.num_rows == SAMPLES_PER_SHARD and set(written.column("shard").to_pylist()) == {"00001"}
+
+
+def test_refresh_schedule_and_automation_are_defined():
+    schedule = defs.resolve_schedule_def("refresh_schedule")
+    assert schedule.cron_schedule == "0 * * * *" and schedule.job_name == "cross_shard"
+    graph = defs.resolve_asset_graph()
+    labels = {k.to_user_string(): graph.get(k).automation_condition.get_label()
+              for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
+    assert labels["embeddings"] == "eager" and labels["scores/toxicity"] == "eager"
+    assert labels["subsets/safe"].startswith("on_cron(0 * * * *") and "samples" not in labels

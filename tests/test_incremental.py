@@ -68,3 +68,22 @@ def test_sensor_requests_new_and_rewritten_shards(tmp_path):
         later = sensor(build_sensor_context(instance=instance, resources=resources, cursor=idle.cursor))
         assert sorted(r.partition_key for r in later.run_requests) == ["00000", "00001"]
         assert json.loads(later.cursor)["00000"] != json.loads(cursor)["00000"]
+
+
+def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path, monkeypatch):
+    """memory:// goes through the same fsspec code path as s3://, DuckDB included."""
+    import fsspec
+
+    (tmp_path / "checks.toml").write_text("[default]\n")
+    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
+    write_sample_crawl(tmp_path / "crawl", shards=1, samples_per_shard=60, seed=3)
+    root = f"memory://lake-{tmp_path.name}"
+    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=root)
+    with DagsterInstance.ephemeral() as instance:
+        first = run_pipeline(definitions, instance, log=lambda _: None)
+        assert set(first.per_shard_runs) == {"00000"} and "evaluation" in first.cross_shard_assets
+        assert run_pipeline(definitions, instance, log=lambda _: None).per_shard_runs == {}
+    files = fsspec.filesystem("memory").find(f"/lake-{tmp_path.name}")
+    assert any(f.endswith("shards/00000/samples.parquet") for f in files)
+    assert any("/indices/safe/" in f and f.endswith("image.index") for f in files)
+    assert any(f.endswith("audits/safe/report.html") for f in files)
