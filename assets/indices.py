@@ -6,6 +6,11 @@
     indices/<policy>/<model>/index_info.json   factory, search_params, count, dim,
                                                memory_bytes, build_seconds, recall_at_10
 
+A new crawl shard grows the existing index (its members' vectors are added; an IVF keeps
+its trained quantizer) unless members left the subset, the index type changes with the
+size, or an IVF's new vectors drifted from its centroids; then it is rebuilt. The
+metadata says which (`build_mode`, `rebuild_reason`).
+
 The index type is chosen as autofaiss chooses it, from the vector count and a memory
 budget: exact "Flat" for small sets, "HNSW32" while the vectors fit the budget
 comfortably, "IVF<nlist>,Flat" then "IVF<nlist>,PQ<m>" (compressed codes) as the set
@@ -14,6 +19,7 @@ embeddings of a sample of members, which are not in the index — to the target 
 and recall@10 is measured on them against exact search.
 """
 
+import hashlib
 import math
 import os
 import tempfile
@@ -32,7 +38,7 @@ from assets.embeddings import encode_images, encode_texts, load_embeddings
 from resources.clip_model import LoadedClip
 from resources.lake import LakeResource, index_dir, members_path
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 
 class IndexResource(ConfigurableResource):
@@ -109,6 +115,23 @@ def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: f
     return best
 
 
+def _measure(index: faiss.Index, factory: str, vectors: np.ndarray, queries: np.ndarray,
+             settings: IndexSettings) -> tuple[str, float]:
+    """Tune the search parameters on `queries` and return (parameters, recall@10)."""
+    if not len(vectors) or not len(queries):
+        return "", 1.0
+    k = min(10, len(vectors))
+    return tune(index, factory, queries, exact_neighbours(vectors, queries, k), settings.target_recall, k)
+
+
+def _centroid_similarity(index: faiss.Index, vectors: np.ndarray) -> float | None:
+    """Mean similarity of vectors to their nearest IVF centroid (None for other index types)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or not len(vectors):
+        return None
+    return float(ivf.quantizer.search(vectors, 1)[0].mean())
+
+
 def build_index(vectors: np.ndarray, queries: np.ndarray, settings: IndexSettings = IndexSettings(),
                 seed: int = 0) -> tuple[faiss.Index, dict]:
     """An inner-product index over normalized `vectors`, tuned and measured on `queries`."""
@@ -122,11 +145,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, settings: IndexSetting
         index.train(sample)
     index.add(vectors)
     build_seconds = time.perf_counter() - started
-    k = min(10, count)
-    params, recall = "", 1.0
-    if count and len(queries):
-        truth = exact_neighbours(vectors, queries, k)
-        params, recall = tune(index, factory, queries, truth, settings.target_recall, k)
+    params, recall = _measure(index, factory, vectors, queries, settings)
     return index, {
         "factory": factory,
         "search_params": params,
@@ -137,12 +156,68 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, settings: IndexSetting
         "build_seconds": round(build_seconds, 4),
         "recall_at_10": recall,
         "recall_queries": int(len(queries)),
+        "centroid_similarity": _centroid_similarity(index, vectors),
+        "build_mode": "rebuilt",
     }
 
 
-def gather_embeddings(lake: LakeResource, model_id: str,
-                      members: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(key, shard) rows and float32 image and text embeddings of `members`, in members' order."""
+DRIFT_TOLERANCE = 0.05  # new vectors this much further from their IVF centroids than at training: retrain
+
+
+def update_index(previous: tuple[faiss.Index, pa.Table, dict] | None, keys: pa.Table, vectors: np.ndarray,
+                 queries: np.ndarray, settings: IndexSettings = IndexSettings(),
+                 shard_versions: dict[str, str] | None = None) -> tuple[faiss.Index, pa.Table, dict]:
+    """Grow the previous index by the new members' vectors when that is sound, else rebuild.
+
+    Growing needs every previous member still in the subset with unchanged embeddings (its
+    shard's digest in `shard_versions`), the same index type for the new size, and, for
+    IVF, new vectors about as close to the trained centroids as the training vectors were
+    (no drift). `build_mode` and `rebuild_reason` say what happened.
+    """
+    shard_versions = shard_versions or {}
+    reason = "no previous index"
+    if previous is not None:
+        index, old_keys, old_info = previous
+        position = {k: i for i, k in enumerate(keys.column("key").to_pylist())}
+        old = old_keys.column("key").to_pylist()
+        factory = choose_factory(len(position), vectors.shape[1], settings.memory_budget_bytes)
+        changed = [s for s, v in old_info.get("shard_versions", {}).items() if shard_versions.get(s, v) != v]
+        if not set(old) <= set(position):
+            reason = "members left the subset"
+        elif changed:
+            reason = f"embeddings of shard(s) {', '.join(sorted(changed))} changed"
+        elif factory != old_info.get("factory") or vectors.shape[1] != old_info.get("dim"):
+            reason = f"index type changes to {factory}"
+        else:
+            kept = set(old)
+            added = [i for k, i in position.items() if k not in kept]
+            trained = old_info.get("centroid_similarity")
+            fresh = _centroid_similarity(index, vectors[added])
+            if trained is not None and fresh is not None and fresh < trained - DRIFT_TOLERANCE:
+                reason = f"drift: new vectors' centroid similarity {fresh:.3f} vs {trained:.3f} at training"
+            else:
+                started = time.perf_counter()
+                if added:
+                    index.add(np.ascontiguousarray(vectors[added]))
+                seconds = time.perf_counter() - started
+                order = [position[k] for k in old] + added
+                params, recall = _measure(index, factory, vectors[order], queries, settings)
+                info = {**old_info, "search_params": params, "count": int(index.ntotal), "recall_at_10": recall,
+                        "memory_bytes": int(faiss.serialize_index(index).nbytes), "build_seconds": round(seconds, 4),
+                        "build_mode": "grown", "added": len(added), "recall_queries": int(len(queries)),
+                        "shard_versions": {**old_info.get("shard_versions", {}), **shard_versions}}
+                info.pop("rebuild_reason", None)
+                return index, pa.concat_tables([old_keys, keys.take(pa.array(added, pa.int64()))]), info
+    index, info = build_index(vectors, queries, settings)
+    return index, keys, {**info, "rebuild_reason": reason, "shard_versions": shard_versions}
+
+
+def gather_embeddings(lake: LakeResource, model_id: str, members: pa.Table,
+                      versions: dict[str, str] | None = None) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(key, shard) rows and float32 image and text embeddings of `members`, in members' order.
+
+    `versions`, when given, receives a digest of each shard's image embeddings.
+    """
     keys, images, texts = [], [], []
     for shard in sorted(set(members.column("shard").to_pylist())):
         wanted = members.filter(pc.equal(members.column("shard"), shard)).column("key").to_pylist()
@@ -152,6 +227,8 @@ def gather_embeddings(lake: LakeResource, model_id: str,
         if missing:
             raise ValueError(f"shard {shard}: {len(missing)} member(s) have no embedding, e.g. {missing[:3]}")
         rows = [row_of[k] for k in wanted]
+        if versions is not None:
+            versions[shard] = hashlib.sha256(image.tobytes()).hexdigest()[:16]
         images.append(image[rows])
         texts.append(text[rows])
         keys.append(pa.table({"key": pa.array(wanted, pa.string()), "shard": pa.array([shard] * len(wanted))}))
@@ -227,13 +304,18 @@ def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
     )
     def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
         members = lake.read_parquet(members_path(policy))
-        keys, image, text = gather_embeddings(lake, model_id, members)
+        versions: dict[str, str] = {}
+        keys, image, text = gather_embeddings(lake, model_id, members, versions)
         settings = indexing.settings()
-        index, info = build_index(image, held_out_queries(text, settings.queries), settings)
         folder = index_dir(policy, model_id)
+        previous = read_index(lake, folder) + (lake.read_json(f"{folder}/index_info.json"),) \
+            if lake.exists(f"{folder}/index_info.json") else None
+        index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
+                                         versions)
         write_index(lake, folder, index, keys, info)
         results = checks.evaluate(checks.INDEX_CHECKS, policy, {"recall_at_10": info["recall_at_10"]}, blocking=True)
+        metadata = {k: v for k, v in info.items() if k != "shard_versions"}
         return MaterializeResult(check_results=results,
-                                 metadata={**info, "model_id": model_id, "path": lake.path(folder)})
+                                 metadata={**metadata, "model_id": model_id, "path": lake.path(folder)})
 
     return index_asset

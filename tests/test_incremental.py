@@ -3,18 +3,27 @@
 import json
 import shutil
 
+import numpy as np
+import pyarrow as pa
 from dagster import DagsterInstance, build_sensor_context
 
 from assets import checks
+from assets.indices import IndexSettings, build_index, update_index
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions, defs
 from orchestration.runner import run_pipeline
 from orchestration.sensors import build_crawl_sensor
+from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.lake import LakeResource, index_dir
 
 PER_SHARD = {"samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
              "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
              "scores/concepts"}
+
+
+def _index_info(lake: LakeResource, policy: str) -> dict:
+    return lake.read_json(f"{index_dir(policy, ClipModelResource().model_id)}/index_info.json")
 
 
 def _copy_shard(source, target, shard: str) -> None:
@@ -31,6 +40,7 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
     write_sample_crawl(other, shards=3, samples_per_shard=60, seed=6)
     (crawl / "ground_truth.parquet").unlink()  # a real crawl has none: no evaluation asset
     definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"))
+    lake = LakeResource(root=str(tmp_path / "lake"))
     with DagsterInstance.ephemeral() as instance:
         first = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(first.per_shard_runs) == {"00000", "00001"}
@@ -40,10 +50,15 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
         second = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(second.per_shard_runs) == {"00002"} and set(second.per_shard_runs["00002"]) == PER_SHARD
         assert "subsets/safe" in second.cross_shard_assets
+        # A per-sample filter keeps its old members: the index grows by the new shard's.
+        grown = _index_info(lake, "laion400m")
+        assert grown["build_mode"] == "grown" and grown["added"] > 0 and grown["recall_at_10"] == 1.0
+        assert grown["count"] == len(lake.read_parquet("subsets/laion400m/members.parquet"))
 
         _copy_shard(other, crawl, "00001")  # shard 00001 rewritten under the same name
         third = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(third.per_shard_runs) == {"00001"} and set(third.per_shard_runs["00001"]) == PER_SHARD
+        assert _index_info(lake, "laion400m")["build_mode"] == "rebuilt"
 
         quiet = run_pipeline(definitions, instance, log=lambda _: None)
         assert quiet.per_shard_runs == {} and quiet.cross_shard_assets == []
@@ -87,3 +102,43 @@ def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path, monkeypatch):
     assert any(f.endswith("shards/00000/samples.parquet") for f in files)
     assert any("/indices/safe/" in f and f.endswith("image.index") for f in files)
     assert any(f.endswith("audits/safe/report.html") for f in files)
+
+
+def test_an_ivf_index_is_rebuilt_when_new_vectors_drift():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    old = unit(centres[rng.integers(0, 50, 25_000)] + 0.1 * rng.standard_normal((25_000, 32)))
+    settings = IndexSettings(int(3.5 * 2**20), 0.5, 100)
+    old_keys = pa.table({"key": [f"a{i}" for i in range(len(old))], "shard": ["0"] * len(old)})
+    index, info = build_index(old, old[:100], settings)
+    assert info["factory"].startswith("IVF") and info["centroid_similarity"] > 0.8
+
+    near = unit(centres[rng.integers(0, 50, 500)] + 0.1 * rng.standard_normal((500, 32)))
+    keys = pa.concat_tables([old_keys, pa.table({"key": [f"b{i}" for i in range(500)], "shard": ["1"] * 500})])
+    grown_index, grown_keys, grown = update_index((index, old_keys, info), keys, np.concatenate([old, near]),
+                                                  old[:100], settings)
+    assert grown["build_mode"] == "grown" and grown_index.ntotal == 25_500 and grown_keys.num_rows == 25_500
+
+    far = unit(rng.standard_normal((500, 32)))  # no cluster structure: far from every centroid
+    _, _, rebuilt = update_index((grown_index, grown_keys, grown), pa.concat_tables([grown_keys, pa.table({
+        "key": [f"c{i}" for i in range(500)], "shard": ["2"] * 500})]), np.concatenate([old, near, far]),
+        old[:100], settings)
+    assert rebuilt["build_mode"] == "rebuilt" and rebuilt["rebuild_reason"].startswith("drift")
+
+
+def test_an_index_is_rebuilt_when_a_members_shard_changed():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((100, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    keys = pa.table({"key": [f"k{i}" for i in range(100)], "shard": ["00000"] * 100})
+    index, info = build_index(vectors, vectors[:10])
+    info["shard_versions"] = {"00000": "v1"}
+    same = update_index((index, keys, info), keys, vectors, vectors[:10], shard_versions={"00000": "v1"})[2]
+    assert same["build_mode"] == "grown" and same["added"] == 0
+    # Same keys, but the shard was rewritten: its vectors in the index are stale.
+    changed = update_index((index, keys, info), keys, vectors, vectors[:10], shard_versions={"00000": "v2"})[2]
+    assert changed["build_mode"] == "rebuilt" and "00000" in changed["rebuild_reason"]
