@@ -187,6 +187,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         lake.write_json(checks_path(policy.name), checks.summary(results))
         return MaterializeResult(check_results=results, metadata={
             "members": members.num_rows,
+            "shards": len(set(members.column("shard").to_pylist())),
             "pool": pool,
             "kept_share": members.num_rows / pool if pool else 0.0,
             "model_id": model_id,
