@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, duckdb.Error) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, duckdb.Error) as error:
         raise SystemExit(f"clipsieve: {error}") from None
 
 

@@ -28,6 +28,7 @@ class RunReport:
     shards: list[str]
     per_shard_runs: dict[str, list[str]] = field(default_factory=dict)  # shard -> asset keys materialized
     cross_shard_assets: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # what failed, one message per run
     seconds: float = 0.0
 
 
@@ -60,7 +61,10 @@ def _failures(result) -> str:
             lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed: "
                          f"{values.get('what')} = {values.get('value')} ({values.get('kind')} {values.get('bound')})")
         elif event.is_step_failure:
-            lines.append(f"  step {event.step_key} failed: {event.step_failure_data.error.message.strip()}")
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the user code's own error, not Dagster's wrapper
+                error = error.cause
+            lines.append(f"  step {event.step_key} failed: {error.message.strip()}")
         elif event.is_step_skipped:
             lines.append(f"  step {event.step_key} skipped (an upstream step or blocking check failed)")
     return "\n".join(lines)
@@ -112,9 +116,12 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
             continue
         log(f"shard {shard}: materializing {len(todo)} asset(s)")
         result = materialize(assets, instance=instance, partition_key=shard, selection=list(todo),
-                             resources=resources, tags={"clipsieve/shard": shard}, run_config=QUIET)
-        if not result.success:
-            raise RuntimeError(f"run for shard {shard} failed: {result.run_id}")
+                             resources=resources, tags={"clipsieve/shard": shard}, run_config=QUIET,
+                             raise_on_error=False)
+        if not result.success:  # the other shards go on; the failure is reported at the end
+            report.failures.append(f"run {result.run_id} for shard {shard} failed:\n" + _failures(result))
+            log(report.failures[-1])
+            continue
         report.per_shard_runs[shard] = sorted(k.to_user_string() for k in todo)
 
     stale = {k for k in cross_shard if not _is_current(instance, k, code_versions[k], lake.url, None)}
@@ -124,7 +131,9 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
         result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
                              raise_on_error=False)
         if not result.success:
-            raise RuntimeError(f"cross-shard run {result.run_id} failed:\n" + _failures(result))
+            report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(result))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
     report.seconds = time.time() - started
+    if report.failures:
+        raise RuntimeError("\n".join(report.failures))
     return report
