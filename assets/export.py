@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resources.catalog import Catalog
+from resources.catalog import Catalog, read_sql
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
 from resources.lake import LakeResource, members_path
 
@@ -52,10 +52,7 @@ def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
 
 
 def export_parquet(catalog: Catalog, policy: str, out: Path) -> Path:
-    table = catalog.query(
-        "SELECT s.*, d.is_duplicate, d.duplicate_of FROM subset_members m "
-        "JOIN scores s USING (shard, key) LEFT JOIN duplicates d USING (shard, key) "
-        "WHERE m.policy = ? ORDER BY s.shard, s.key", [policy])
+    table = catalog.query(read_sql("export/members.sql"), {"policy": policy})
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{policy}.parquet"
     pq.write_table(table, path)

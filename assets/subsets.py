@@ -22,7 +22,7 @@ from pydantic import Field
 from assets import checks
 from assets.audits import audit_metrics
 from assets.export import uid_array
-from resources.catalog import SQL_DIR, Catalog, CatalogResource
+from resources.catalog import SQL_DIR, Catalog, CatalogResource, read_sql
 from resources.lake import LakeResource, checks_path, members_path, uids_path
 from resources.versions import text_digest
 
@@ -127,14 +127,11 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> t
         name: str(connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]) for name in policy.parameters
     }
     connection.register("policy_result", members.select(["key", "shard"]))
-    strays = connection.execute(
-        "SELECT count(*) FROM policy_result r ANTI JOIN scores s USING (shard, key)").fetchone()[0]
+    strays = connection.execute(read_sql("subsets/strays.sql")).fetchone()[0]
     if strays:
         raise ValueError(f"policy {policy.name}: {strays} returned key(s) are not in the scored pool")
     # One row per member, in a stable order, with the DataComp uid when the crawl has one.
-    members = connection.execute(
-        "SELECT DISTINCT ? AS policy, r.key, r.shard, s.uid FROM policy_result r JOIN scores s USING (shard, key) "
-        "ORDER BY r.shard, r.key", [policy.name]).fetch_arrow_table()
+    members = connection.execute(read_sql("subsets/members.sql"), {"policy": policy.name}).fetch_arrow_table()
     connection.unregister("policy_result")
     return members, effective
 
@@ -167,7 +164,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
                catalog: CatalogResource) -> MaterializeResult:
         db = catalog.open(lake.url, model_id)
         try:
-            pool = db.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
+            pool = db.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
             members, effective = run_policy(db, policy, {**calibration, **config.params})
         finally:
             db.close()

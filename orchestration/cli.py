@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from assets.indices import encode_query, read_index, search
-    from resources.catalog import open_catalog
+    from resources.catalog import open_catalog, read_sql
     from resources.clip_model import ClipModelResource
     from resources.lake import LakeResource, index_dir
 
@@ -211,7 +211,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     catalog = open_catalog(lake.url, clip.model_id)
     try:
         captions = {r["key"]: r["caption"] for r in catalog.query(
-            "SELECT key, caption FROM samples WHERE key IN (SELECT unnest(?))", [[k for k, _ in hits]]).to_pylist()}
+            read_sql("lineage/captions.sql"), {"keys": [k for k, _ in hits]}).to_pylist()}
     finally:
         catalog.close()
     rows = [{"key": key, "score": round(score, 4), "caption": captions.get(key)} for key, score in hits]
