@@ -18,7 +18,8 @@ import torch
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
 from PIL import Image
 
-from orchestration.partitions import shard_partitions
+from assets.scores.common import for_each_shard
+from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.clip_model import ClipModelResource, LoadedClip
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, samples_path
@@ -151,6 +152,7 @@ def build_embeddings_asset(model_id: str) -> AssetsDefinition:
         group_name="per_shard",
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="open_clip",
+        backfill_policy=SHARD_BATCHES,
     )
     def embeddings(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource,
                    clip: ClipModelResource) -> MaterializeResult:
@@ -158,16 +160,19 @@ def build_embeddings_asset(model_id: str) -> AssetsDefinition:
         if clip.model_id != model_id:
             raise ValueError(f"clip resource is {clip.model_id} but these assets were defined for {model_id}: "
                              "set CLIPSIEVE_MODEL / CLIPSIEVE_PRETRAINED and reload the code location")
-        shard = context.partition_key
-        samples = lake.read_parquet(samples_path(shard))
-        result = embed_shard(crawl, samples, clip.load(), clip.batch_size)
-        write_embeddings(lake, shard, model_id, result)
-        return MaterializeResult(metadata={
-            "model_id": model_id,
-            "embedded": len(result.keys),
-            "failures": len(result.failures),
-            "dim": int(result.image.shape[1]),
-            "path": lake.path(embeddings_dir(shard, model_id)),
-        })
+        model = clip.load()  # once per run, whatever the number of shards in it
+
+        def one(shard: str) -> dict:
+            result = embed_shard(crawl, lake.read_parquet(samples_path(shard)), model, clip.batch_size)
+            write_embeddings(lake, shard, model_id, result)
+            return {
+                "model_id": model_id,
+                "rows": len(result.keys),
+                "failures": len(result.failures),
+                "dim": int(result.image.shape[1]),
+                "path": lake.path(embeddings_dir(shard, model_id)),
+            }
+
+        return for_each_shard(context, one)
 
     return embeddings

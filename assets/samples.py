@@ -18,10 +18,11 @@ import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeResult, MetadataValue, asset
 from PIL import Image
 
-from orchestration.partitions import shard_partitions
+from assets.scores.common import for_each_shard
+from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
 from resources.lake import LakeResource, samples_path
 
@@ -121,19 +122,30 @@ def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
     group_name="per_shard",
     code_version=CODE_VERSION,
     compute_kind="pyarrow",
+    backfill_policy=SHARD_BATCHES,
 )
 def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
     """Every input row of the shard, with tar member and image status; nothing dropped."""
-    shard = context.partition_key
-    fingerprint = crawl.fingerprint(shard)
-    table = read_samples(crawl, shard)
-    lake.write_parquet(samples_path(shard), table)
-    statuses = pc.value_counts(table.column("image_status")).to_pylist()
-    # The data version follows the crawl files, so a rewritten shard makes everything below it stale.
-    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{fingerprint}"), metadata={
-        "crawl_fingerprint": fingerprint,
-        "rows": table.num_rows,
-        "usable_images": sum(s["counts"] for s in statuses if s["values"] == "ok"),
-        **{f"image_status/{s['values']}": s["counts"] for s in statuses},
-        "path": lake.path(samples_path(shard)),
-    })
+    fingerprints = {}
+
+    def one(shard: str) -> dict:
+        fingerprints[shard] = crawl.fingerprint(shard)
+        table = read_samples(crawl, shard)
+        lake.write_parquet(samples_path(shard), table)
+        statuses = pc.value_counts(table.column("image_status")).to_pylist()
+        return {
+            "crawl_fingerprint": fingerprints[shard],
+            "rows": table.num_rows,
+            "usable_images": sum(s["counts"] for s in statuses if s["values"] == "ok"),
+            **{f"image_status/{s['values']}": s["counts"] for s in statuses},
+            "path": lake.path(samples_path(shard)),
+        }
+
+    result = for_each_shard(context, one)
+    # The data version follows the crawl files, so a rewritten shard makes everything below
+    # it stale (a batch of shards shares one version, made of all their fingerprints).
+    version = "-".join(fingerprints[s] for s in sorted(fingerprints))
+    metadata = dict(result.metadata)
+    if len(fingerprints) > 1:
+        metadata["crawl_fingerprints"] = MetadataValue.json(fingerprints)
+    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{version}"), metadata=metadata)

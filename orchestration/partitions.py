@@ -1,5 +1,16 @@
-"""Partitions: one dynamic partition per crawl shard (its file stem, e.g. "00000")."""
+"""Partitions: one dynamic partition per crawl shard (its file stem, e.g. "00000").
 
-from dagster import DynamicPartitionsDefinition
+A backfill of many shards runs them in batches (one run per batch, the model loaded once
+per run) rather than one run per shard: the daemon launches about a run a second.
+"""
+
+import os
+import warnings
+
+from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
+
+# backfill_policy on @asset is a beta parameter; we rely on it knowingly.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
 
 shard_partitions = DynamicPartitionsDefinition(name="shards")
+SHARD_BATCHES = BackfillPolicy.multi_run(max_partitions_per_run=int(os.environ.get("CLIPSIEVE_SHARDS_PER_RUN", "16")))

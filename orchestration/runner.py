@@ -42,13 +42,19 @@ def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | No
     event = records[0].asset_materialization
     if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
         return False
+    # A run over a batch of shards records per-shard values in dicts.
     if fingerprint is not None:  # samples: the crawl shard must not have changed since
-        recorded = event.metadata.get("crawl_fingerprint")
-        if getattr(recorded, "value", recorded) != fingerprint:
+        if _value(event, "crawl_fingerprint", "crawl_fingerprints", partition) != fingerprint:
             return False
-    path = event.metadata.get("path")
-    path = getattr(path, "value", path)
+    path = _value(event, "path", "paths", partition)
     return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
+
+
+def _value(event, single: str, per_partition: str, partition: str | None):
+    if per_partition in event.metadata:
+        return (getattr(event.metadata[per_partition], "value", None) or {}).get(partition)
+    value = event.metadata.get(single)
+    return getattr(value, "value", value)
 
 
 def _failures(result) -> str:

@@ -142,3 +142,29 @@ def test_an_index_is_rebuilt_when_a_members_shard_changed():
     # Same keys, but the shard was rewritten: its vectors in the index are stale.
     changed = update_index((index, keys, info), keys, vectors, vectors[:10], shard_versions={"00000": "v2"})[2]
     assert changed["build_mode"] == "rebuilt" and "00000" in changed["rebuild_reason"]
+
+
+def test_one_run_can_handle_a_batch_of_shards(tmp_path, monkeypatch):
+    """A backfill under the BackfillPolicy runs a range of shards in one run; the runner
+    then sees each of them as done."""
+    from dagster import AssetSelection, materialize
+
+    (tmp_path / "checks.toml").write_text("[default]\n")
+    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
+    write_sample_crawl(tmp_path / "crawl", shards=3, samples_per_shard=40, seed=8)
+    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=str(tmp_path / "lake"))
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("shards", ["00000", "00001", "00002"])
+        result = materialize(list(definitions.assets), instance=instance, resources=definitions.resources,
+                             selection=AssetSelection.groups("per_shard", "scores"),
+                             tags={"dagster/asset_partition_range_start": "00000",
+                                   "dagster/asset_partition_range_end": "00002"})
+        assert result.success
+        partitions = {e.partition for e in result.get_asset_materialization_events()
+                      if e.asset_key.to_user_string() == "embeddings"}
+        assert partitions == {"00000", "00001", "00002"}  # one run, three shards
+        for shard in ("00000", "00001", "00002"):
+            assert lake.exists(f"shards/{shard}/scores/toxicity.parquet")
+        report = run_pipeline(definitions, instance, log=lambda _: None)
+        assert report.per_shard_runs == {} and "subsets/safe" in report.cross_shard_assets

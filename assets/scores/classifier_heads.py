@@ -10,7 +10,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.embeddings import load_embeddings
-from assets.scores.common import score_asset, write_scores
+from assets.scores.common import for_each_shard, score_asset, write_scores
 from resources.heads import Head, HeadsResource
 from resources.lake import LakeResource
 
@@ -36,13 +36,17 @@ def build_head_asset(name: str, model_id: str, head_version: str) -> AssetsDefin
     @score_asset(f"{CODE_VERSION}+{model_id}+{head_version}", "torch", deps=("embeddings",), name=name,
                  description=f"`{column}` from the {name} head over CLIP image embeddings.")
     def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource) -> MaterializeResult:
-        shard = context.partition_key
-        keys, image, _ = load_embeddings(lake, shard, model_id)
-        table = head_scores(heads.load(name), column, keys, image)
-        metadata = write_scores(lake, shard, name, table, model_id)
-        values = table.column(column).to_numpy()
-        metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
-        return MaterializeResult(metadata=metadata)
+        head = heads.load(name)
+
+        def one(shard: str) -> dict:
+            keys, image, _ = load_embeddings(lake, shard, model_id)
+            table = head_scores(head, column, keys, image)
+            metadata = write_scores(lake, shard, name, table, model_id)
+            values = table.column(column).to_numpy()
+            metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
+            return metadata
+
+        return for_each_shard(context, one)
 
     return head_asset
 

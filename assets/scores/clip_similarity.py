@@ -8,7 +8,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.embeddings import load_embeddings
-from assets.scores.common import score_asset, write_scores
+from assets.scores.common import for_each_shard, score_asset, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -33,8 +33,7 @@ def build_clip_similarity_asset(model_id: str) -> AssetsDefinition:
     @score_asset(f"{CODE_VERSION}+{model_id}", "numpy", deps=("embeddings",), name="clip_similarity")
     def clip_similarity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         """CLIP image-caption cosine similarity per embedded sample (LAION's `similarity`)."""
-        shard = context.partition_key
-        table = similarity_scores(*load_embeddings(lake, shard, model_id))
-        return MaterializeResult(metadata=write_scores(lake, shard, "clip_similarity", table, model_id))
+        return for_each_shard(context, lambda shard: write_scores(
+            lake, shard, "clip_similarity", similarity_scores(*load_embeddings(lake, shard, model_id)), model_id))
 
     return clip_similarity

@@ -1,17 +1,35 @@
 """What every score asset shares: which samples are scored, and how scores are written."""
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from orchestration.partitions import shard_partitions
+from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.lake import LakeResource, samples_path, score_path
 
 
 def score_asset(code_version: str, compute_kind: str, deps: tuple[str, ...] = ("samples",), **kwargs):
     """The @asset declaration every per-shard score shares: scores/<name>, one partition per shard."""
     return asset(key_prefix="scores", partitions_def=shard_partitions, deps=list(deps), group_name="scores",
-                 code_version=code_version, compute_kind=compute_kind, **kwargs)
+                 code_version=code_version, compute_kind=compute_kind, backfill_policy=SHARD_BATCHES, **kwargs)
+
+
+def for_each_shard(context: AssetExecutionContext, compute: Callable[[str], dict]) -> MaterializeResult:
+    """Run `compute(shard)` for every shard of the run and report its metadata.
+
+    A run covers one shard, or, in a backfill under SHARD_BATCHES, a range of them; then
+    the metadata lists each shard's output path and sums its counts.
+    """
+    results = {shard: compute(shard) for shard in context.partition_keys}
+    if len(results) == 1:
+        return MaterializeResult(metadata=next(iter(results.values())))
+    return MaterializeResult(metadata={
+        "shards": len(results),
+        "rows": sum(int(r.get("rows", 0)) for r in results.values()),
+        "paths": MetadataValue.json({shard: r.get("path") for shard, r in results.items()}),
+    })
 
 
 def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = None) -> pa.Table:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import score_asset, usable_samples, write_scores
+from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.versions import file_digest
@@ -42,10 +42,13 @@ def concept_scores(samples: pa.Table) -> pa.Table:
 @score_asset(CODE_VERSION, "python")
 def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """MetaCLIP metadata entries matched by each usable sample's caption."""
-    shard = context.partition_key
-    table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
-    metadata = write_scores(lake, shard, "concepts", table)
-    counts = table.column("concept_count").to_numpy()
-    metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
-    metadata["entries"] = len(entries())
-    return MaterializeResult(metadata=metadata)
+
+    def one(shard: str) -> dict:
+        table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+        metadata = write_scores(lake, shard, "concepts", table)
+        counts = table.column("concept_count").to_numpy()
+        metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
+        metadata["entries"] = len(entries())
+        return metadata
+
+    return for_each_shard(context, one)

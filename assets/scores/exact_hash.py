@@ -17,7 +17,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 from PIL import Image
 
-from assets.scores.common import score_asset, usable_samples, write_scores
+from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
@@ -92,8 +92,11 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
 @score_asset(CODE_VERSION, "numpy")
 def exact_hash(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
     """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
-    shard = context.partition_key
-    table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
-    metadata = write_scores(lake, shard, "exact_hash", table)
-    metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
-    return MaterializeResult(metadata=metadata)
+
+    def one(shard: str) -> dict:
+        table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
+        metadata = write_scores(lake, shard, "exact_hash", table)
+        metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
+        return metadata
+
+    return for_each_shard(context, one)

@@ -10,7 +10,7 @@ from functools import lru_cache
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import score_asset, usable_samples, write_scores
+from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -52,11 +52,14 @@ def language_scores(samples: pa.Table) -> pa.Table:
 @score_asset(CODE_VERSION, "fasttext")
 def language(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption language (fastText lid.176) per usable sample."""
-    shard = context.partition_key
-    table = language_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
-    metadata = write_scores(lake, shard, "language", table)
-    counts: dict[str, int] = {}
-    for code in table.column("language").to_pylist():
-        counts[code] = counts.get(code, 0) + 1
-    metadata["languages"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
-    return MaterializeResult(metadata=metadata)
+
+    def one(shard: str) -> dict:
+        table = language_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+        metadata = write_scores(lake, shard, "language", table)
+        counts: dict[str, int] = {}
+        for code in table.column("language").to_pylist():
+            counts[code] = counts.get(code, 0) + 1
+        metadata["languages"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
+        return metadata
+
+    return for_each_shard(context, one)

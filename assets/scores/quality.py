@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import score_asset, usable_samples, write_scores
+from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -44,6 +44,5 @@ def quality_scores(samples: pa.Table) -> pa.Table:
 @score_asset(CODE_VERSION, "pyarrow")
 def quality(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption words and characters, image sides and aspect ratio per usable sample."""
-    shard = context.partition_key
-    table = quality_scores(usable_samples(lake, shard))
-    return MaterializeResult(metadata=write_scores(lake, shard, "quality", table))
+    return for_each_shard(context, lambda shard: write_scores(
+        lake, shard, "quality", quality_scores(usable_samples(lake, shard))))

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 
-from assets.scores.common import score_asset, usable_samples, write_scores
+from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.versions import file_digest
@@ -51,9 +51,12 @@ def toxicity_scores(samples: pa.Table) -> pa.Table:
 @score_asset(CODE_VERSION, "scikit-learn")
 def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
-    shard = context.partition_key
-    table = toxicity_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
-    metadata = write_scores(lake, shard, "toxicity", table)
-    values = table.column("toxicity").to_numpy()
-    metadata["share/toxicity>0.5"] = float((values > 0.5).mean()) if len(values) else 0.0
-    return MaterializeResult(metadata=metadata)
+
+    def one(shard: str) -> dict:
+        table = toxicity_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+        metadata = write_scores(lake, shard, "toxicity", table)
+        values = table.column("toxicity").to_numpy()
+        metadata["share/toxicity>0.5"] = float((values > 0.5).mean()) if len(values) else 0.0
+        return metadata
+
+    return for_each_shard(context, one)
