@@ -64,11 +64,6 @@ class CrawlResource(ConfigurableResource):
         with fs.open(self.file(shard, ".parquet"), "rb") as f:
             return pq.read_table(io.BytesIO(f.read()))
 
-    def read_stats(self, shard: str) -> bytes:
-        fs, _ = self._fs()
-        with fs.open(self.file(shard, "_stats.json"), "rb") as f:
-            return f.read()
-
     def iter_tar(self, shard: str, wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
         """(member name, bytes) for each regular file in the shard's tar, or only `wanted` names.
 
