@@ -12,6 +12,10 @@ SAMPLES_PER_SHARD ?= 250
 SEED ?= 0
 # Runs are recorded here, so `make ui` shows what `make demo` did.
 DAGSTER_HOME_DIR := $(abspath $(LAKE))/_dagster
+# The UI has no login and can launch runs: it listens on loopback only unless told
+# otherwise (UI_HOST=0.0.0.0 behind an authenticating proxy, see docs/security.md).
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 
 .PHONY: install demo test lint ui train-demo-model clean
 
@@ -35,7 +39,7 @@ test: install
 ui: install
 	mkdir -p $(DAGSTER_HOME_DIR)
 	CLIPSIEVE_CRAWL=$(abspath $(CRAWL)) CLIPSIEVE_LAKE=$(abspath $(LAKE)) DAGSTER_HOME=$(DAGSTER_HOME_DIR) \
-		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+		$(BIN)/dagster dev -w workspace.yaml -h $(UI_HOST) -p $(UI_PORT)
 
 train-demo-model: install
 	$(BIN)/python models/train_demo.py --out models/demo

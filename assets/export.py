@@ -6,6 +6,10 @@
     parquet     the members' rows with every score (the `scores` view plus duplicate flags).
     webdataset  the members' original <key>.jpg/.txt/.json re-sharded into new tars of
                 `samples_per_shard`, each with a parquet and stats file like img2dataset's.
+
+Keys, shard and policy names come from the crawl or the command line, so none is used as a
+path before resources/safe_paths.py has checked it: a hostile key is exported under a
+safe derived name (`member_stem`), never as a tar member like `../../evil.jpg`.
 """
 
 import hashlib
@@ -23,6 +27,7 @@ import pyarrow.parquet as pq
 from resources.catalog import Catalog, read_sql
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
 from resources.lake import LakeResource, members_path
+from resources.safe_paths import check_member_name, check_policy_name, check_shard_name, member_stem
 
 UID_DTYPE = np.dtype("u8,u8")
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -44,6 +49,7 @@ def uid_array(uids: list[str | None], keys: list[str]) -> np.ndarray:
 
 
 def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
+    check_policy_name(policy)  # it names the output file
     members = lake.read_parquet(members_path(policy))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{policy}_uids.npy"
@@ -52,6 +58,7 @@ def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
 
 
 def export_parquet(catalog: Catalog, policy: str, out: Path) -> Path:
+    check_policy_name(policy)  # it names the output file
     table = catalog.query(read_sql("export/members.sql"), {"policy": policy})
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{policy}.parquet"
@@ -66,7 +73,7 @@ _SHARD_COLUMNS = ["url", "caption", "key", "status", "error_message", "width", "
 def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out: Path,
                       samples_per_shard: int = 10_000) -> list[Path]:
     """Re-shard the members' original files into `out`/NNNNN.tar (+ .parquet, _stats.json)."""
-    members = lake.read_parquet(members_path(policy))
+    members = lake.read_parquet(members_path(check_policy_name(policy)))
     wanted_by_shard: dict[str, list[str]] = {}
     for key, shard in zip(members.column("key").to_pylist(), members.column("shard").to_pylist()):
         wanted_by_shard.setdefault(shard, []).append(key)
@@ -80,7 +87,7 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
             buffer.clear()
 
     for shard in sorted(wanted_by_shard):
-        samples = lake.read_parquet(f"shards/{shard}/samples.parquet")
+        samples = lake.read_parquet(f"shards/{check_shard_name(shard)}/samples.parquet")
         rows = {r["key"]: r for r in samples.to_pylist() if r["key"] in set(wanted_by_shard[shard])}
         image_member = {r["tar_member"]: r["key"] for r in rows.values()}
         files: dict[str, dict[str, bytes]] = {k: {} for k in rows}
@@ -107,6 +114,11 @@ def _image_extension(extension: str) -> str:
     return "jpg" if extension == "jpeg" else extension if extension in IMAGE_EXTENSIONS else "jpg"
 
 
+def _shard_row(row: dict) -> dict:
+    """The exported parquet row: the crawl's columns, with the key the tar members carry."""
+    return {**{c: row.get(c) for c in _SHARD_COLUMNS}, "key": member_stem(row["key"])}
+
+
 def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, bytes]]]) -> Path:
     name = f"{index:05d}"
     tar_path = out / f"{name}.tar"
@@ -114,14 +126,15 @@ def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, byte
         for row, files in samples:
             image_extension = next(e for e in IMAGE_EXTENSIONS if e in files)
             caption = files.get("txt", (row.get("caption") or "").encode())
-            meta = files.get("json", json.dumps({c: row.get(c) for c in _SHARD_COLUMNS}, default=str).encode())
+            meta = files.get("json", json.dumps(_shard_row(row), default=str).encode())
             for extension, payload in ((image_extension, files[image_extension]), ("txt", caption), ("json", meta)):
-                info = tarfile.TarInfo(f"{row['key']}.{extension}")
+                # The key is the crawl's: the member name is its safe stem, checked once more.
+                info = tarfile.TarInfo(check_member_name(f"{member_stem(row['key'])}.{extension}"))
                 info.size = len(payload)
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))
     os.replace(tar_path.with_suffix(".tar.tmp"), tar_path)
-    table = pa.Table.from_pylist([{c: row.get(c) for c in _SHARD_COLUMNS} for row, _ in samples])
+    table = pa.Table.from_pylist([_shard_row(row) for row, _ in samples])
     pq.write_table(table, out / f"{name}.parquet")
     stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0, "failed_to_resize": 0,
              "status_dict": {"success": len(samples)}}

@@ -22,7 +22,7 @@ from pydantic import Field
 from assets import checks
 from assets.audits import audit_metrics
 from assets.export import uid_array
-from resources.catalog import SQL_DIR, Catalog, CatalogResource, read_sql
+from resources.catalog import SQL_DIR, Catalog, CatalogResource, locked_connection, read_sql
 from resources.lake import LakeResource, checks_path, members_path, uids_path
 from resources.versions import text_digest
 
@@ -42,8 +42,9 @@ class Policy:
         return [m.group(1) for line in self.sql.splitlines() if (m := _SET_VARIABLE.match(line))]
 
     def defaults(self) -> dict[str, object]:
-        """The parameter values the file sets, evaluated by DuckDB."""
-        connection = duckdb.connect()
+        """The parameter values the file sets, evaluated by DuckDB (on a connection that can
+        read no file: a value is an expression, and the file is untrusted)."""
+        connection = locked_connection()
         try:
             for statement in connection.extract_statements(self.sql):
                 if statement.type == duckdb.StatementType.SET and _SET_VARIABLE.match(_uncommented(statement.query)):
@@ -51,6 +52,8 @@ class Policy:
             values = {name: connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]
                       for name in self.parameters}
             return {k: float(v) if isinstance(v, Decimal) else v for k, v in values.items()}
+        except duckdb.Error as error:
+            raise ValueError(f"policy {self.name}: its SET VARIABLE values failed: {error}") from None
         finally:
             connection.close()
 
@@ -118,6 +121,8 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> t
         for name, value in params.items():
             connection.execute(f"SET VARIABLE {name} = {_sql_literal(value)}")
         members = catalog.query(statements[-1].query)
+    except duckdb.PermissionException as error:
+        raise ValueError(f"policy {policy.name}: refused (policies may read only the lake): {error}") from None
     except duckdb.Error as error:
         raise ValueError(f"policy {policy.name}: query failed: {error}") from None
     missing = {"key", "shard"} - set(members.column_names)

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+from resources.safe_paths import check_policy_name
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +119,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 
     catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)))
     try:
-        table = catalog.query(args.sql)
+        table = catalog.select(args.sql)  # untrusted: one SELECT, on a connection that reads only the lake
     finally:
         catalog.close()
     rows = table.to_pylist()
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "subset", None) is not None:
+            check_policy_name(args.subset)  # it becomes a path in the lake and in export folders
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, duckdb.Error) as error:
         raise SystemExit(f"clipsieve: {error}") from None

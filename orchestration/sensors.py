@@ -20,11 +20,12 @@ from dagster import (
 
 from orchestration.partitions import shard_partitions
 from resources.crawl import CrawlResource
+from resources.safe_paths import split_shard_names
 
 
 def new_shards(crawl: CrawlResource, known: set[str]) -> list[str]:
-    """Complete shards of the crawl that are not partitions yet."""
-    return [shard for shard in crawl.shards() if shard not in known]
+    """Complete shards of the crawl that are not partitions yet (safe names only)."""
+    return [shard for shard in split_shard_names(crawl.shards())[0] if shard not in known]
 
 
 def build_crawl_sensor(job: JobDefinition) -> SensorDefinition:
@@ -38,9 +39,12 @@ def build_crawl_sensor(job: JobDefinition) -> SensorDefinition:
     )
     def crawl_sensor(context: SensorEvaluationContext, crawl: CrawlResource) -> SensorResult:
         known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-        fresh = new_shards(crawl, known)
+        shards, unsafe = split_shard_names(crawl.shards())
+        if unsafe:  # a crawl file named e.g. "...tar" would make the shard "..": never a partition
+            context.log.warning(f"skipping crawl shards with unsafe names: {unsafe[:10]}")
+        fresh = [shard for shard in shards if shard not in known]
         seen = json.loads(context.cursor) if context.cursor else {}
-        current = {shard: crawl.fingerprint(shard) for shard in crawl.shards()}
+        current = {shard: crawl.fingerprint(shard) for shard in shards}
         changed = [s for s in current if s in known and seen.get(s) not in (None, current[s])]
         return SensorResult(
             run_requests=[RunRequest(partition_key=shard, run_key=f"shard-{shard}-{current[shard]}")

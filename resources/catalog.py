@@ -3,6 +3,10 @@
 DuckDB is only the read side: partition runs write Parquet, never a shared database, so
 parallel runs never contend for DuckDB's single writer. Each connection is in-memory and
 built fresh from the view files, with `{{lake}}` and `{{model}}` filled in.
+
+Policies and `clipsieve query` are untrusted SQL on that connection, so it is locked down
+first (sql/catalog/lockdown.sql: only the lake may be read, no extensions, settings
+locked) and untrusted text must be SELECT statements (`check_select`).
 """
 
 import os
@@ -44,8 +48,52 @@ class Catalog:
                 raise duckdb.CatalogException(f"{error}\n(views not available yet: {hints})") from None
             raise
 
+    def select(self, sql: str, what: str = "query") -> pa.Table:
+        """Run one untrusted SELECT (e.g. `clipsieve query`); anything else is refused."""
+        check_select(self.connection, sql, what)
+        try:
+            return self.query(sql)
+        except duckdb.PermissionException as error:
+            raise RefusedSQLError(f"{what} refused (only files in the lake may be read): {error}") from None
+
     def close(self) -> None:
         self.connection.close()
+
+
+class RefusedSQLError(ValueError):
+    """Untrusted SQL that tried to do more than read the lake."""
+
+
+# Statement types untrusted SQL may run. Writes (CREATE, INSERT, COPY, EXPORT), ATTACH,
+# INSTALL/LOAD, SET and CALL all have other types; PRAGMAs that only report are SELECTs.
+READ_ONLY_TYPES = frozenset({duckdb.StatementType.SELECT})
+
+
+def check_select(connection: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> list:
+    """The statements of `sql` if they are exactly one SELECT, else RefusedSQLError."""
+    try:
+        statements = connection.extract_statements(sql)
+    except duckdb.Error as error:
+        raise RefusedSQLError(f"{what}: SQL does not parse: {error}") from None
+    if len(statements) != 1:
+        raise RefusedSQLError(f"{what} refused: expected one SELECT statement, got {len(statements)}")
+    if statements[0].type not in READ_ONLY_TYPES:
+        raise RefusedSQLError(f"{what} refused: {statements[0].type.name} statements are not allowed, only "
+                              f"SELECT (read-only): {statements[0].query.strip()[:80]}")
+    return statements
+
+
+def lockdown(connection: duckdb.DuckDBPyConnection, readable: list[str]) -> None:
+    """Let the connection read only under `readable` (folders or URL prefixes) from now on."""
+    allowed = "[" + ", ".join(_literal(folder.rstrip("/") + "/") for folder in readable) + "]"
+    connection.execute(read_sql("catalog/lockdown.sql").replace("{{allowed}}", allowed))
+
+
+def locked_connection() -> duckdb.DuckDBPyConnection:
+    """An in-memory connection that can read no file at all (for evaluating policy parameters)."""
+    connection = duckdb.connect()
+    lockdown(connection, [])
+    return connection
 
 
 def open_catalog(lake_path: str, model_id: str, threads: int | None = None) -> Catalog:
@@ -56,6 +104,7 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None) -> C
     protocol = fsspec.core.split_protocol(lake_path)[0]
     if protocol not in (None, "file", "local"):
         connection.register_filesystem(fsspec.filesystem(protocol))
+    lockdown(connection, [lake_path])
     catalog = Catalog(connection)
     lake_literal = _literal(lake_path.rstrip("/"))[1:-1]
     for view_file in sorted((SQL_DIR / "views").glob("*.sql")):

@@ -20,6 +20,7 @@ import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.safe_weights import safe_pretrained
 from resources.versions import file_digest
 
 # The demo model and heads ship in the repository (models/demo, made by models/train_demo.py).
@@ -70,9 +71,11 @@ def _load(model_name: str, pretrained: str, device: str, precision: str) -> Load
 
     _register_local_config(model_name, pretrained)
     torch_device = _pick_device(device)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained or None, device=torch_device, precision=precision
-    )
+    # Weights are untrusted: open_clip only gets safetensors for a local file (see safe_weights).
+    with safe_pretrained(pretrained) as weights:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=weights or None, device=torch_device, precision=precision, weights_only=True
+        )
     model.eval()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     return LoadedClip(model, preprocess, open_clip.get_tokenizer(model_name), torch_device, dtype)

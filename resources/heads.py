@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from dagster import ConfigurableResource
 from pydantic import Field
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from resources.clip_model import DEMO_DIR
+from resources.safe_weights import load_safetensors
 from resources.versions import file_digest
 
 ACTIVATIONS = ("sigmoid", "identity")
@@ -60,11 +60,9 @@ class Head(torch.nn.Module):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"classifier head not found: {path}")
-        if path.suffix != ".safetensors":
-            raise ValueError(f"classifier heads must be .safetensors files (no pickles): {path}")
-        state = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            activation = (f.metadata() or {}).get("activation", "sigmoid")
+        # Refuses pickles and anything that does not parse as safetensors, naming the file.
+        state, metadata = load_safetensors(path, "classifier head")
+        activation = metadata.get("activation", "sigmoid")
         count = len([k for k in state if k.endswith(".weight")])
         sizes = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0] for i in range(count)]
         head = cls(sizes, activation)
