@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, asset
 from pydantic import Field
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from assets.embeddings import load_embeddings
 from resources.lake import LakeResource, dedup_path
@@ -35,24 +38,6 @@ class DedupParams:
     eps: float = 0.1
     min_thumbnail_correlation: float = 0.975
     seed: int = 0
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:  # the lower index, i.e. the earlier sample, stays the root
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _normalized_thumbnails(thumbnails: list[bytes]) -> np.ndarray:
@@ -73,9 +58,10 @@ def cluster_embeddings(vectors: np.ndarray, cluster_size: int, seed: int) -> np.
 
 
 def semantic_pairs(vectors: np.ndarray, clusters: np.ndarray, eps: float, thumbnails: np.ndarray | None,
-                   min_correlation: float, chunk: int = 1024) -> list[tuple[int, int]]:
-    """(i, j), i < j, in the same cluster with cosine >= 1 - eps (and thumbnails alike)."""
-    pairs = []
+                   min_correlation: float, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) index arrays, a < b, of pairs in the same cluster with cosine >= 1 - eps (and
+    thumbnails alike). Loops over clusters and blocks; each block is one matrix product."""
+    found_a, found_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for cluster in np.unique(clusters):
         members = np.flatnonzero(clusters == cluster)
         block = vectors[members]
@@ -88,52 +74,63 @@ def semantic_pairs(vectors: np.ndarray, clusters: np.ndarray, eps: float, thumbn
             if thumbnails is not None and min_correlation > 0 and len(a):
                 alike = np.einsum("nd,nd->n", thumbnails[a], thumbnails[b]) >= min_correlation
                 a, b = a[alike], b[alike]
-            pairs.extend(zip(a.tolist(), b.tolist()))
-    return pairs
+            found_a.append(a)
+            found_b.append(b)
+    return np.concatenate(found_a), np.concatenate(found_b)
 
 
-def _same_value_pairs(values: list) -> list[tuple[int, int]]:
-    first: dict = {}
-    pairs = []
-    for i, value in enumerate(values):
-        if value is None:
-            continue
-        if value in first:
-            pairs.append((first[value], i))
-        else:
-            first[value] = i
-    return pairs
+def same_value_pairs(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(first row with the value, later row with the same value) for every repeated non-null value."""
+    valid = np.flatnonzero(np.asarray(pc.is_valid(column)))
+    if not len(valid):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    values = column.take(pa.array(valid, pa.int64())).to_numpy(zero_copy_only=False)
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    earliest = valid[first[inverse.ravel()]]
+    repeated = earliest != valid
+    return earliest[repeated], valid[repeated]
+
+
+def group_roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each of n rows, the lowest row index joined to it through the (a, b) pairs:
+    connected components of the pair graph, each named by its earliest sample."""
+    if n == 0:
+        return np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    earliest = np.full(labels.max() + 1, n, np.int64)
+    np.minimum.at(earliest, labels, np.arange(n))
+    return earliest[labels]
 
 
 def find_duplicates(samples: pa.Table, vectors: np.ndarray, params: DedupParams) -> pa.Table:
     """Duplicate groups of `samples` (key, shard, sha256, phash, thumbnail; rows aligned
-    with `vectors`), returned in (shard, key) order."""
-    order = np.lexsort((np.asarray(samples.column("key").to_pylist(), dtype=object).astype(str),
-                        np.asarray(samples.column("shard").to_pylist(), dtype=object).astype(str)))
-    samples, vectors = samples.take(order), vectors[order]
+    with `vectors`), returned in (shard, key) order. The earliest sample of a group is kept."""
+    order = pc.sort_indices(samples, sort_keys=[("shard", "ascending"), ("key", "ascending")])
+    samples, vectors = samples.take(order), vectors[np.asarray(order)]
     n = samples.num_rows
-    sha256 = samples.column("sha256").to_pylist()
-    phash = samples.column("phash").to_pylist()
     clusters = cluster_embeddings(vectors, params.cluster_size, params.seed) if n else np.zeros(0, np.int64)
     thumbnails = _normalized_thumbnails(samples.column("thumbnail").to_pylist()) if n else None
-    groups = _UnionFind(n)
-    for a, b in (_same_value_pairs(sha256) + _same_value_pairs(phash)
-                 + semantic_pairs(vectors, clusters, params.eps, thumbnails, params.min_thumbnail_correlation)):
-        groups.union(a, b)
-    roots = np.array([groups.find(i) for i in range(n)], dtype=np.int64)
+    pairs = [same_value_pairs(samples.column("sha256")), same_value_pairs(samples.column("phash")),
+             semantic_pairs(vectors, clusters, params.eps, thumbnails, params.min_thumbnail_correlation)]
+    roots = group_roots(n, np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
     sizes = np.bincount(roots, minlength=n)[roots] if n else np.zeros(0, np.int64)
-    keys = samples.column("key").to_pylist()
     is_duplicate = roots != np.arange(n)
-    reasons = [
-        None if not dup else "exact" if sha256[i] == sha256[r] else "phash" if phash[i] == phash[r] else "semantic"
-        for i, (r, dup) in enumerate(zip(roots.tolist(), is_duplicate.tolist()))
-    ]
+    root_index = pa.array(roots, pa.int64())
+
+    def same_as_root(name: str) -> np.ndarray:
+        column = samples.column(name)
+        return np.asarray(pc.fill_null(pc.equal(column, column.take(root_index)), False))
+
+    reasons = np.where(~is_duplicate, None, np.where(same_as_root("sha256"), "exact",
+                                                     np.where(same_as_root("phash"), "phash", "semantic")))
+    duplicate_of = pc.if_else(pa.array(is_duplicate), samples.column("key").take(root_index), None)
     return pa.table({
         "key": samples.column("key"),
         "shard": samples.column("shard"),
         "cluster": pa.array(clusters, pa.int32()),
         "is_duplicate": pa.array(is_duplicate, pa.bool_()),
-        "duplicate_of": pa.array([keys[r] if d else None for r, d in zip(roots.tolist(), is_duplicate)], pa.string()),
+        "duplicate_of": duplicate_of.cast(pa.string()),
         "duplicate_reason": pa.array(reasons, pa.string()),
         "group_size": pa.array(sizes, pa.int32()),
     })
@@ -146,11 +143,10 @@ def load_dedup_inputs(lake: LakeResource, model_id: str) -> tuple[pa.Table, np.n
         shard = path.split("/")[1]
         keys, image, _ = load_embeddings(lake, shard, model_id)
         hashes = lake.read_parquet(f"shards/{shard}/scores/exact_hash.parquet")
-        row_of = {k: i for i, k in enumerate(hashes.column("key").to_pylist())}
-        missing = [k for k in keys.column("key").to_pylist() if k not in row_of]
-        if missing:
-            raise ValueError(f"shard {shard}: {len(missing)} embedded sample(s) have no exact_hash row")
-        aligned = hashes.take([row_of[k] for k in keys.column("key").to_pylist()])
+        rows = pc.index_in(keys.column("key"), value_set=hashes.column("key"))
+        if rows.null_count:
+            raise ValueError(f"shard {shard}: {rows.null_count} embedded sample(s) have no exact_hash row")
+        aligned = hashes.take(rows)
         tables.append(aligned.select(["key", "shard", "sha256", "phash", "thumbnail"]))
         chunks.append(image)
     if not tables:

@@ -131,14 +131,16 @@ def _sample_rng(seed: int, g: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, g])
 
 
-def _image_size(defect: str | None, rng: np.random.Generator) -> tuple[int, int]:
+def _image_size(defect: str | None, rng: np.random.Generator, image_size: int | None = None) -> tuple[int, int]:
     if defect == "small_image":
         return int(rng.integers(12, 29)), int(rng.integers(12, 29))
     if defect == "extreme_aspect":
         long_side = int(rng.integers(200, 257))
         short_side = int(long_side / rng.uniform(3.6, 6.0))
         return (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
-    return int(rng.integers(112, 193)), int(rng.integers(112, 193))
+    width, height = int(rng.integers(112, 193)), int(rng.integers(112, 193))
+    # img2dataset's default output: every image resized to image_size x image_size.
+    return (image_size, image_size) if image_size else (width, height)
 
 
 def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
@@ -151,7 +153,8 @@ def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def render_sample(plan: list[PlannedSample], g: int, seed: int, digits: int,
-                  cache: dict[int, tuple[bytes, int, int]], cache_for: set[int]) -> RenderedSample:
+                  cache: dict[int, tuple[bytes, int, int]], cache_for: set[int],
+                  image_size: int | None = None) -> RenderedSample:
     """Render sample `g` of the plan: caption, JPEG bytes (or none) and its size.
 
     Originals of duplicates (`cache_for`) are kept in `cache` for their later copies.
@@ -194,7 +197,7 @@ def render_sample(plan: list[PlannedSample], g: int, seed: int, digits: int,
         image = image.point(lambda v: min(255, int(v * gain)))
         data = synthetic.jpeg_bytes(image, quality=int(rng.integers(65, 86)))
     else:
-        width, height = _image_size(defect, rng)
+        width, height = _image_size(defect, rng, image_size)
         motif = {"watermark": "watermark", "unsafe": "unsafe"}.get(defect or "", "none")
         image = synthetic.render(synthetic.with_motif(scene, motif), width, height, rng)
         data = synthetic.jpeg_bytes(image, quality=int(rng.integers(85, 96)))
@@ -232,8 +235,12 @@ _PARQUET_SCHEMA = pa.schema([
 ])
 
 
-def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, seed: int) -> dict:
-    """Write the crawl to `out`; return a summary (shards, samples, defect counts)."""
+def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, seed: int,
+                       image_size: int | None = None) -> dict:
+    """Write the crawl to `out`; return a summary (shards, samples, defect counts).
+
+    `image_size` renders clean images at that square size (img2dataset's default output is
+    256 x 256) instead of 112-192 px sides."""
     if not 1 <= samples_per_shard <= 99_999:
         raise ValueError("samples_per_shard must be between 1 and 99999")
     out = Path(out)
@@ -246,7 +253,7 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
     for shard in range(shards):
         rows, members = [], []
         for g in range(shard * samples_per_shard, (shard + 1) * samples_per_shard):
-            rendered = render_sample(plan, g, seed, digits, cache, originals)
+            rendered = render_sample(plan, g, seed, digits, cache, originals, image_size)
             ok = rendered.image is not None
             row = {
                 "url": rendered.url, "caption": rendered.caption, "uid": rendered.uid, "key": rendered.key,

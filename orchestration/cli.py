@@ -1,6 +1,6 @@
 """The `clipsieve` command.
 
-    clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S
+    clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S [--image-size 256]
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
@@ -62,7 +62,7 @@ def _instance(lake: str):
 def cmd_sample_crawl(args: argparse.Namespace) -> None:
     from assets.sample_crawl import write_sample_crawl
 
-    summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed)
+    summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed, args.image_size)
     print(json.dumps(summary, indent=2))
 
 
@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--samples-per-shard", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="clean images at SIZE x SIZE (img2dataset's default is 256) instead of 112-192 px sides")
     p.set_defaults(func=cmd_sample_crawl)
 
     p = commands.add_parser("materialize", help="register the crawl's shards and materialize every asset")

@@ -35,7 +35,18 @@ class LoadedClip:
     preprocess: Any
     tokenizer: Any
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the pixels fed to the image tower
+    precision: str = "fp32"  # open_clip's precision name; "amp*" runs under torch.autocast
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How a shard is embedded; the defaults come from bench/embed.py on a 2-core CPU."""
+
+    batch_size: int = 64
+    decode_threads: int = 1  # threads decoding the next batch while the model runs (0: inline)
+    trim_text: bool = True  # cut token sequences to the batch's longest caption
 
 
 def model_id(model_name: str, pretrained: str) -> str:
@@ -66,7 +77,7 @@ def _pick_device(device: str) -> torch.device:
 
 
 @lru_cache(maxsize=4)
-def _load(model_name: str, pretrained: str, device: str, precision: str) -> LoadedClip:
+def _load(model_name: str, pretrained: str, device: str, precision: str, channels_last: bool = False) -> LoadedClip:
     import open_clip
 
     _register_local_config(model_name, pretrained)
@@ -77,8 +88,12 @@ def _load(model_name: str, pretrained: str, device: str, precision: str) -> Load
             model_name, pretrained=weights or None, device=torch_device, precision=precision, weights_only=True
         )
     model.eval()
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    return LoadedClip(model, preprocess, open_clip.get_tokenizer(model_name), torch_device, dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "pure_fp16": torch.float16,
+             "pure_bf16": torch.bfloat16}.get(precision, torch.float32)
+    return LoadedClip(model, preprocess, open_clip.get_tokenizer(model_name), torch_device, dtype, precision,
+                      channels_last)
 
 
 class ClipModelResource(ConfigurableResource):
@@ -94,8 +109,22 @@ class ClipModelResource(ConfigurableResource):
         "($CLIPSIEVE_PRETRAINED).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'.")
-    precision: str = Field(default="fp32", description="open_clip precision: fp32, fp16, bf16, amp.")
-    batch_size: int = Field(default=256, description="Images (and captions) per forward pass.")
+    precision: str = Field(
+        default="fp32",
+        description="open_clip precision: fp32; amp_bf16 (autocast to bfloat16, weights stay fp32: faster on "
+        "CPUs with AVX512-BF16/AMX); amp (autocast, fp16 on CUDA); fp16 / bf16 (weights converted). "
+        "On a GPU use amp or fp16.",
+    )
+    batch_size: int = Field(default=64, description="Images (and captions) per forward pass; 256+ on a GPU.")
+    decode_threads: int = Field(
+        default=1, description="Threads decoding and preprocessing the next batch while the model runs (0: inline)."
+    )
+    trim_text: bool = Field(
+        default=True, description="Cut caption token sequences to the batch's longest caption instead of the "
+        "model's full context (same embeddings, less compute).",
+    )
+    channels_last: bool = Field(default=False, description="Channels-last memory format for the image tower.")
+    torch_threads: int = Field(default=0, description="torch intra-op threads (0: torch's default, one per core).")
 
     @property
     def model_id(self) -> str:
@@ -103,4 +132,9 @@ class ClipModelResource(ConfigurableResource):
 
     def load(self) -> LoadedClip:
         """The model, its eval transform and tokenizer; cached per process."""
-        return _load(self.model_name, self.pretrained, self.device, self.precision)
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return _load(self.model_name, self.pretrained, self.device, self.precision, self.channels_last)
+
+    def embed_options(self) -> EmbedOptions:
+        return EmbedOptions(self.batch_size, self.decode_threads, self.trim_text)

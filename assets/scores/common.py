@@ -20,14 +20,16 @@ def for_each_shard(context: AssetExecutionContext, compute: Callable[[str], dict
     """Run `compute(shard)` for every shard of the run and report its metadata.
 
     A run covers one shard, or, in a backfill under SHARD_BATCHES, a range of them; then
-    the metadata lists each shard's output path and sums its counts.
+    the metadata lists each shard's output path and sums its counts and timings.
     """
     results = {shard: compute(shard) for shard in context.partition_keys}
     if len(results) == 1:
         return MaterializeResult(metadata=next(iter(results.values())))
+    timings = {k for r in results.values() for k, v in r.items() if k.endswith("seconds") and isinstance(v, float)}
     return MaterializeResult(metadata={
         "shards": len(results),
         "rows": sum(int(r.get("rows", 0)) for r in results.values()),
+        **{k: round(sum(r.get(k, 0.0) for r in results.values()), 3) for k in sorted(timings)},
         "paths": MetadataValue.json({shard: r.get("path") for shard, r in results.items()}),
     })
 

@@ -1,0 +1,130 @@
+"""Wall time per stage of the whole pipeline on N shards, and the CLIP forward's share of it.
+
+    .venv/bin/python bench/pipeline.py                          # sample crawl 8 x 250, demo model
+    .venv/bin/python bench/pipeline.py --model vit-b-32         # the same crawl, ViT-B-32 (random weights)
+    .venv/bin/python bench/pipeline.py --shards 4 --samples-per-shard 500 --image-size 256
+
+Runs `clipsieve materialize` in a fresh process on a fresh lake and Dagster instance, then
+reads the instance's event log: each step's duration (STEP_START to STEP_SUCCESS), summed
+over runs per asset, plus what no step accounts for (process start, imports, Dagster's run
+setup). The CLIP forward is the embeddings asset's `forward_seconds` metadata (the model
+calls alone); "everything else" is the total minus that. For ViT-B-32 the bench writes
+random 512-d heads (the shipped heads fit the demo model's 128-d embeddings), and it turns
+the blocking checks off so every stage runs whatever the subsets hold. Figures are
+printed, never asserted.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.embed import checkpoint  # noqa: E402  (after the path setup above)
+
+
+def random_heads(folder: Path, dim: int) -> dict[str, str]:
+    """Seeded random heads of input `dim`, as environment variables for HeadsResource."""
+    import torch
+
+    from resources.heads import Head
+
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {}
+    for name, activation in (("nsfw", "sigmoid"), ("watermark", "sigmoid"), ("aesthetic", "identity")):
+        torch.manual_seed(len(name))
+        path = folder / f"{name}_{dim}.safetensors"
+        Head([dim, 64, 1], activation).save(path, {"model": f"random-{dim}", "column": name})
+        env[f"CLIPSIEVE_{name.upper()}_HEAD"] = str(path)
+    return env
+
+
+def step_durations(home: Path) -> tuple[dict[str, float], float, int]:
+    """(seconds per asset summed over runs, seconds of the embeddings' model forward, runs)."""
+    from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
+
+    seconds: dict[str, float] = defaultdict(float)
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        for run in runs:
+            started = {}
+            for entry in instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_START,
+                                                                  DagsterEventType.STEP_SUCCESS}):
+                event = entry.dagster_event
+                if event.event_type == DagsterEventType.STEP_START:
+                    started[event.step_key] = entry.timestamp
+                elif event.step_key in started:
+                    seconds[event.step_key] += entry.timestamp - started.pop(event.step_key)
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("embeddings")),
+                                                  limit=10_000).records
+        forward = 0.0
+        for record in records:
+            metadata = record.asset_materialization.metadata
+            value = metadata.get("forward_seconds")
+            forward += float(getattr(value, "value", value) or 0.0)
+    return dict(seconds), forward, len(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--image-size", type=int, default=None, help="square clean images (default: 112-192 px)")
+    parser.add_argument("--model", default="demo", choices=["demo", "vit-b-32"])
+    parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_pipeline"))
+    args = parser.parse_args()
+
+    from assets.sample_crawl import write_sample_crawl
+
+    workdir = Path(args.workdir)
+    crawl = workdir / f"crawl_{args.shards}x{args.samples_per_shard}_{args.image_size or 'sample'}"
+    if not (crawl / "ground_truth.parquet").exists():
+        write_sample_crawl(crawl, args.shards, args.samples_per_shard, seed=0, image_size=args.image_size)
+    lake, home = workdir / f"lake_{args.model}", workdir / f"dagster_{args.model}"
+    for folder in (lake, home):
+        shutil.rmtree(folder, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+    # Blocking checks off: a random-weight model's subsets would fail them and skip their
+    # indices and audits, and the bench would then time less than the whole pipeline.
+    (workdir / "no_checks.toml").write_text("[default]\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CLIPSIEVE_CHECKS": str(workdir / "no_checks.toml")}
+    model_name, pretrained = checkpoint(workdir, args.model)
+    if args.model != "demo":
+        import open_clip
+
+        dim = open_clip.get_model_config(model_name)["embed_dim"]
+        env.update(random_heads(workdir / "heads", dim))
+    command = [str(Path(sys.executable).with_name("clipsieve")), "materialize", "--crawl", str(crawl),
+               "--lake", str(lake), "--model", model_name, "--pretrained", pretrained]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    total = time.perf_counter() - started
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:])
+        sys.exit(f"materialize failed ({done.returncode})")
+
+    seconds, forward, runs = step_durations(home)
+    by_asset: dict[str, float] = defaultdict(float)
+    for step, value in seconds.items():
+        by_asset[step.replace("__", "/")] += value
+    print(f"{args.shards} shards x {args.samples_per_shard} samples, model {args.model}, "
+          f"{os.cpu_count()} cores: {total:.1f} s wall, {runs} Dagster runs\n")
+    print(f"{'stage':<32}{'seconds':>9}{'share':>8}")
+    for name, value in sorted(by_asset.items(), key=lambda kv: -kv[1]):
+        print(f"{name:<32}{value:>9.1f}{value / total:>8.1%}")
+    outside = total - sum(by_asset.values())
+    print(f"{'(outside steps: start, imports, run setup)':<32}{outside:>9.1f}{outside / total:>8.1%}")
+    print(f"\nCLIP forward (embeddings' model calls): {forward:.1f} s = {forward / total:.1%} of wall; "
+          f"everything else {total - forward:.1f} s = {(total - forward) / total:.1%}")
+
+
+if __name__ == "__main__":
+    main()

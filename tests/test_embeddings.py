@@ -1,0 +1,72 @@
+"""The embeddings stage's speed options change speed, not results."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assets.embeddings import _text_features, embed_shard, encode_images, encode_texts
+from assets.sample_crawl import write_sample_crawl
+from assets.samples import read_samples
+from resources.clip_model import ClipModelResource, EmbedOptions
+from resources.crawl import CrawlResource
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embed_crawl")
+    write_sample_crawl(out, shards=1, samples_per_shard=150, seed=11)
+    crawl = CrawlResource(root=str(out))
+    return crawl, read_samples(crawl, "00000")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_text_cut_to_longest_caption_equals_full_context():
+    clip = ClipModelResource().load()
+    captions = ["a red circle", "two small blue triangles on a green background in soft morning light", "x", ""]
+    tokens = clip.tokenizer(captions)
+    assert int((tokens != 0).sum(dim=1).max()) < tokens.shape[1]  # there is padding to cut
+    with torch.inference_mode():
+        full = clip.model.encode_text(tokens, normalize=True).numpy()
+        trimmed = _text_features(clip.model, tokens, trim=True).numpy()
+    assert np.abs(full - trimmed).max() < 1e-3  # fp16 tolerance; in practice ~1e-7
+    # Batched, sorted by length and scattered back: the same vectors in the callers' order.
+    batched = encode_texts(clip, captions * 3, batch_size=3, trim=True)
+    assert np.abs(batched - np.tile(full, (3, 1))).max() < 1e-3
+
+
+def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
+    crawl, samples = shard
+    clip = ClipModelResource().load()
+    inline = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=64, decode_threads=0, trim_text=False))
+    threaded = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, trim_text=True))
+    assert inline.keys == threaded.keys and len(inline.keys) > 100
+    assert sorted(inline.failures) == sorted(threaded.failures)
+    assert np.abs(inline.image.astype(np.float32) - threaded.image.astype(np.float32)).max() < 2e-3
+    assert _cosines(inline.text, threaded.text).min() > 0.9999
+    assert threaded.timings["forward"] > 0 and threaded.timings["total"] >= threaded.timings["forward"]
+
+
+def test_bf16_autocast_stays_close_to_fp32(shard):
+    crawl, samples = shard
+    fp32 = embed_shard(crawl, samples, ClipModelResource().load())
+    bf16 = embed_shard(crawl, samples, ClipModelResource(precision="amp_bf16").load())
+    assert fp32.keys == bf16.keys
+    assert _cosines(fp32.image, bf16.image).min() > 0.99
+    assert _cosines(fp32.text, bf16.text).min() > 0.99
+
+
+def test_a_bad_image_in_a_threaded_batch_is_recorded_and_the_rest_embed():
+    clip = ClipModelResource().load()
+    good = io.BytesIO()
+    Image.new("RGB", (80, 80), (0, 0, 255)).save(good, format="JPEG")
+    items = [(f"k{i}", good.getvalue() if i != 3 else b"\xff\xd8 truncated") for i in range(10)]
+    done, vectors, failures = encode_images(clip, items, batch_size=4, decode_threads=2)
+    assert done == [f"k{i}" for i in range(10) if i != 3] and vectors.shape[0] == 9
+    assert [k for k, _ in failures] == ["k3"]
