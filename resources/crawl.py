@@ -10,6 +10,7 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 import pyarrow as pa
@@ -64,16 +65,44 @@ class CrawlResource(ConfigurableResource):
         with fs.open(self.file(shard, ".parquet"), "rb") as f:
             return pq.read_table(io.BytesIO(f.read()))
 
+    def scan_tar(self, shard: str) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
+        """Every member of the shard's tar in order, streamed: its header, and for a regular
+        file a handle on its data, readable until the next member is asked for.
+
+        Raises tarfile.ReadError where the tar is damaged, after the members before the
+        damage, including a tar that just stops (no end-of-archive block), which tarfile
+        alone would take for a complete one.
+        """
+        fs, _ = self._fs()
+        with fs.open(self.file(shard, ".tar"), "rb") as f:
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    yield member, tar.extractfile(member) if member.isfile() else None
+                end = tar.offset
+            f.seek(end)
+            block = f.read(tarfile.BLOCKSIZE)
+            if block != bytes(tarfile.BLOCKSIZE):
+                what = "the file ends" if len(block) < tarfile.BLOCKSIZE else "an unreadable header"
+                raise tarfile.ReadError(f"{what} at byte {end} where a member or the end-of-archive block should be")
+
     def iter_tar(self, shard: str, wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
         """(member name, bytes) for each regular file in the shard's tar, or only `wanted` names.
 
-        A truncated tar raises tarfile.ReadError after the members before the damage.
+        A name that occurs twice yields its first member only (as `samples` checks it).
+        With `wanted`, reading stops once all of them are found, so a tar damaged after
+        them still serves them. A truncated tar raises tarfile.ReadError after the
+        members before the damage.
         """
-        fs, _ = self._fs()
-        with fs.open(self.file(shard, ".tar"), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile() or (wanted is not None and member.name not in wanted):
-                    continue
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    yield member.name, handle.read()
+        remaining = None if wanted is None else set(wanted)
+        seen: set[str] = set()
+        if remaining == set():
+            return
+        for member, handle in self.scan_tar(shard):
+            if handle is None or member.name in seen or (remaining is not None and member.name not in remaining):
+                continue
+            seen.add(member.name)
+            yield member.name, handle.read()
+            if remaining is not None:
+                remaining.discard(member.name)
+                if not remaining:
+                    return

@@ -27,7 +27,8 @@ SELECT
     c.concept_ids,
     c.concept_count
 FROM embeddings_index AS e
-JOIN samples AS s USING (shard, key)
+-- Only the usable row of a key: samples also holds a crawl's duplicate-key rows and tar-only rows.
+JOIN (SELECT * FROM samples WHERE image_status = 'ok') AS s USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/clip_similarity.parquet') AS sim USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/nsfw.parquet') AS nsfw USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/watermark.parquet') AS wm USING (shard, key)
