@@ -4,8 +4,9 @@
                 (u8, u8), the uid's hex split into two 64-bit halves. Samples without a
                 uid get md5(key) as theirs (keys are unique in an img2dataset crawl).
     parquet     the members' rows with every score (the `scores` view plus duplicate flags).
-    webdataset  the members' original <key>.jpg/.txt/.json re-sharded into new tars of
-                `samples_per_shard`, each with a parquet and stats file like img2dataset's.
+    webdataset  the members' original <key>.jpg and .json, plus the caption as samples cleaned
+                it as .txt, re-sharded into new tars of `samples_per_shard`, each with a
+                parquet and stats file like img2dataset's.
 
 Keys, shard and policy names come from the crawl or the command line, so none is used as a
 path before resources/safe_paths.py has checked it: a hostile key is exported under a
@@ -88,17 +89,22 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
 
     for shard in sorted(wanted_by_shard):
         samples = lake.read_parquet(f"shards/{check_shard_name(shard)}/samples.parquet")
-        rows = {r["key"]: r for r in samples.to_pylist() if r["key"] in set(wanted_by_shard[shard])}
+        wanted = set(wanted_by_shard[shard])
+        # The usable row of each key: a key the crawl repeats also has duplicate_key rows.
+        rows = {r["key"]: r for r in samples.to_pylist() if r["key"] in wanted and r["image_status"] == "ok"}
         image_member = {r["tar_member"]: r["key"] for r in rows.values()}
         files: dict[str, dict[str, bytes]] = {k: {} for k in rows}
-        for name, data in crawl.iter_tar(shard):
-            stem, _, extension = os.path.basename(name).rpartition(".")
-            if name in image_member:
-                # Member names are rebuilt from the key and a known extension: nothing the
-                # crawl wrote names a path in the export.
-                files[image_member[name]][_image_extension(extension)] = data
-            elif stem in rows and extension in ("txt", "json"):
-                files[stem][extension] = data
+        try:
+            for name, data in crawl.iter_tar(shard, wanted=set(image_member) | {f"{k}.json" for k in rows}):
+                stem, _, extension = name.rpartition(".")
+                if name in image_member:
+                    # Member names are rebuilt from the key and a known extension: nothing the
+                    # crawl wrote names a path in the export.
+                    files[image_member[name]][_image_extension(extension)] = data
+                else:
+                    files[stem]["json"] = data
+        except tarfile.ReadError:
+            pass  # damage after the members' images (samples read them); a missing one is named below
         for key in sorted(rows):
             if not set(files[key]) & set(IMAGE_EXTENSIONS):
                 raise ValueError(f"shard {shard}: image of member {key} is no longer in the crawl's tar")
@@ -125,7 +131,8 @@ def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, byte
     with tarfile.open(tar_path.with_suffix(".tar.tmp"), "w", format=tarfile.USTAR_FORMAT) as tar:
         for row, files in samples:
             image_extension = next(e for e in IMAGE_EXTENSIONS if e in files)
-            caption = files.get("txt", (row.get("caption") or "").encode())
+            # The caption as samples cleaned it (UTF-8, at most 4096 characters), as the model saw it.
+            caption = (row.get("caption") or "").encode()
             meta = files.get("json", json.dumps(_shard_row(row), default=str).encode())
             for extension, payload in ((image_extension, files[image_extension]), ("txt", caption), ("json", meta)):
                 # The key is the crawl's: the member name is its safe stem, checked once more.

@@ -19,6 +19,7 @@ from PIL import Image
 
 from assets import checks, subsets
 from assets import samples as samples_module
+from assets.export import export_webdataset
 from assets.samples import MAX_CAPTION_CHARS, MAX_IMAGE_PIXELS, check_image, coerce_column, read_shard
 from orchestration.definitions import build_definitions
 from orchestration.runner import run_pipeline
@@ -392,3 +393,23 @@ def _jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (10, 200, 10)).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def test_webdataset_export_of_hostile_shards_takes_usable_rows_and_cleaned_captions(hostile, tmp_path):
+    lake = hostile["lake"]
+    members = lake.read_parquet("subsets/safe/members.parquet")
+    (twice,) = _picks(hostile, "duplicate_keys", "twice")
+    tars = export_webdataset(lake, CrawlResource(root=str(hostile["crawl"])), "safe", tmp_path / "out")
+    exported = {}
+    for tar in tars:
+        with tarfile.open(tar) as archive:
+            for member in archive.getmembers():
+                assert "/" not in member.name and not member.name.startswith(".")
+                exported[member.name] = archive.extractfile(member).read()
+    assert sum(name.endswith(".txt") for name in exported) == members.num_rows
+    # A key the crawl holds twice is exported once, from its usable row.
+    assert twice in members.column("key").to_pylist() and f"{twice}.txt" in exported
+    # Captions are the cleaned ones: UTF-8, at most 4096 characters.
+    for name, payload in exported.items():
+        if name.endswith(".txt"):
+            assert len(payload.decode("utf-8")) <= 4096
