@@ -5,6 +5,7 @@ import math
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 from dagster import AssetKey, DagsterInstance, materialize
@@ -42,6 +43,9 @@ def test_concepts_match_whole_words_after_padding_punctuation():
     assert matcher.match("A RED circle, and a star!") == [1, 2, 0]
     assert matcher.match("a starfish in a circles-free zone") == []
     assert matcher.match(None) == []
+    # A whole column at once: Unicode spaces and underscores as Python's str.split / \w see them.
+    column = pa.array(["Ünïcödé RED\u00a0circle\u2003star", None, "red_circle star star", "circle red circle"])
+    assert matcher.match_all(column).to_pylist() == [[1, 2, 0], [], [0], [2, 1]]
 
 
 def test_concept_ids_name_entries_in_the_caption(catalog):

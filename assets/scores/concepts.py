@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
@@ -29,14 +30,18 @@ def entries() -> list[str]:
 
 
 def concept_scores(samples: pa.Table) -> pa.Table:
-    matcher = PhraseMatcher(entries())
-    matches = [matcher.match(c) for c in samples.column("caption").to_pylist()]
+    matches = _matcher().match_all(samples.column("caption"))
     return pa.table({
         "key": samples.column("key"),
         "shard": samples.column("shard"),
-        "concept_ids": pa.array(matches, pa.list_(pa.int32())),
-        "concept_count": pa.array([len(m) for m in matches], pa.int32()),
+        "concept_ids": matches,
+        "concept_count": pc.list_value_length(matches).cast(pa.int32()),
     })
+
+
+@lru_cache(maxsize=1)
+def _matcher() -> PhraseMatcher:
+    return PhraseMatcher(entries())
 
 
 @score_asset(CODE_VERSION, "python")
