@@ -2,6 +2,7 @@
 
     clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S [--image-size 256]
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
+                          [--shards 00000,00001 --no-cross-shard]   (parallel runs: disjoint shards)
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
@@ -46,17 +47,15 @@ def _instance(lake: str):
     """The Dagster instance at $DAGSTER_HOME, else one kept in <lake>/_dagster."""
     from dagster import DagsterInstance
 
+    from orchestration.instance import open_instance
+
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         if "://" in lake:
             print("DAGSTER_HOME is not set and the lake is remote: runs are not kept", file=sys.stderr)
             return DagsterInstance.ephemeral()
         home = str(Path(lake, "_dagster").resolve())
-        os.environ["DAGSTER_HOME"] = home
-    if not os.path.isdir(home):
-        os.makedirs(home)
-        Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return DagsterInstance.get()
+    return open_instance(home)  # under a lock: parallel first opens would corrupt a SQLite instance
 
 
 def cmd_sample_crawl(args: argparse.Namespace) -> None:
@@ -72,7 +71,9 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
     defs = build_definitions(crawl=args.crawl, lake=args.lake, model_name=args.model, pretrained=_pretrained(args))
     instance = _instance(args.lake)
-    report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True))
+    shards = [s.strip() for s in args.shards.split(",") if s.strip()] if args.shards else None
+    report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True), shards=shards,
+                          cross_shard=not args.no_cross_shard)
     print(f"shards: {len(report.shards)}; per-shard runs: {len(report.per_shard_runs)}; "
           f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
     print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
@@ -277,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("materialize", help="register the crawl's shards and materialize every asset")
     p.add_argument("--crawl", required=True, help="img2dataset output folder or fsspec URL")
     p.add_argument("--lake", required=True, help="output folder or fsspec URL")
+    p.add_argument("--shards", help="comma-separated shards to run the per-shard assets of (default: every "
+                                    "complete shard); processes given disjoint shards may share a lake and instance")
+    p.add_argument("--no-cross-shard", action="store_true",
+                   help="only the per-shard assets; a later materialize runs the cross-shard ones")
     _model_args(p)
     p.set_defaults(func=cmd_materialize)
 

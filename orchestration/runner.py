@@ -5,22 +5,42 @@ the UI shows it. Per-shard work is skipped for a (shard, asset) whose latest
 materialization has the current code version (model id included), whose output file is
 still in this lake and, for `samples`, whose crawl files have not changed (size and
 mtime fingerprint); whatever is downstream of redone work is redone too. Cross-shard
-assets run when any per-shard work ran or when they are themselves out of date; the
-evaluation asset only when the crawl has a ground_truth.parquet.
+assets run when any per-shard materialization in the instance is newer than theirs (so
+per-shard work done by another process, or by a run killed before its cross-shard stage,
+counts) or when they are themselves out of date; the evaluation asset only when the crawl
+has a ground_truth.parquet.
+
+Killed and parallel runs: what is skipped is decided from materialization records and lake
+files only, never from run status, so a run left STARTED by a killed process is no
+obstacle; it is marked failed on the next start on the same host (its pid is in its tags).
+Several processes may run disjoint shards over one lake and one instance at once
+(`run_pipeline(..., shards=[...], cross_shard=False)`), then one cross-shard run.
 """
 
 import time
 from dataclasses import dataclass, field
 
 import fsspec
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions, materialize
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+    materialize,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from orchestration.partitions import shard_partitions
+from resources.processes import is_gone, this_process
 
 CODE_VERSION_TAG = "dagster/code_version"
 SAMPLES = AssetKey("samples")
 # Runs log to the instance (the UI shows everything); the terminal gets warnings only.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Who runs a run: lets a later start tell a killed process's run from a live one's.
+HOST_TAG, PID_TAG = "clipsieve/host", "clipsieve/pid"
 
 
 @dataclass
@@ -29,15 +49,18 @@ class RunReport:
     per_shard_runs: dict[str, list[str]] = field(default_factory=dict)  # shard -> asset keys materialized
     cross_shard_assets: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # what failed, one message per run
+    orphaned_runs: list[str] = field(default_factory=list)  # runs of killed processes, now marked failed
     seconds: float = 0.0
 
 
 def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | None, lake_url: str,
-                partition: str | None, fingerprint: str | None = None) -> bool:
+                partition: str | None, fingerprint: str | None = None, newer_than: int = 0) -> bool:
+    """The latest materialization has this code version, its output is in this lake, and it
+    is newer than storage id `newer_than` (for samples: the crawl shard is unchanged)."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
     ).records
-    if not records:
+    if not records or records[0].storage_id < newer_than:
         return False
     event = records[0].asset_materialization
     if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
@@ -76,6 +99,67 @@ def _failures(result) -> str:
     return "\n".join(lines)
 
 
+def _latest_storage_id(instance: DagsterInstance, keys: set[AssetKey]) -> int:
+    """Storage id of the newest materialization of any of `keys`, any partition (0: none)."""
+    latest = 0
+    for key in keys:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
+        if records:
+            latest = max(latest, records[0].storage_id)
+    return latest
+
+
+def register_shards(instance: DagsterInstance, shards: list[str], attempts: int = 8) -> None:
+    """Add the shards as dynamic partitions. Parallel runs may add the same ones at once:
+    Dagster's read-then-insert then loses the race (a unique-index or lock error), so read
+    again and retry."""
+    for attempt in range(attempts):
+        known = set(instance.get_dynamic_partitions(shard_partitions.name))
+        new = [s for s in shards if s not in known]
+        if not new:
+            return
+        try:
+            instance.add_dynamic_partitions(shard_partitions.name, new)
+            return
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the runs this host's killed `materialize` processes left STARTED.
+
+    Only runs tagged with a pid of this host that is no longer running are touched: a run
+    of a live process beside this one (parallel runs) keeps going.
+    """
+    host, _ = this_process()
+    runs = instance.get_runs(RunsFilter(
+        statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED],
+        tags={HOST_TAG: host}))
+    orphaned = []
+    for run in runs:
+        pid = run.tags.get(PID_TAG, "")
+        if pid.isdigit() and is_gone(host, int(pid)):
+            instance.report_run_failed(run, message=f"process {pid} on {host} ended without finishing the run "
+                                                    "(killed); clipsieve materialize redoes what it had not recorded")
+            orphaned.append(run.run_id)
+    return orphaned
+
+
+def _with_checked_parents(defs: Definitions, keys: set[AssetKey], within: set[AssetKey]) -> set[AssetKey]:
+    """`keys` plus their ancestors in `within` that carry asset checks: an index is never
+    redone without its subset, so the subset's blocking checks gate it in the same run."""
+    graph = defs.resolve_asset_graph()
+    result, frontier = set(keys), list(keys)
+    while frontier:
+        for parent in graph.get(frontier.pop()).parent_keys:
+            if parent in within and parent not in result and graph.get(parent).check_keys:
+                result.add(parent)
+                frontier.append(parent)
+    return result
+
+
 def _exists(path: str) -> bool:
     fs, stripped = fsspec.core.url_to_fs(path)
     return fs.exists(stripped)
@@ -92,26 +176,38 @@ def _downstream_closure(defs: Definitions, keys: set[AssetKey], within: set[Asse
     return result
 
 
-def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> RunReport:
-    """Register the crawl's complete shards, then materialize everything out of date."""
+def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards: list[str] | None = None,
+                 cross_shard: bool = True) -> RunReport:
+    """Register the crawl's complete shards, then materialize everything out of date.
+
+    `shards` limits the per-shard work to those shards (parallel processes take disjoint
+    slices); `cross_shard=False` leaves the cross-shard assets to a later call.
+    """
     started = time.time()
     resources = defs.resources
     crawl, lake = resources["crawl"], resources["lake"]
-    shards = crawl.shards()
-    if not shards:
+    complete = crawl.shards()
+    if not complete:
         raise ValueError(f"no complete shards (tar + parquet + _stats.json) in {crawl.root}")
-    known = set(instance.get_dynamic_partitions(shard_partitions.name))
-    instance.add_dynamic_partitions(shard_partitions.name, [s for s in shards if s not in known])
+    unknown = sorted(set(shards or []) - set(complete))
+    if unknown:
+        raise ValueError(f"not complete shards of {crawl.root}: {unknown[:10]}")
+    shards = [s for s in complete if shards is None or s in shards]
+    report = RunReport(shards=shards, orphaned_runs=fail_orphaned_runs(instance))
+    for run_id in report.orphaned_runs:
+        log(f"run {run_id} of a killed process marked failed")
+    register_shards(instance, shards)
+    host, pid = this_process()
+    tags = {HOST_TAG: host, PID_TAG: str(pid)}
 
     graph = defs.resolve_asset_graph()
     nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
     per_shard = {n.key for n in nodes if n.partitions_def is not None}
     # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
     skip = {"demo"} | (set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"})
-    cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
+    cross_shard_keys = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
     code_versions = {n.key: n.code_version for n in nodes}
     assets = list(defs.assets or [])
-    report = RunReport(shards=shards)
 
     for shard in shards:
         fingerprint = crawl.fingerprint(shard)
@@ -122,7 +218,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
             continue
         log(f"shard {shard}: materializing {len(todo)} asset(s)")
         result = materialize(assets, instance=instance, partition_key=shard, selection=list(todo),
-                             resources=resources, tags={"clipsieve/shard": shard}, run_config=QUIET,
+                             resources=resources, tags={"clipsieve/shard": shard, **tags}, run_config=QUIET,
                              raise_on_error=False)
         if not result.success:  # the other shards go on; the failure is reported at the end
             report.failures.append(f"run {result.run_id} for shard {shard} failed:\n" + _failures(result))
@@ -130,12 +226,17 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print) -> Run
             continue
         report.per_shard_runs[shard] = sorted(k.to_user_string() for k in todo)
 
-    stale = {k for k in cross_shard if not _is_current(instance, k, code_versions[k], lake.url, None)}
-    if report.per_shard_runs or stale:
-        todo = cross_shard if report.per_shard_runs else _downstream_closure(defs, stale, cross_shard)
+    # Any per-shard materialization newer than a cross-shard asset's, whichever process made
+    # it (a parallel run, a run killed before this stage), makes that asset stale.
+    newest_per_shard = _latest_storage_id(instance, per_shard)
+    stale = {k for k in cross_shard_keys
+             if not _is_current(instance, k, code_versions[k], lake.url, None, newer_than=newest_per_shard)}
+    if cross_shard and (report.per_shard_runs or stale):
+        todo = cross_shard_keys if report.per_shard_runs else \
+            _downstream_closure(defs, _with_checked_parents(defs, stale, cross_shard_keys), cross_shard_keys)
         log(f"cross-shard: materializing {len(todo)} asset(s)")
         result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
-                             raise_on_error=False)
+                             tags=tags, raise_on_error=False)
         if not result.success:
             report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(result))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)

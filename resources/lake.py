@@ -10,10 +10,15 @@
     <lake>/audits/<policy>/metrics.json
 
 Every write goes to a temporary name first and is renamed into place, so a killed run
-never leaves a half-written file under its final name. Paths go through fsspec, so the
-root can be a local folder or an object-store URL.
+never leaves a half-written file under its final name. The temporary name is
+`<final>.tmp-<host>-<pid>-<random>`: no reader's glob (`*.parquet`, `keys.parquet`, ...)
+matches it, and the next write of the same file removes the leftovers of writers on this
+host that are no longer running (a killed run's; those of a live writer, or of another
+host, are left alone). Paths go through fsspec, so the root can be a local folder or an
+object-store URL.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -26,6 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from resources.processes import is_gone, this_process
+
+TEMPORARY = ".tmp-"  # between a final name and its writer's host-pid-random suffix
 
 
 def samples_path(shard: str) -> str:
@@ -109,11 +118,20 @@ class LakeResource(ConfigurableResource):
     def write_bytes(self, relative: str, data: bytes) -> None:
         fs, root = self._fs()
         final = f"{root}/{relative}"
-        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, final)
+        folder = final.rsplit("/", 1)[0]
+        fs.makedirs(folder, exist_ok=True)
+        _remove_dead_temporaries(fs, folder, final.rsplit("/", 1)[1])
+        host, pid = this_process()
+        # Unique per writer: parallel runs never share a temporary, whatever they write.
+        tmp = f"{final}{TEMPORARY}{host}-{pid}-{uuid.uuid4().hex[:12]}"
+        try:
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            fs.mv(tmp, final)  # a rename on a local disk: the final name appears complete or not at all
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(tmp)
+            raise
 
     def read_bytes(self, relative: str) -> bytes:
         fs, root = self._fs()
@@ -141,3 +159,25 @@ class LakeResource(ConfigurableResource):
 
     def read_json(self, relative: str) -> Any:
         return json.loads(self.read_bytes(relative))
+
+
+def temporary_owner(name: str) -> tuple[str, str, int] | None:
+    """(final name, host, pid) of a temporary lake file name, or None if it is not one."""
+    final, mark, suffix = name.partition(TEMPORARY)
+    parts = suffix.rsplit("-", 2)  # host names may hold dashes; pid and random part do not
+    if not mark or not final or len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return final, parts[0], int(parts[1])
+
+
+def _remove_dead_temporaries(fs: fsspec.AbstractFileSystem, folder: str, base: str) -> None:
+    """Remove `<base>.tmp-*` files in `folder` whose writer on this host is gone (a killed run's)."""
+    try:
+        names = fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return
+    for path in names:
+        owner = temporary_owner(path.rsplit("/", 1)[-1])
+        if owner is not None and owner[0] == base and is_gone(owner[1], owner[2]):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path)

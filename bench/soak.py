@@ -1,0 +1,280 @@
+"""Soak: a many-shard sample crawl through parallel per-shard runs, then the cross-shard run.
+
+    .venv/bin/python bench/soak.py --shards 52 --samples-per-shard 250 --runs 4 --workdir /tmp/soak
+
+1. writes the sample crawl (kept in the workdir and reused when it already exists);
+2. starts `--runs` processes at once, each running the per-shard assets of a contiguous
+   slice of the shards (`run_pipeline(..., shards=slice, cross_shard=False)`), all over
+   one lake and one SQLite DAGSTER_HOME;
+3. then `clipsieve materialize` over the whole crawl, which finds every shard done and
+   runs only the cross-shard assets (dedup, subsets, indices, audits, evaluation).
+
+Prints samples processed, failures (image statuses, embedding failures, failed runs),
+wall times, and memory: each process's VmRSS and VmHWM polled from /proc every
+`--poll` seconds, and each run's RSS after every shard, logged by the run itself, with
+its least-squares slope in MB per shard (the first shard, which loads the model, is left
+out). RSS is given twice: as the process holds it, and "live", after a garbage collection
+and glibc's malloc_trim. glibc keeps freed blocks in its arenas, so held RSS creeps up
+over the first dozen shards and levels off; live memory is what a leak would grow.
+(The worker's trim after each shard also lowers the held RSS a little.) Figures are
+printed, never asserted: they depend on the machine. Linux only (/proc).
+"""
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def proc_memory_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of a process in MB, or None once it has gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def live_memory_mb() -> float:
+    """RSS after a garbage collection and glibc's malloc_trim: memory still in use, without
+    what the allocator keeps from freed blocks (what a leak would show in)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: plain RSS
+        pass
+    return (proc_memory_mb(os.getpid()) or (0.0, 0.0))[0]
+
+
+def worker(crawl: str, lake: str, shards: list[str], log_path: str) -> None:
+    """One parallel run: the per-shard assets of `shards`, one line of JSON per event."""
+    from orchestration.definitions import build_definitions
+    from orchestration.instance import open_instance
+    from orchestration.runner import run_pipeline
+
+    with open(log_path, "a") as out:
+        def log(message: str) -> None:
+            rss, hwm = proc_memory_mb(os.getpid()) or (0.0, 0.0)
+            # "shard X: materializing": the run of the shard before it has finished.
+            shard = message.split(":")[0].removeprefix("shard ") if message.startswith("shard ") else None
+            out.write(json.dumps({"t": time.time(), "shard": shard, "rss_mb": rss, "live_mb": live_memory_mb(),
+                                  "hwm_mb": hwm, "message": message.splitlines()[0]}) + "\n")
+            out.flush()
+
+        try:
+            report = run_pipeline(build_definitions(crawl=crawl, lake=lake), open_instance(os.environ["DAGSTER_HOME"]),
+                                  log=log, shards=shards, cross_shard=False)
+            log(f"done: {len(report.per_shard_runs)} shard run(s)")
+        except RuntimeError as error:  # failed shard runs: the others went on
+            log(f"done with failures: {error}")
+            raise SystemExit(1) from None
+
+
+class MemoryPoller(threading.Thread):
+    """Samples VmRSS and VmHWM of the given processes until they have all ended."""
+
+    def __init__(self, processes: dict[str, subprocess.Popen], interval: float):
+        super().__init__(daemon=True)
+        self.processes, self.interval = processes, interval
+        self.samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in processes}
+
+    def run(self) -> None:
+        while any(p.poll() is None for p in self.processes.values()):
+            for name, process in self.processes.items():
+                memory = proc_memory_mb(process.pid) if process.poll() is None else None
+                if memory:
+                    self.samples[name].append((time.time(), *memory))
+            time.sleep(self.interval)
+
+
+def slope_mb_per_shard(rss: list[float]) -> float | None:
+    """Least-squares slope of RSS after each shard, past the first (model load, imports)."""
+    after_first = rss[1:]
+    if len(after_first) < 3:
+        return None
+    return float(np.polyfit(np.arange(len(after_first)), after_first, 1)[0])
+
+
+def run_stage(commands: dict[str, list[str]], env: dict, logs: Path, interval: float) -> tuple[dict, float, dict]:
+    """Start every command at once; wait; return (return codes, wall seconds, memory samples)."""
+    started = time.time()
+    processes = {}
+    for name, command in commands.items():
+        with open(logs / f"{name}.out", "w") as stdout, open(logs / f"{name}.err", "w") as stderr:
+            processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    poller = MemoryPoller(processes, interval)
+    poller.start()
+    codes = {name: p.wait() for name, p in processes.items()}
+    poller.join()
+    return codes, time.time() - started, poller.samples
+
+
+def lake_counts(lake: str) -> dict:
+    """Samples, statuses and embedding figures read back from the lake."""
+    import pyarrow.compute as pc
+
+    from resources.lake import LakeResource
+
+    store = LakeResource(root=lake)
+    statuses: dict[str, int] = {}
+    rows = embedded = failures = 0
+    for path in store.glob("shards/*/samples.parquet"):
+        table = store.read_parquet(path, columns=["image_status"])
+        rows += table.num_rows
+        for entry in pc.value_counts(table.column("image_status")).to_pylist():
+            statuses[entry["values"]] = statuses.get(entry["values"], 0) + entry["counts"]
+    for path in store.glob("shards/*/embeddings/*/keys.parquet"):
+        embedded += store.read_parquet(path, columns=["key"]).num_rows
+    for path in store.glob("shards/*/embeddings/*/failures.parquet"):
+        failures += store.read_parquet(path, columns=["key"]).num_rows
+    return {"samples": rows, "image_status": dict(sorted(statuses.items())), "embedded": embedded,
+            "embedding_failures": failures, "shards": len(store.glob("shards/*/samples.parquet"))}
+
+
+def _error_lines(stderr: str) -> str:
+    """clipsieve's own failure summary (failed checks and steps), else the end of stderr."""
+    start = stderr.rfind("clipsieve: ")
+    return stderr[start:].strip() if start >= 0 else stderr[-2000:].strip()
+
+
+def per_shard_rss(log_path: Path) -> tuple[list[float], list[float], list[str]]:
+    """RSS and live memory (MB) after each shard's run, from the worker's log, and the
+    failure lines."""
+    rss, live, failed = [], [], []
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        event = json.loads(line)
+        if event["shard"] is not None or event["message"].startswith("done"):
+            rss.append(event["rss_mb"])
+            live.append(event["live_mb"])
+        if "failed" in event["message"] or "failures" in event["message"]:
+            failed.append(event["message"])
+    return rss[1:], live[1:], failed  # the first reading is taken before any shard ran
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=52)
+    parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--runs", type=int, default=4, help="per-shard runs at once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default="/tmp/clipsieve-soak")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between memory samples")
+    parser.add_argument("--json-out", help="also write the figures here")
+    parser.add_argument("--checks", help="check bounds file for the runs ($CLIPSIEVE_CHECKS; default: the project's)")
+    parser.add_argument("--worker", nargs=4, metavar=("CRAWL", "LAKE", "SHARDS", "LOG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        crawl, lake, shards, log_path = args.worker
+        worker(crawl, lake, shards.split(","), log_path)
+        return
+
+    from assets.sample_crawl import write_sample_crawl
+    from resources.crawl import CrawlResource
+
+    workdir = Path(args.workdir)
+    crawl = workdir / f"crawl_{args.shards}x{args.samples_per_shard}_seed{args.seed}"
+    lake, home, logs = workdir / "lake", workdir / "dagster_home", workdir / "logs"
+    for folder in (lake, home, logs):
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    logs.mkdir(parents=True)  # DAGSTER_HOME is left for the parallel runs to create together
+    started = time.time()
+    if not (crawl / "ground_truth.parquet").exists():
+        write_sample_crawl(crawl, args.shards, args.samples_per_shard, args.seed)
+    crawl_seconds = time.time() - started
+
+    shards = CrawlResource(root=str(crawl)).shards()
+    slices = [list(s) for s in np.array_split(np.array(shards), args.runs) if len(s)]
+    # One process per run on a shared machine: split the cores between them (torch, faiss).
+    threads = str(max(1, (os.cpu_count() or 1) // len(slices)))
+    base = {**os.environ, "DAGSTER_HOME": str(home), **({"CLIPSIEVE_CHECKS": args.checks} if args.checks else {})}
+    env = {**base, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    commands = {f"run{i}": [sys.executable, __file__, "--worker", str(crawl), str(lake), ",".join(s),
+                            str(logs / f"run{i}.jsonl")] for i, s in enumerate(slices)}
+    codes, per_shard_seconds, memory = run_stage(commands, env, logs, args.poll)
+    cross_env = base
+    cross = [sys.executable, "-m", "orchestration.cli", "materialize", "--crawl", str(crawl), "--lake", str(lake)]
+    cross_codes, cross_seconds, cross_memory = run_stage({"cross_shard": cross}, cross_env, logs, args.poll)
+    codes.update(cross_codes)
+    memory.update(cross_memory)
+
+    counts = lake_counts(str(lake))
+    runs = {}
+    for name, samples in memory.items():
+        rss, live, failed = per_shard_rss(logs / f"{name}.jsonl")
+        runs[name] = {
+            "return_code": codes[name],
+            "shards": len(slices[int(name[3:])]) if name.startswith("run") else None,
+            "peak_rss_mb": round(max((s[2] for s in samples), default=0.0), 1),  # VmHWM
+            "max_polled_rss_mb": round(max((s[1] for s in samples), default=0.0), 1),
+            "rss_after_each_shard_mb": [round(r, 1) for r in rss],
+            "slope_mb_per_shard": None if (slope := slope_mb_per_shard(rss)) is None else round(slope, 2),
+            "live_after_each_shard_mb": [round(r, 1) for r in live],
+            "live_slope_mb_per_shard": None if (slope := slope_mb_per_shard(live)) is None else round(slope, 2),
+            "failures": failed,
+            "error": _error_lines((logs / f"{name}.err").read_text()) if codes[name] else "",
+        }
+    cross_out = (logs / "cross_shard.out").read_text()
+    figures = {
+        "crawl": {"shards": args.shards, "samples_per_shard": args.samples_per_shard, "seed": args.seed,
+                  "written_seconds": round(crawl_seconds, 1)},
+        "parallel_runs": len(slices), "threads_per_run": int(threads), "cpus": os.cpu_count(),
+        "lake": counts,
+        "wall_seconds": {"per_shard_stage": round(per_shard_seconds, 1), "cross_shard_stage": round(cross_seconds, 1),
+                         "total": round(per_shard_seconds + cross_seconds, 1)},
+        "samples_per_second_per_shard_stage": round(counts["samples"] / per_shard_seconds, 1),
+        "cross_shard_did_per_shard_work": "shard " in cross_out.split("cross-shard")[0],
+        "runs": runs,
+    }
+    print_figures(figures)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def print_figures(f: dict) -> None:
+    lake, wall = f["lake"], f["wall_seconds"]
+    print(f"crawl: {f['crawl']['shards']} shards x {f['crawl']['samples_per_shard']} samples "
+          f"(written in {f['crawl']['written_seconds']} s); {f['parallel_runs']} parallel runs, "
+          f"{f['threads_per_run']} thread(s) each, {f['cpus']} CPUs")
+    print(f"samples processed: {lake['samples']} rows in {lake['shards']} shards; embedded {lake['embedded']}; "
+          f"embedding failures {lake['embedding_failures']}")
+    print(f"image_status: {json.dumps(lake['image_status'])}")
+    print(f"wall: per-shard stage {wall['per_shard_stage']} s ({f['samples_per_second_per_shard_stage']} samples/s), "
+          f"cross-shard stage {wall['cross_shard_stage']} s, total {wall['total']} s; "
+          f"cross-shard run redid per-shard work: {f['cross_shard_did_per_shard_work']}")
+    print("memory: RSS as held; live = RSS after gc + malloc_trim (no allocator caches); "
+          "slopes by least squares over the shards after the first")
+    print(f"{'run':<12}{'rc':>4}{'shards':>8}{'peak MB':>10}{'first MB':>10}{'last MB':>10}{'MB/shard':>10}"
+          f"{'live first':>12}{'live last':>11}{'live MB/shard':>15}")
+
+    def cell(value) -> str:
+        return "-" if value is None else str(value)
+
+    for name, run in f["runs"].items():
+        rss, live = run["rss_after_each_shard_mb"], run["live_after_each_shard_mb"]
+        print(f"{name:<12}{run['return_code']:>4}{cell(run['shards']):>8}{run['peak_rss_mb']:>10}"
+              f"{cell(rss[0] if rss else None):>10}{cell(rss[-1] if rss else None):>10}"
+              f"{cell(run['slope_mb_per_shard']):>10}{cell(live[0] if live else None):>12}"
+              f"{cell(live[-1] if live else None):>11}{cell(run['live_slope_mb_per_shard']):>15}")
+    for name, run in f["runs"].items():
+        if run["rss_after_each_shard_mb"]:
+            print(f"{name} RSS after each shard (MB): {run['rss_after_each_shard_mb']}")
+            print(f"{name} live after each shard (MB): {run['live_after_each_shard_mb']}")
+        for line in run["failures"]:
+            print(f"{name} failure: {line}")
+        if run["error"]:
+            print(f"{name} failed:\n{run['error']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Killed, repeated and parallel runs: SIGKILL mid-embedding and mid-scoring, byte-identical
+re-materialization, and four shard runs at once over one lake and one SQLite instance.
+
+Every run here is a real `clipsieve materialize` process over a small sample
+crawl; the outputs are compared file by file against one uninterrupted run.
+"""
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from assets.sample_crawl import write_sample_crawl
+from resources.lake import temporary_owner
+from tests.conftest import CLIPSIEVE, REPO, run_cli
+
+SHARDS, SAMPLES_PER_SHARD, SEED = 4, 40, 11
+POLICIES = ("laion400m", "safe")  # two policies keep the cross-shard stage short
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("runs")
+    write_sample_crawl(root / "crawl", SHARDS, SAMPLES_PER_SHARD, SEED)
+    # A tiny crawl holds a duplicate share the default checks would (rightly) block.
+    (root / "checks.toml").write_text("[default]\n")
+    (root / "policies").mkdir()
+    for policy in POLICIES:
+        shutil.copy(REPO / "sql" / "policies" / f"{policy}.sql", root / "policies")
+    return {"root": root, "crawl": root / "crawl", "env": {
+        "CLIPSIEVE_CHECKS": str(root / "checks.toml"), "CLIPSIEVE_POLICY_DIR": str(root / "policies")}}
+
+
+def _materialize(setup: dict, lake: Path, home: Path) -> subprocess.CompletedProcess:
+    return run_cli("materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake),
+                   env={**setup["env"], "DAGSTER_HOME": str(home)})
+
+
+@pytest.fixture(scope="module")
+def reference(setup) -> Path:
+    """One uninterrupted run: what every other run here must reproduce."""
+    lake = setup["root"] / "reference"
+    _materialize(setup, lake, setup["root"] / "reference_home")
+    return lake
+
+
+def _files(lake: Path) -> dict[str, Path]:
+    return {str(p.relative_to(lake)): p for p in sorted(lake.rglob("*")) if p.is_file()}
+
+
+def _temporaries(lake: Path) -> list[str]:
+    return [name for name in _files(lake) if temporary_owner(Path(name).name) is not None]
+
+
+def assert_complete(lake: Path) -> None:
+    """Every file under a final name is whole; temporaries cannot pass for outputs."""
+    for name, path in _files(lake).items():
+        if temporary_owner(path.name) is not None:
+            assert not name.endswith((".parquet", ".npy", ".json", ".index")), name  # no glob picks it up
+            continue
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if name.endswith(".parquet"):
+            pq.read_table(io.BytesIO(data))
+        elif name.endswith(".npy"):
+            np.load(io.BytesIO(data), allow_pickle=False)
+        elif name.endswith(".json"):
+            json.loads(data)
+        elif name.endswith(".index"):
+            faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        elif name.endswith(".html"):
+            assert data.rstrip().endswith(b"</html>"), name
+
+
+def compare_outputs(expected: Path, actual: Path) -> dict[str, list[str]]:
+    """Assert both lakes hold the same outputs; return file names by how they are equal."""
+    a, b = _files(expected), _files(actual)
+    assert sorted(a) == sorted(b), f"files differ: {sorted(set(a) ^ set(b))}"
+    kinds: dict[str, list[str]] = {"bytes": [], "content": []}
+    for name in a:
+        x, y = a[name].read_bytes(), b[name].read_bytes()
+        if x == y:
+            kinds["bytes"].append(name)
+            continue
+        if name.endswith("index_info.json"):  # build_seconds is a measured time
+            assert {**json.loads(x), "build_seconds": 0} == {**json.loads(y), "build_seconds": 0}, name
+        else:
+            raise AssertionError(f"{name} differs between {expected} and {actual}")
+        kinds["content"].append(name)
+    return kinds
+
+
+def test_materializing_twice_gives_identical_outputs(setup, reference):
+    second = setup["root"] / "second"
+    _materialize(setup, second, setup["root"] / "second_home")
+    kinds = compare_outputs(reference, second)
+    # Parquet, npy, faiss indices, JSON, audits and reports are byte for byte the same; only
+    # index_info.json may differ, in its build time.
+    assert all(n.endswith("index_info.json") for n in kinds["content"]), kinds["content"]
+    assert any(n.endswith(".npy") for n in kinds["bytes"]) and any(n.endswith(".index") for n in kinds["bytes"])
+    assert any(n.endswith("report.html") for n in kinds["bytes"])
+
+
+def _query(db: Path, sql: str, *params) -> list[tuple]:
+    """Read the instance's SQLite files beside the running process (read-only; a busy read
+    returns nothing and the caller polls again)."""
+    if not db.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as connection:
+            return connection.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def run_steps(home: Path, shard: str) -> tuple[list[str], set[str]]:
+    """(started, succeeded) step keys of the runs for `shard`, from the Dagster event log."""
+    run_ids = _query(home / "history" / "runs.db",
+                     "SELECT run_id FROM run_tags WHERE key = 'clipsieve/shard' AND value = ?", shard)
+    started, done = [], set()
+    for (run_id,) in run_ids:
+        for kind, step in _query(home / "history" / "runs" / f"{run_id}.db",
+                                 "SELECT dagster_event_type, step_key FROM event_logs "
+                                 "WHERE dagster_event_type IN ('STEP_START', 'STEP_SUCCESS') ORDER BY id"):
+            (started.append if kind == "STEP_START" else done.add)(step)
+    return started, done
+
+
+def run_statuses(home: Path) -> list[str]:
+    return [s for (s,) in _query(home / "history" / "runs.db", "SELECT status FROM runs")]
+
+
+@pytest.mark.parametrize("stage", ["embeddings", "scores"])
+def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, setup, reference, tmp_path):
+    rng = random.Random(f"kill-{stage}")
+    shard, delay = f"{rng.randrange(SHARDS):05d}", rng.uniform(0.0, 0.6)
+    lake, home = tmp_path / "lake", tmp_path / "home"
+    env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
+    command = [*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        # Watch the run's own progress: its step in the event log, then a seeded delay.
+        while not any(s.startswith(stage) for s in run_steps(home, shard)[0]):
+            assert process.poll() is None and time.time() < deadline, "the run ended before the stage began"
+            if lake.exists():
+                assert_complete(lake)  # never a partial file under a final name, even mid-run
+            time.sleep(0.05)
+        time.sleep(delay)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    started, done = run_steps(home, shard)
+    interrupted = [s for s in started if s not in done]
+    assert interrupted, f"shard {shard}'s run had finished: {started}"
+    print(f"killed {delay:.2f} s into {stage} of shard {shard}: steps {interrupted} interrupted")
+    assert "STARTED" in run_statuses(home)  # what a SIGKILL leaves in the instance
+    assert_complete(lake)
+
+    rerun = _materialize(setup, lake, home)  # the same command again
+    assert "of a killed process marked failed" in rerun.stdout
+    assert "STARTED" not in run_statuses(home)
+    assert f"shard {shard}: materializing" in rerun.stdout, rerun.stdout
+    assert_complete(lake)
+    assert _temporaries(lake) == []  # the killed writer's temporaries went with the rewrite
+    compare_outputs(reference, lake)
+
+
+def test_four_shard_runs_at_once_share_a_lake_and_an_instance(setup, reference, tmp_path):
+    lake, home = tmp_path / "lake", tmp_path / "home"  # no DAGSTER_HOME yet: the four runs create it together
+    env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
+    # Each process runs one shard's per-shard assets; the cross-shard ones follow in one later run.
+    processes = [subprocess.Popen([*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake),
+                                   "--shards", f"{shard:05d}", "--no-cross-shard"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for shard in range(SHARDS)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+        assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
+    assert run_statuses(home).count("SUCCESS") == SHARDS
+
+    final = _materialize(setup, lake, home)  # finds every shard done: only the cross-shard run
+    assert "shard 0" not in final.stdout and "cross-shard: materializing" in final.stdout, final.stdout
+    assert _temporaries(lake) == []
+    compare_outputs(reference, lake)
+
+
+def test_the_next_write_removes_only_a_dead_writers_temporaries(tmp_path):
+    from resources.lake import LakeResource
+    from resources.processes import this_process
+
+    host, pid = this_process()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "shards" / "00000"
+    folder.mkdir(parents=True)
+    leftovers = {"dead": f"samples.parquet.tmp-{host}-{dead.pid}-000000000000",
+                 "live": f"samples.parquet.tmp-{host}-{pid}-000000000000",  # a writer still running
+                 "foreign": f"samples.parquet.tmp-other-host-{dead.pid}-000000000000",  # cannot be judged
+                 "other_file": f"keys.parquet.tmp-{host}-{dead.pid}-000000000000"}  # not this write's
+    for name in leftovers.values():
+        (folder / name).write_bytes(b"PAR1 half")
+    LakeResource(root=str(tmp_path)).write_bytes("shards/00000/samples.parquet", b"whole")
+    remaining = {p.name for p in folder.iterdir()}
+    assert remaining == {"samples.parquet", leftovers["live"], leftovers["foreign"], leftovers["other_file"]}
+    assert (folder / "samples.parquet").read_bytes() == b"whole"
