@@ -23,6 +23,7 @@ import torch
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
 from PIL import Image
 
+from assets.samples import image_error_text
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
@@ -123,7 +124,7 @@ def _prepared_batches(clip: LoadedClip, images: Iterable[tuple[str, bytes]], bat
         try:
             return key, clip.preprocess(_decode(data, side)), None
         except Exception as error:  # noqa: BLE001 - a bad image is recorded, not fatal
-            return key, None, f"{type(error).__name__}: {error}"
+            return key, None, image_error_text(error)
 
     def collect(prepared: Iterable[tuple[str, torch.Tensor | None, str | None]]):
         keys, pixels, failures = [], [], []
@@ -220,6 +221,9 @@ def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
 
 def write_embeddings(lake: LakeResource, shard: str, model_id: str, result: ShardEmbeddings) -> None:
     folder = embeddings_dir(shard, model_id)
+    # keys.parquet goes first and comes back last: while the arrays are being replaced, no
+    # reader can pair old keys with new arrays.
+    lake.remove(f"{folder}/keys.parquet")
     lake.write_npy(f"{folder}/img_emb.npy", result.image)
     lake.write_npy(f"{folder}/text_emb.npy", result.text)
     lake.write_parquet(f"{folder}/failures.parquet", pa.table({

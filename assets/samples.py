@@ -112,9 +112,14 @@ def check_image(data: bytes) -> str | None:
                 image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, enough to find damage
                 image.load()
     except Exception as error:  # noqa: BLE001 - any decoder failure is a property of the data
-        # Pillow names the buffer by its address; the recorded reason should not change per run.
-        return f"{type(error).__name__}: " + _BUFFER.sub("the image bytes", str(error))
+        return image_error_text(error)
     return None
+
+
+def image_error_text(error: Exception) -> str:
+    """A decoder error as recorded: Pillow names the buffer by its memory address, which
+    would make the recorded reason (and the Parquet file) change from run to run."""
+    return f"{type(error).__name__}: " + _BUFFER.sub("the image bytes", str(error))
 
 
 def decode_text(data: bytes, complete: bool = True) -> tuple[str, bool]:

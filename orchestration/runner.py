@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from orchestration.partitions import shard_partitions
 from resources.processes import is_gone, this_process
+from resources.safe_paths import split_shard_names
 
 CODE_VERSION_TAG = "dagster/code_version"
 SAMPLES = AssetKey("samples")
@@ -186,7 +187,9 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     started = time.time()
     resources = defs.resources
     crawl, lake = resources["crawl"], resources["lake"]
-    complete = crawl.shards()
+    complete, unsafe = split_shard_names(crawl.shards())
+    if unsafe:  # a crawl file named e.g. "...tar" would make the shard "..": never a partition or a path
+        log(f"skipping crawl shards with unsafe names: {unsafe[:10]}")
     if not complete:
         raise ValueError(f"no complete shards (tar + parquet + _stats.json) in {crawl.root}")
     unknown = sorted(set(shards or []) - set(complete))

@@ -33,20 +33,22 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.processes import is_gone, this_process
+from resources.safe_paths import check_policy_name, check_relative, check_shard_name
 
 TEMPORARY = ".tmp-"  # between a final name and its writer's host-pid-random suffix
 
 
 def samples_path(shard: str) -> str:
-    return f"shards/{shard}/samples.parquet"
+    return f"shards/{check_shard_name(shard)}/samples.parquet"
 
 
 def embeddings_dir(shard: str, model_id: str) -> str:
-    return f"shards/{shard}/embeddings/{model_id}"
+    return f"shards/{check_shard_name(shard)}/embeddings/{model_id}"
 
 
 def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str:
     """Scores of one filter for one shard; filters over embeddings live under the model id."""
+    check_shard_name(shard)  # a partition key from the UI or a crawl file name: one plain component
     if model_id is None:
         return f"shards/{shard}/scores/{filter_name}.parquet"
     return f"shards/{shard}/scores/{model_id}/{filter_name}.parquet"
@@ -57,25 +59,25 @@ def dedup_path(model_id: str) -> str:
 
 
 def members_path(policy: str) -> str:
-    return f"subsets/{policy}/members.parquet"
+    return f"subsets/{check_policy_name(policy)}/members.parquet"
 
 
 def uids_path(policy: str) -> str:
     """The subset as DataComp's uid file (see assets/export.py)."""
-    return f"subsets/{policy}/uids.npy"
+    return f"subsets/{check_policy_name(policy)}/uids.npy"
 
 
 def checks_path(policy: str) -> str:
     """Results of the subset's asset checks, read by `clipsieve export`."""
-    return f"subsets/{policy}/checks.json"
+    return f"subsets/{check_policy_name(policy)}/checks.json"
 
 
 def index_dir(policy: str, model_id: str) -> str:
-    return f"indices/{policy}/{model_id}"
+    return f"indices/{check_policy_name(policy)}/{model_id}"
 
 
 def audit_dir(policy: str) -> str:
-    return f"audits/{policy}"
+    return f"audits/{check_policy_name(policy)}"
 
 
 class LakeResource(ConfigurableResource):
@@ -98,7 +100,7 @@ class LakeResource(ConfigurableResource):
     def path(self, relative: str) -> str:
         """Full path of a lake file: absolute for a local lake, a URL otherwise."""
         fs, root = self._fs()
-        full = f"{root}/{relative}"
+        full = f"{root}/{check_relative(relative)}"
         return full if self.is_local() else fs.unstrip_protocol(full)
 
     def is_local(self) -> bool:
@@ -108,16 +110,17 @@ class LakeResource(ConfigurableResource):
 
     def exists(self, relative: str) -> bool:
         fs, root = self._fs()
-        return fs.exists(f"{root}/{relative}")
+        return fs.exists(f"{root}/{check_relative(relative)}")
 
     def glob(self, pattern: str) -> list[str]:
         """Lake-relative paths matching a glob pattern, sorted."""
         fs, root = self._fs()
-        return sorted(p[len(root) + 1:] if p.startswith(root) else p for p in fs.glob(f"{root}/{pattern}"))
+        return sorted(p[len(root) + 1:] if p.startswith(root) else p
+                      for p in fs.glob(f"{root}/{check_relative(pattern)}"))
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         fs, root = self._fs()
-        final = f"{root}/{relative}"
+        final = f"{root}/{check_relative(relative)}"
         folder = final.rsplit("/", 1)[0]
         fs.makedirs(folder, exist_ok=True)
         _remove_dead_temporaries(fs, folder, final.rsplit("/", 1)[1])
@@ -133,9 +136,16 @@ class LakeResource(ConfigurableResource):
                 fs.rm(tmp)
             raise
 
+    def remove(self, relative: str) -> None:
+        """Delete a lake file if it exists."""
+        fs, root = self._fs()
+        path = f"{root}/{check_relative(relative)}"
+        if fs.exists(path):
+            fs.rm(path)
+
     def read_bytes(self, relative: str) -> bytes:
         fs, root = self._fs()
-        with fs.open(f"{root}/{relative}", "rb") as f:
+        with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
             return f.read()
 
     def write_parquet(self, relative: str, table: pa.Table) -> None:
