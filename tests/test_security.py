@@ -241,6 +241,15 @@ def test_lake_relative_paths_stay_below_the_root():
             check_relative(path)
 
 
+def test_the_lake_refuses_paths_and_partition_names_that_leave_it(tmp_path):
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    for write in (lambda: lake.write_bytes("../escaped", b"x"), lambda: lake.write_json("/tmp/escaped.json", {}),
+                  lambda: samples_path("../../x"), lambda: members_path("../x")):
+        with pytest.raises(UnsafeNameError):
+            write()
+    assert not (tmp_path / "escaped").exists() and not list(tmp_path.glob("**/escaped*"))
+
+
 def test_sensor_skips_a_shard_named_dot_dot(hostile, tmp_path):
     crawl = tmp_path / "crawl"
     crawl.mkdir()
