@@ -248,15 +248,16 @@ def load_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.T
     return keys, image, text
 
 
-def build_embeddings_asset(model_id: str) -> AssetsDefinition:
-    """The embeddings asset for one model; the model id is part of its code version."""
+def build_embeddings_asset(model_id: str, precision: str = "fp32") -> AssetsDefinition:
+    """The embeddings asset for one model; the model id (and a precision other than fp32,
+    which changes the numbers slightly) is part of its code version."""
 
     @asset(
         name="embeddings",
         partitions_def=shard_partitions,
         deps=["samples"],
         group_name="per_shard",
-        code_version=f"{CODE_VERSION}+{model_id}",
+        code_version=f"{CODE_VERSION}+{model_id}" + ("" if precision == "fp32" else f"+{precision}"),
         compute_kind="open_clip",
         backfill_policy=SHARD_BATCHES,
     )
@@ -274,6 +275,7 @@ def build_embeddings_asset(model_id: str) -> AssetsDefinition:
             total = result.timings["total"]
             return {
                 "model_id": model_id,
+                "precision": clip.precision,
                 "rows": len(result.keys),
                 "failures": len(result.failures),
                 "dim": int(result.image.shape[1]),

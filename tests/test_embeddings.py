@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from assets.embeddings import _text_features, embed_shard, encode_images, encode_texts
+from assets.embeddings import _text_features, build_embeddings_asset, embed_shard, encode_images, encode_texts
 from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
 from resources.clip_model import ClipModelResource, EmbedOptions
@@ -53,10 +53,13 @@ def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
     assert threaded.timings["forward"] > 0 and threaded.timings["total"] >= threaded.timings["forward"]
 
 
-def test_bf16_autocast_stays_close_to_fp32(shard):
+@pytest.mark.parametrize("precision", ["amp_bf16", "bf16"])
+def test_bfloat16_stays_close_to_fp32_and_is_part_of_the_version(shard, precision):
     crawl, samples = shard
     fp32 = embed_shard(crawl, samples, ClipModelResource().load())
-    bf16 = embed_shard(crawl, samples, ClipModelResource(precision="amp_bf16").load())
+    bf16 = embed_shard(crawl, samples, ClipModelResource(precision=precision).load())
+    assert build_embeddings_asset("m", precision).code_version == build_embeddings_asset("m").code_version + \
+        f"+{precision}"
     assert fp32.keys == bf16.keys
     assert _cosines(fp32.image, bf16.image).min() > 0.99
     assert _cosines(fp32.text, bf16.text).min() > 0.99
