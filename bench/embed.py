@@ -270,7 +270,7 @@ def compare(reference: Path, other_keys: list[str], other_image: np.ndarray, oth
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vit-b-32,demo", help=f"comma-separated, of {sorted(MODELS)}")
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
