@@ -24,6 +24,7 @@ Figures are printed, never asserted: they depend on the machine.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -156,6 +157,7 @@ def worker_stage(args: argparse.Namespace) -> dict:
     from resources.lake import LakeResource, samples_path
 
     crawl = Path(args.crawl)
+    source = CrawlResource(root=str(crawl))
     resource = ClipModelResource(model_name=args.model_name, pretrained=args.pretrained, precision=args.precision,
                                  device="cpu", batch_size=args.batch_size, decode_threads=args.decode_threads,
                                  trim_text=not args.full_text, channels_last=args.channels_last,
@@ -165,9 +167,8 @@ def worker_stage(args: argparse.Namespace) -> dict:
     out = LakeResource(root=args.out)
     started = time.perf_counter()
     pairs, forward, keys, images, texts = 0, 0.0, [], [], []
-    for shard in CrawlResource(root=str(crawl)).shards():
-        result = embed_shard(CrawlResource(root=str(crawl)), lake.read_parquet(samples_path(shard)), clip,
-                             resource.embed_options())
+    for shard in source.shards():
+        result = embed_shard(source, lake.read_parquet(samples_path(shard)), clip, resource.embed_options())
         write_embeddings(out, shard, resource.model_id, result)
         pairs += len(result.keys)
         forward += result.timings["forward"]
@@ -230,8 +231,7 @@ def clip_retrieval(executable: str, model_name: str, pretrained: str, crawl: Pat
                "--enable_image", "True", "--enable_metadata", "True", "--enable_wandb", "False",
                "--write_batch_size", "1000000", "--use_jit", "False"]
     wrapped = [sys.executable, __file__, "--worker", "peak", "--", *command]
-    result, wall, peak, err = run_measured(wrapped, env={"CUDA_VISIBLE_DEVICES": ""})
-    return result, wall, peak, err
+    return run_measured(wrapped, env={"CUDA_VISIBLE_DEVICES": ""})
 
 
 def worker_peak(command: list[str]) -> dict:
@@ -333,21 +333,23 @@ def main() -> None:
                       f"{limits['bf16']:.1f} pairs/s with the stage's text work; peak RSS {peak16:.0f} MB")
         ours_process = {}
 
-        # "before": the stage as first written (batch 256, decode inline, 77-token text).
-        variants = [{}, {"batch_size": 256, "decode_threads": 0, "full_text": True}]
+        # (label, options); "before" is the stage as first written. The ones compared with
+        # clip-retrieval are the defaults and bf16.
+        variants = [("defaults", {}),
+                    ("before: batch_size=256, decode_threads=0, full_text=True",
+                     {"batch_size": 256, "decode_threads": 0, "full_text": True})]
         if bf16 and args.precision == "fp32":
-            variants.append({"precision": "bf16"})
+            variants.append(("precision=bf16", {"precision": "bf16"}))
         if args.sweep:
-            variants += [{"decode_threads": 1}, {"decode_threads": 2}, {"batch_size": 64}, {"batch_size": 128},
-                         {"full_text": True}, {"channels_last": True}, {"precision": "amp_bf16"},
-                         {"precision": "amp_bf16", "batch_size": 128}]
-        for variant in variants:
+            variants += [(", ".join(f"{k}={value}" for k, value in options.items()), options) for options in (
+                {"decode_threads": 1}, {"decode_threads": 2}, {"batch_size": 64}, {"batch_size": 128},
+                {"full_text": True}, {"channels_last": True}, {"precision": "amp_bf16"},
+                {"precision": "amp_bf16", "batch_size": 128})]
+        for label, variant in variants:
             out = workdir / "stage_out"
             save = workdir / f"{name}-stage.npz"
             stage, wall, peak, err = run_measured(_self("stage", model_name, pretrained, crawl, args, out=out,
                                                         save=save, **variant))
-            label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
-            label = "before: " + label if variant.get("batch_size") == 256 and variant.get("full_text") else label
             if stage is None:
                 print(f"stage [{label}] failed:\n{err}")
                 continue
@@ -358,14 +360,14 @@ def main() -> None:
                   f"{stage['pairs'] / wall:.1f} pairs/s process ({wall:.1f} s wall); forward "
                   f"{stage['forward_seconds'] / stage['seconds']:.0%} of stage time; peak RSS {peak:.0f} MB; "
                   + compare(reference, saved["keys"].tolist(), saved["image"], saved["text"]))
-            if not variant or variant == {"precision": "bf16"}:
+            if label in ("defaults", "precision=bf16"):
                 ours_process[label] = stage["pairs"] / wall
 
         if args.clip_retrieval and name == "demo":
             print("clip-retrieval: skipped (its own open_clip does not know the demo model's config)")
         elif args.clip_retrieval:
             out = workdir / f"clip_retrieval_{name}"
-            subprocess.run(["rm", "-rf", str(out)], check=True)
+            shutil.rmtree(out, ignore_errors=True)
             result, wall, peak, err = clip_retrieval(args.clip_retrieval, model_name, pretrained, crawl, out,
                                                      args.batch_size, max(1, os.cpu_count() or 1))
             if not result or result.get("exit_code") != 0 or not (out / "img_emb").exists():

@@ -109,26 +109,25 @@ def _copy(shard: Shard, name: str) -> Shard:
 
 # --- the cases: each takes a base shard and the ground truth, returns the damaged copy -----
 
-def truncated_tar_case(base: Shard, truth: dict) -> Shard:
-    """The tar cut in the middle of an image's bytes."""
-    shard = _copy(base, "truncated_tar")
+def _cut_tar(base: Shard, name: str, where: str) -> Shard:
+    """The tar cut 100 bytes into the middle member's header or into its data."""
+    shard = _copy(base, name)
     data = shard.tar_bytes()
     offsets = member_offsets(data)
-    _, _, data_offset = offsets[len(offsets) // 2]
-    shard.tar = data[:data_offset + 100]
+    _, header_offset, data_offset = offsets[len(offsets) // 2]
+    shard.tar = data[:(header_offset if where == "header" else data_offset) + 100]
     shard.touched = _images_from(shard, len(offsets) // 2)
     return shard
+
+
+def truncated_tar_case(base: Shard, truth: dict) -> Shard:
+    """The tar cut in the middle of an image's bytes."""
+    return _cut_tar(base, "truncated_tar", "data")
 
 
 def truncated_header_case(base: Shard, truth: dict) -> Shard:
     """The tar cut inside a member header: tarfile alone takes that for a complete tar."""
-    shard = _copy(base, "truncated_header")
-    data = shard.tar_bytes()
-    offsets = member_offsets(data)
-    _, header_offset, _ = offsets[len(offsets) // 2]
-    shard.tar = data[:header_offset + 100]
-    shard.touched = _images_from(shard, len(offsets) // 2)
-    return shard
+    return _cut_tar(base, "truncated_header", "header")
 
 
 def _images_from(shard: Shard, index: int) -> set[str]:
