@@ -549,7 +549,4 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
     # The data version follows the crawl files, so a rewritten shard makes everything below
     # it stale (a batch of shards shares one version, made of all their fingerprints).
     version = "-".join(fingerprints[s] for s in sorted(fingerprints))
-    metadata = dict(result.metadata)
-    if len(fingerprints) > 1:
-        metadata["crawl_fingerprints"] = MetadataValue.json(fingerprints)
-    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{version}"), metadata=metadata)
+    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{version}"), metadata=result.metadata)

@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from resources.clip_model import cpu_has_bf16, resolve_precision  # noqa: E402  (after the path setup above)
+
 MODELS = {
     # ViT-B-32 with random weights (seeded) saved to a checkpoint: the same compute as LAION's model.
     "vit-b-32": ("ViT-B-32", None),
@@ -243,15 +245,6 @@ def worker_peak(command: list[str]) -> dict:
     return {"exit_code": code, "peak_rss_mb": peak}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bfloat16 math (AVX512-BF16 or AMX), where bf16 pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32)
     b = b.astype(np.float32)
@@ -274,12 +267,15 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="auto", help="the stage's precision (default: its own, auto)")
     parser.add_argument("--decode-threads", type=int, default=-1, help="-1: the resource's auto choice")
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--full-text", action="store_true", help="stage: encode text at the full context length")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="stage throughput over each option in turn")
+    parser.add_argument("--marginal", action="store_true",
+                        help="also run the compared variants on half the shards: pairs/s of the other half, "
+                             "start-up (imports, model load) excluded from both tools alike")
     parser.add_argument("--clip-retrieval", default=os.environ.get("CLIP_RETRIEVAL", ""),
                         help="clip-retrieval executable in its own venv ($CLIP_RETRIEVAL)")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_embed"))
@@ -307,39 +303,43 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     crawl = prepare(workdir, args.shards, args.samples_per_shard, args.image_size)
+    resolved = resolve_precision(args.precision, "cpu", cpu_has_bf16())
+    half = prepare(workdir, args.shards // 2, args.samples_per_shard, args.image_size) if args.marginal else None
     print(f"crawl: {crawl} ({args.shards} shards x {args.samples_per_shard}, {args.image_size} px JPEGs); "
-          f"{os.cpu_count()} cores; batch {args.batch_size}, precision {args.precision}")
+          f"{os.cpu_count()} cores; batch {args.batch_size}, precision {args.precision} ({resolved} here)")
     for name in args.models.split(","):
         model_name, pretrained = checkpoint(workdir, name)
         print(f"\n== {name} ({model_name}, {Path(pretrained).name})")
         reference = workdir / f"{name}-reference.npz"
+        # The reference is plain open_clip at fp32; the pure forward also runs at the precision
+        # the stage resolves to, so each stage figure is set against its own precision's limit.
         forward, wall, peak, err = run_measured(_self("forward", model_name, pretrained, crawl, args,
-                                                      precision=args.precision, save=reference))
+                                                      precision="fp32", save=reference))
         if forward is None:
             print("forward failed:\n" + err)
             continue
-        print(f"pure forward ({forward['pairs']} pairs, {forward['unique_captions']} distinct captions): "
+        print(f"pure forward fp32 ({forward['pairs']} pairs, {forward['unique_captions']} distinct captions): "
               f"image {forward['image_per_second']:.1f}/s; image+text {forward['pairs_per_second_full_text']:.1f} "
               f"pairs/s with every caption at full length, {forward['pairs_per_second_stage_text']:.1f} pairs/s "
               f"with the stage's text work (distinct, cut); peak RSS {peak:.0f} MB")
-        limits = {args.precision: forward["pairs_per_second_stage_text"]}
-        bf16 = cpu_has_bf16()
-        if bf16 and args.precision == "fp32":
-            forward16, _, peak16, err = run_measured(_self("forward", model_name, pretrained, crawl, args,
-                                                           precision="bf16"))
-            if forward16:
-                limits["bf16"] = forward16["pairs_per_second_stage_text"]
-                print(f"pure forward, bf16: image {forward16['image_per_second']:.1f}/s; "
-                      f"{limits['bf16']:.1f} pairs/s with the stage's text work; peak RSS {peak16:.0f} MB")
-        ours_process = {}
+        limits = {"fp32": forward["pairs_per_second_stage_text"]}
+        if resolved != "fp32":
+            fast, _, fast_peak, err = run_measured(_self("forward", model_name, pretrained, crawl, args,
+                                                         precision=resolved))
+            if fast:
+                limits[resolved] = fast["pairs_per_second_stage_text"]
+                print(f"pure forward {resolved}: image {fast['image_per_second']:.1f}/s; "
+                      f"{limits[resolved]:.1f} pairs/s with the stage's text work; peak RSS {fast_peak:.0f} MB")
+        ours_process: dict[str, tuple[int, float]] = {}  # label -> (pairs, process wall seconds)
+        ours_marginal: dict[str, float] = {}  # label -> pairs/s of the extra shards (--marginal)
 
         # (label, options); "before" is the stage as first written. The ones compared with
-        # clip-retrieval are the defaults and bf16.
-        variants = [("defaults", {}),
-                    ("before: batch_size=256, decode_threads=0, full_text=True",
-                     {"batch_size": 256, "decode_threads": 0, "full_text": True})]
-        if bf16 and args.precision == "fp32":
-            variants.append(("precision=bf16", {"precision": "bf16"}))
+        # clip-retrieval are the defaults and, where they resolve to another precision, fp32.
+        variants = [(f"defaults (precision {args.precision} = {resolved})", {})]
+        if resolved != "fp32":
+            variants.append(("precision=fp32", {"precision": "fp32"}))
+        variants.append(("before: fp32, batch_size=256, decode_threads=0, full_text=True",
+                         {"precision": "fp32", "batch_size": 256, "decode_threads": 0, "full_text": True}))
         if args.sweep:
             variants += [(", ".join(f"{k}={value}" for k, value in options.items()), options) for options in (
                 {"decode_threads": 1}, {"decode_threads": 2}, {"batch_size": 64}, {"batch_size": 128},
@@ -354,14 +354,19 @@ def main() -> None:
                 print(f"stage [{label}] failed:\n{err}")
                 continue
             saved = np.load(save)
-            limit = limits.get(variant.get("precision", args.precision), limits[args.precision])
+            limit = limits.get(resolve_precision(variant.get("precision", args.precision), "cpu", cpu_has_bf16()),
+                               limits["fp32"])
             print(f"stage [{label}]: {stage['pairs_per_second']:.1f} pairs/s steady "
                   f"({stage['pairs_per_second'] / limit:.0%} of pure forward at its precision), "
                   f"{stage['pairs'] / wall:.1f} pairs/s process ({wall:.1f} s wall); forward "
                   f"{stage['forward_seconds'] / stage['seconds']:.0%} of stage time; peak RSS {peak:.0f} MB; "
                   + compare(reference, saved["keys"].tolist(), saved["image"], saved["text"]))
-            if label in ("defaults", "precision=bf16"):
-                ours_process[label] = stage["pairs"] / wall
+            if not label.startswith("before") and len(ours_process) < 2:
+                ours_process[label] = (stage["pairs"], wall)
+                if half:  # the same on half the shards: the difference is the marginal rate
+                    small, small_wall, _, _ = run_measured(_self("stage", model_name, pretrained, half, args,
+                                                                 out=out, **variant))
+                    ours_marginal[label] = (stage["pairs"] - small["pairs"]) / (wall - small_wall)
 
         if args.clip_retrieval and name == "demo":
             print("clip-retrieval: skipped (its own open_clip does not know the demo model's config)")
@@ -381,9 +386,23 @@ def main() -> None:
             print(f"clip-retrieval inference: {len(keys) / wall:.1f} pairs/s process ({len(keys)} pairs, "
                   f"{wall:.1f} s wall); peak RSS {peak:.0f} MB; "
                   + compare(reference, keys, image, text))
-            for label, throughput in ours_process.items():
-                print(f"clipsieve [{label}] / clip-retrieval (fp32; process throughput): "
-                      f"{throughput / (len(keys) / wall):.2f}x")
+            theirs = len(keys) / wall
+            for label, (pairs, seconds) in ours_process.items():
+                print(f"clipsieve [{label}] / clip-retrieval (fp32), process throughput: "
+                      f"{pairs / seconds / theirs:.2f}x")
+            if half:
+                shutil.rmtree(out.with_name(out.name + "_half"), ignore_errors=True)
+                small, small_wall, _, err = clip_retrieval(args.clip_retrieval, model_name, pretrained, half,
+                                                           out.with_name(out.name + "_half"), args.batch_size,
+                                                           max(1, os.cpu_count() or 1))
+                small_pairs = sum(len(pq.read_table(p)) for p in (out.with_name(out.name + "_half") / "metadata")
+                                  .glob("*.parquet"))
+                theirs_marginal = (len(keys) - small_pairs) / (wall - small_wall)
+                print(f"clip-retrieval marginal: {theirs_marginal:.1f} pairs/s ({len(keys) - small_pairs} more "
+                      f"pairs took {wall - small_wall:.1f} s more)")
+                for label, rate in ours_marginal.items():
+                    print(f"clipsieve [{label}] marginal {rate:.1f} pairs/s / clip-retrieval marginal: "
+                          f"{rate / theirs_marginal:.2f}x")
 
 
 if __name__ == "__main__":

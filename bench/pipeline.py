@@ -45,8 +45,9 @@ def random_heads(folder: Path, dim: int) -> dict[str, str]:
     return env
 
 
-def step_durations(home: Path) -> tuple[dict[str, float], float, int]:
-    """(seconds per asset summed over runs, seconds of the embeddings' model forward, runs)."""
+def step_durations(home: Path) -> tuple[dict[str, float], float, int, set[str]]:
+    """(seconds per asset summed over runs, seconds of the embeddings' model forward, runs,
+    the precisions the embeddings ran at)."""
     from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
 
     seconds: dict[str, float] = defaultdict(float)
@@ -63,12 +64,14 @@ def step_durations(home: Path) -> tuple[dict[str, float], float, int]:
                     seconds[event.step_key] += entry.timestamp - started.pop(event.step_key)
         records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("embeddings")),
                                                   limit=10_000).records
-        forward = 0.0
+        forward, precisions = 0.0, set()
         for record in records:
             metadata = record.asset_materialization.metadata
             value = metadata.get("forward_seconds")
             forward += float(getattr(value, "value", value) or 0.0)
-    return dict(seconds), forward, len(runs)
+            precision = metadata.get("precision")
+            precisions.add(str(getattr(precision, "value", precision)))
+    return dict(seconds), forward, len(runs), precisions
 
 
 def main() -> None:
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=250)
     parser.add_argument("--image-size", type=int, default=None, help="square clean images (default: 112-192 px)")
     parser.add_argument("--model", default="demo", choices=["demo", "vit-b-32"])
+    parser.add_argument("--precision", default="auto", help="the embeddings' precision ($CLIPSIEVE_PRECISION)")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_pipeline"))
     args = parser.parse_args()
 
@@ -95,7 +99,8 @@ def main() -> None:
     # Blocking checks off: a random-weight model's subsets would fail them and skip their
     # indices and audits, and the bench would then time less than the whole pipeline.
     (workdir / "no_checks.toml").write_text("[default]\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "CLIPSIEVE_CHECKS": str(workdir / "no_checks.toml")}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CLIPSIEVE_CHECKS": str(workdir / "no_checks.toml"),
+           "CLIPSIEVE_PRECISION": args.precision}
     model_name, pretrained = checkpoint(workdir, args.model)
     if args.model != "demo":
         import open_clip
@@ -111,11 +116,12 @@ def main() -> None:
         print(done.stdout[-3000:], done.stderr[-3000:])
         sys.exit(f"materialize failed ({done.returncode})")
 
-    seconds, forward, runs = step_durations(home)
+    seconds, forward, runs, precisions = step_durations(home)
     by_asset: dict[str, float] = defaultdict(float)
     for step, value in seconds.items():
         by_asset[step.replace("__", "/")] += value
-    print(f"{args.shards} shards x {args.samples_per_shard} samples, model {args.model}, "
+    print(f"{args.shards} shards x {args.samples_per_shard} samples, model {args.model}, precision "
+          f"{args.precision} ({', '.join(sorted(precisions))}), "
           f"{os.cpu_count()} cores: {total:.1f} s wall, {runs} Dagster runs\n")
     print(f"{'stage':<32}{'seconds':>9}{'share':>8}")
     for name, value in sorted(by_asset.items(), key=lambda kv: -kv[1]):

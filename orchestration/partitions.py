@@ -13,4 +13,5 @@ from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
 
 shard_partitions = DynamicPartitionsDefinition(name="shards")
-SHARD_BATCHES = BackfillPolicy.multi_run(max_partitions_per_run=int(os.environ.get("CLIPSIEVE_SHARDS_PER_RUN", "16")))
+SHARDS_PER_RUN = int(os.environ.get("CLIPSIEVE_SHARDS_PER_RUN", "16"))
+SHARD_BATCHES = BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN)

@@ -1,7 +1,11 @@
 """`clipsieve materialize`: register the crawl's shards and materialize what is out of date.
 
 Every run goes through Dagster (`dagster.materialize`) and is recorded in the instance, so
-the UI shows it. Per-shard work is skipped for a (shard, asset) whose latest
+the UI shows it. Shards that need the same assets and sit next to each other in the
+partition order share a run (a partition range of up to $CLIPSIEVE_SHARDS_PER_RUN, as a
+UI backfill batches them): each run costs a second or more of Dagster setup and step
+overhead, whatever its size. A batch that fails is redone shard by shard, so one bad shard
+fails alone. Per-shard work is skipped for a (shard, asset) whose latest
 materialization has the current code version (model id included), whose output file is
 still in this lake and, for `samples`, whose crawl files have not changed (size and
 mtime fingerprint); whatever is downstream of redone work is redone too. Cross-shard
@@ -30,9 +34,10 @@ from dagster import (
     RunsFilter,
     materialize,
 )
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from orchestration.partitions import shard_partitions
+from orchestration.partitions import SHARDS_PER_RUN, shard_partitions
 from resources.processes import is_gone, this_process
 from resources.safe_paths import split_shard_names
 
@@ -42,6 +47,7 @@ SAMPLES = AssetKey("samples")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # Who runs a run: lets a later start tell a killed process's run from a live one's.
 HOST_TAG, PID_TAG = "clipsieve/host", "clipsieve/pid"
+SHARDS_TAG = "clipsieve/shards"  # the run's shards, comma-separated
 
 
 @dataclass
@@ -66,18 +72,15 @@ def _is_current(instance: DagsterInstance, key: AssetKey, code_version: str | No
     event = records[0].asset_materialization
     if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
         return False
-    # A run over a batch of shards records per-shard values in dicts.
-    if fingerprint is not None:  # samples: the crawl shard must not have changed since
-        if _value(event, "crawl_fingerprint", "crawl_fingerprints", partition) != fingerprint:
-            return False
-    path = _value(event, "path", "paths", partition)
+    # samples: the crawl shard must not have changed since
+    if fingerprint is not None and _value(event, "crawl_fingerprint") != fingerprint:
+        return False
+    path = _value(event, "path")
     return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
 
 
-def _value(event, single: str, per_partition: str, partition: str | None):
-    if per_partition in event.metadata:
-        return (getattr(event.metadata[per_partition], "value", None) or {}).get(partition)
-    value = event.metadata.get(single)
+def _value(event, name: str):
+    value = event.metadata.get(name)
     return getattr(value, "value", value)
 
 
@@ -177,6 +180,26 @@ def _downstream_closure(defs: Definitions, keys: set[AssetKey], within: set[Asse
     return result
 
 
+def shard_batches(order: list[str], work: dict[str, set[AssetKey]],
+                  size: int) -> list[tuple[list[str], set[AssetKey]]]:
+    """Group the shards in `work` into runs: neighbours in the partition `order` (a run covers
+    a partition range, every key between its ends) that need the same assets, `size` at most."""
+    batches: list[tuple[list[str], set[AssetKey]]] = []
+    previous = None
+    for shard in order:
+        todo = work.get(shard)
+        if todo is not None and previous is not None and batches[-1][1] == todo and len(batches[-1][0]) < size:
+            batches[-1][0].append(shard)
+        elif todo is not None:
+            batches.append(([shard], todo))
+        previous = todo
+    return batches
+
+
+def _span(batch: list[str]) -> str:
+    return batch[0] if len(batch) == 1 else f"{batch[0]}..{batch[-1]} ({len(batch)})"
+
+
 def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards: list[str] | None = None,
                  cross_shard: bool = True) -> RunReport:
     """Register the crawl's complete shards, then materialize everything out of date.
@@ -212,22 +235,44 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     code_versions = {n.key: n.code_version for n in nodes}
     assets = list(defs.assets or [])
 
-    for shard in shards:
+    def stale_work(shard: str) -> set[AssetKey]:
         fingerprint = crawl.fingerprint(shard)
         stale = {k for k in per_shard if not _is_current(instance, k, code_versions[k], lake.url, shard,
                                                           fingerprint if k == SAMPLES else None)}
-        todo = _downstream_closure(defs, stale, per_shard)
-        if not todo:
+        return _downstream_closure(defs, stale, per_shard)
+
+    def run(batch: list[str], todo: set[AssetKey]):
+        if len(batch) == 1:
+            partition = {"partition_key": batch[0], "tags": {SHARDS_TAG: batch[0], **tags}}
+        else:
+            partition = {"tags": {ASSET_PARTITION_RANGE_START_TAG: batch[0], ASSET_PARTITION_RANGE_END_TAG: batch[-1],
+                                  SHARDS_TAG: ",".join(batch), **tags}}
+        return materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
+                           raise_on_error=False, **partition)
+
+    work = {shard: todo for shard in shards if (todo := stale_work(shard))}
+    order = instance.get_dynamic_partitions(shard_partitions.name)
+    for batch, todo in shard_batches(order, work, SHARDS_PER_RUN):
+        log(f"shard{'s' if len(batch) > 1 else ''} {_span(batch)}: materializing {len(todo)} asset(s)")
+        result = run(batch, todo)
+        if result.success:
+            report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
             continue
-        log(f"shard {shard}: materializing {len(todo)} asset(s)")
-        result = materialize(assets, instance=instance, partition_key=shard, selection=list(todo),
-                             resources=resources, tags={"clipsieve/shard": shard, **tags}, run_config=QUIET,
-                             raise_on_error=False)
-        if not result.success:  # the other shards go on; the failure is reported at the end
-            report.failures.append(f"run {result.run_id} for shard {shard} failed:\n" + _failures(result))
+        retry = {shard: again for shard in batch if len(batch) > 1 and (again := stale_work(shard))}
+        if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
+            report.failures.append(f"run {result.run_id} for shard{'s' if len(batch) > 1 else ''} {_span(batch)} "
+                                   "failed:\n" + _failures(result))
             log(report.failures[-1])
             continue
-        report.per_shard_runs[shard] = sorted(k.to_user_string() for k in todo)
+        # The other shards go on; each failure is reported at the end.
+        log(f"run {result.run_id} for shards {_span(batch)} failed; redoing them one by one to find the bad ones")
+        for shard, again in retry.items():
+            alone = run([shard], again)
+            if alone.success:
+                report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
+            else:
+                report.failures.append(f"run {alone.run_id} for shard {shard} failed:\n" + _failures(alone))
+                log(report.failures[-1])
 
     # Any per-shard materialization newer than a cross-shard asset's, whichever process made
     # it (a parallel run, a run killed before this stage), makes that asset stale.

@@ -10,7 +10,15 @@ from PIL import Image
 from assets.embeddings import _text_features, build_embeddings_asset, embed_shard, encode_images, encode_texts
 from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
-from resources.clip_model import ClipModelResource, EmbedOptions
+from resources.clip_model import (
+    DEMO_CHECKPOINT,
+    DEMO_DIR,
+    DEMO_MODEL,
+    ClipModelResource,
+    EmbedOptions,
+    cpu_has_bf16,
+    resolve_precision,
+)
 from resources.crawl import CrawlResource
 
 
@@ -28,7 +36,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_text_cut_to_longest_caption_equals_full_context():
-    clip = ClipModelResource().load()
+    clip = ClipModelResource(precision="fp32").load()
     captions = ["a red circle", "two small blue triangles on a green background in soft morning light", "x", ""]
     tokens = clip.tokenizer(captions)
     assert int((tokens != 0).sum(dim=1).max()) < tokens.shape[1]  # there is padding to cut
@@ -43,7 +51,7 @@ def test_text_cut_to_longest_caption_equals_full_context():
 
 def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
     crawl, samples = shard
-    clip = ClipModelResource().load()
+    clip = ClipModelResource(precision="fp32").load()
     inline = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=64, decode_threads=0, trim_text=False))
     threaded = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, trim_text=True))
     assert inline.keys == threaded.keys and len(inline.keys) > 100
@@ -56,7 +64,7 @@ def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
 @pytest.mark.parametrize("precision", ["amp_bf16", "bf16"])
 def test_bfloat16_stays_close_to_fp32_and_is_part_of_the_version(shard, precision):
     crawl, samples = shard
-    fp32 = embed_shard(crawl, samples, ClipModelResource().load())
+    fp32 = embed_shard(crawl, samples, ClipModelResource(precision="fp32").load())
     bf16 = embed_shard(crawl, samples, ClipModelResource(precision=precision).load())
     versions = [next(iter(build_embeddings_asset("m", p).code_versions_by_key.values())) for p in ("fp32", precision)]
     assert versions[1] == versions[0] + f"+{precision}"
@@ -73,3 +81,53 @@ def test_a_bad_image_in_a_threaded_batch_is_recorded_and_the_rest_embed():
     done, vectors, failures = encode_images(clip, items, batch_size=4, decode_threads=2)
     assert done == [f"k{i}" for i in range(10) if i != 3] and vectors.shape[0] == 9
     assert [k for k, _ in failures] == ["k3"]
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_fp16_autocast_on_a_gpu():
+    assert resolve_precision("auto", "cpu", has_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu", has_bf16=False) == "fp32"
+    assert resolve_precision("auto", "cuda", has_bf16=False) == "amp"
+    assert resolve_precision("fp32", "cpu", has_bf16=True) == "fp32"  # an explicit setting stands
+    # The resource's default is auto; what it ran at is what this machine's CPU allows.
+    resource = ClipModelResource(device="cpu")
+    assert resource.precision == "auto"
+    assert resource.load().precision == ("bf16" if cpu_has_bf16() else "fp32")
+    version = next(iter(build_embeddings_asset("m", resource.precision).code_versions_by_key.values()))
+    assert version.endswith("+m+auto")  # the setting, not the machine's resolution of it
+
+
+def _fresh_model(**kwargs):
+    """The demo model as plain open_clip builds it (random draws, then the checkpoint)."""
+    import open_clip
+
+    ClipModelResource().load()  # registers the demo config
+    model, _, _ = open_clip.create_model_and_transforms(DEMO_MODEL, **kwargs)
+    return model.eval()
+
+
+def test_loading_without_random_draws_gives_exactly_the_checkpoints_model():
+    loaded = ClipModelResource(precision="fp32", device="cpu").load().model
+    plain = _fresh_model(pretrained=DEMO_CHECKPOINT)
+    ours, theirs = dict(loaded.named_buffers()) | dict(loaded.named_parameters()), \
+        dict(plain.named_buffers()) | dict(plain.named_parameters())
+    assert ours.keys() == theirs.keys() and len(ours) > 20  # non-persistent buffers included
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
+    # The draws are back once the load is done: a model built after it is random as before.
+    torch.manual_seed(0)
+    first = _fresh_model().visual.conv1.weight.clone()
+    torch.manual_seed(0)
+    assert torch.equal(first, _fresh_model().visual.conv1.weight) and first.abs().sum() > 0
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_not_left_uninitialised(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(DEMO_CHECKPOINT)
+    tensors.pop("visual.conv1.weight")
+    save_file(tensors, str(tmp_path / "partial.safetensors"))
+    shutil.copy(DEMO_DIR / f"{DEMO_MODEL}.json", tmp_path / f"{DEMO_MODEL}.json")
+    with pytest.raises(RuntimeError, match="visual.conv1.weight"):
+        ClipModelResource(pretrained=str(tmp_path / "partial.safetensors"), device="cpu").load()

@@ -5,13 +5,13 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
-from dagster import DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from assets import checks
 from assets.indices import IndexSettings, build_index, update_index
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions, defs
-from orchestration.runner import run_pipeline
+from orchestration.runner import SHARDS_TAG, run_pipeline, shard_batches
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
@@ -45,6 +45,10 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
         first = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(first.per_shard_runs) == {"00000", "00001"}
         assert set(first.per_shard_runs["00000"]) == PER_SHARD
+        # Both shards needed the same work: one run over the partition range, one per partition
+        # materialization of each asset.
+        assert [r.tags.get(SHARDS_TAG) for r in instance.get_runs() if SHARDS_TAG in r.tags] == ["00000,00001"]
+        assert instance.get_materialized_partitions(AssetKey("embeddings")) == {"00000", "00001"}
 
         _copy_shard(other, crawl, "00002")  # a new shard lands
         second = run_pipeline(definitions, instance, log=lambda _: None)
@@ -62,6 +66,19 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
 
         quiet = run_pipeline(definitions, instance, log=lambda _: None)
         assert quiet.per_shard_runs == {} and quiet.cross_shard_assets == []
+
+
+def test_shards_needing_the_same_work_share_a_run_in_partition_order():
+    a, b = {AssetKey("samples"), AssetKey("embeddings")}, {AssetKey("embeddings")}
+    order = ["00003", "00000", "00001", "00002", "00004", "00005", "00006"]
+    work = {"00003": a, "00000": a, "00001": a, "00002": b, "00005": b, "00006": b}
+    assert shard_batches(order, work, size=2) == [
+        (["00003", "00000"], a),  # neighbours in the instance's order, not in name order
+        (["00001"], a),  # the size cap
+        (["00002"], b),  # 00004 has nothing to do and would sit inside a range 00002..00005
+        (["00005", "00006"], b),
+    ]
+    assert shard_batches(order, {}, size=16) == []
 
 
 def test_sensor_requests_new_and_rewritten_shards(tmp_path):

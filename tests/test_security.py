@@ -109,11 +109,11 @@ def test_hostile_head_is_refused_without_running(tmp_path, suffix):
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["state_dict", "training_checkpoint"])
 def test_plain_torch_state_dict_still_loads(weights_dir, wrapped):
-    demo = ClipModelResource(device="cpu").load()
+    demo = ClipModelResource(device="cpu", precision="fp32").load()
     state = demo.model.state_dict()
     path = weights_dir / "demo_fp32.pt"
     torch.save({"state_dict": state, "epoch": 3} if wrapped else state, path)
-    loaded = ClipModelResource(model_name=DEMO_MODEL, pretrained=str(path), device="cpu").load()
+    loaded = ClipModelResource(model_name=DEMO_MODEL, pretrained=str(path), device="cpu", precision="fp32").load()
     for (name, expected), (other, actual) in zip(state.items(), loaded.model.state_dict().items()):
         assert name == other and torch.equal(expected, actual), name
     image = demo.preprocess(Image.new("RGB", (90, 70), (30, 160, 40))).unsqueeze(0)

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.lake import LakeResource, samples_path, score_path
@@ -17,21 +17,19 @@ def score_asset(code_version: str, compute_kind: str, deps: tuple[str, ...] = ("
 
 
 def for_each_shard(context: AssetExecutionContext, compute: Callable[[str], dict]) -> MaterializeResult:
-    """Run `compute(shard)` for every shard of the run and report its metadata.
+    """Run `compute(shard)` for every shard of the run; each shard's materialization gets
+    the metadata its own call returned.
 
-    A run covers one shard, or, in a backfill under SHARD_BATCHES, a range of them; then
-    the metadata lists each shard's output path and sums its counts and timings.
+    A run covers one shard, or a range of them (a backfill under SHARD_BATCHES, or
+    `clipsieve materialize` batching shards that need the same work); either way each
+    partition's record reads as if it had run alone.
     """
-    results = {shard: compute(shard) for shard in context.partition_keys}
-    if len(results) == 1:
-        return MaterializeResult(metadata=next(iter(results.values())))
-    timings = {k for r in results.values() for k, v in r.items() if k.endswith("seconds") and isinstance(v, float)}
-    return MaterializeResult(metadata={
-        "shards": len(results),
-        "rows": sum(int(r.get("rows", 0)) for r in results.values()),
-        **{k: round(sum(r.get(k, 0.0) for r in results.values()), 3) for k in sorted(timings)},
-        "paths": MetadataValue.json({shard: r.get("path") for shard, r in results.items()}),
-    })
+    shards = context.partition_keys
+    if len(shards) == 1:
+        return MaterializeResult(metadata=compute(shards[0]))
+    for shard in shards:
+        context.add_asset_metadata(compute(shard), partition_key=shard)
+    return MaterializeResult(metadata={"shards_in_run": len(shards)})
 
 
 def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = None) -> pa.Table:
