@@ -20,6 +20,7 @@ report.html renders them with plots; the asset's metadata carries a summary tabl
 import json
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def retrieval_bias(clip: LoadedClip, index, index_keys: pa.Table, labels: dict[s
     if not groups or index.ntotal == 0:
         return {"k": k, "prompts": [], "mean_max_skew": None, "mean_ndkl": None}
     target = {g: list(labels.values()).count(g) / len(labels) for g in groups}
-    vectors = encode_texts(clip, prompts, 64)
+    vectors = _encoded(clip, tuple(prompts))
     # Retrieve deep enough to find k grouped members, as people-image benchmarks hold only people.
     depth = min(index.ntotal, max(k * 20, 500))
     per_prompt = []
@@ -118,8 +119,17 @@ def retrieval_bias(clip: LoadedClip, index, index_keys: pa.Table, labels: dict[s
     }
 
 
+@lru_cache(maxsize=32)
+def _encoded(clip: LoadedClip, texts: tuple[str, ...]) -> np.ndarray:
+    """Fixed texts (neutral prompts, WEAT words) are encoded once per model and process, not
+    once per policy's audit."""
+    vectors = encode_texts(clip, list(texts), 64)
+    vectors.flags.writeable = False  # shared between callers
+    return vectors
+
+
 def _templated(clip: LoadedClip, words: list[str], templates: list[str]) -> np.ndarray:
-    return encode_texts(clip, [t.format(w) for w in words for t in templates], 64)
+    return _encoded(clip, tuple(t.format(w) for w in words for t in templates))
 
 
 def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarray]) -> dict[str, Any]:

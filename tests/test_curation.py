@@ -201,3 +201,15 @@ def test_a_broken_policy_fails_alone(tmp_path, materialized):
     assert len(failures) == 1 and failures[0].step_key == "subsets__broken"
     assert "policy broken: query failed" in failures[0].step_failure_data.error.to_string()
     assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["subsets/fine"]
+
+
+def test_perceptual_hash_is_the_sign_of_the_low_dct_coefficients_against_their_median():
+    from scipy.fft import dctn
+
+    from assets.scores.exact_hash import perceptual_hashes
+
+    thumbnails = np.random.default_rng(3).random((40, 32, 32)).astype(np.float32) * 255
+    for thumbnail, value in zip(thumbnails, perceptual_hashes(thumbnails)):
+        low = dctn(thumbnail.astype(np.float64), type=2, norm="ortho")[:8, :8].ravel()
+        bits = "".join("1" if c > np.median(low) else "0" for c in low)
+        assert int(value) & (2**64 - 1) == int(bits, 2)  # most significant bit first, as int64

@@ -143,8 +143,11 @@ def test_the_planted_skew_is_detected(lake):
 
 def test_report_is_one_self_contained_page(lake):
     page = lake.read_bytes("audits/safe/report.html").decode()
-    assert page.count("src='data:image/png;base64,") >= 5
-    assert "http://" not in page and "https://" not in page
+    assert page.count("<figure><svg") >= 5 and "<?xml" not in page
+    # Nothing to fetch: every reference points inside the page (SVG namespace URIs are names).
+    references = re.findall(r"""(?:src|href)=["']([^"']*)""", page)
+    assert all(r.startswith("#") for r in references), [r for r in references if not r.startswith("#")]
+    assert re.search(r"<text[^>]*>[^<]*nsfw_rate", page)  # labels stay text
     assert "Retrieval bias" in page and "WEAT" in page
 
 

@@ -85,3 +85,40 @@ def test_a_changed_policy_makes_only_its_subset_index_and_audit_stale(world):
                 selection=[AssetKey(["subsets", "laion400m"])])
     statuses = _statuses(world["instance"], definitions)
     assert {k for k, v in statuses.items() if v == StaleStatus.STALE} == {"indices/laion400m", "audits/laion400m"}
+
+
+def test_a_large_files_digest_is_kept_across_processes_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+
+    from resources import versions
+
+    monkeypatch.setattr(versions, "CACHE_PATH", tmp_path / "cache" / "file_digests.json")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(versions.CACHED_FROM_BYTES))
+    expected = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
+    assert versions.file_digest(str(weights)) == expected
+    cache = json.loads(versions.CACHE_PATH.read_text())
+    assert cache[str(weights)]["digest"] == expected
+
+    # A new process (no in-process cache) takes the stored digest without reading the file:
+    # shown by a stored value no hash of the file could give.
+    cache[str(weights)]["digest"] = "from-cache"
+    versions.CACHE_PATH.write_text(json.dumps(cache))
+    versions._digest.cache_clear()
+    assert versions.file_digest(str(weights)) == "from-cache"
+
+    # Rewritten (new mtime): hashed again, and the cache follows.
+    before = weights.stat().st_mtime_ns
+    weights.write_bytes(os.urandom(versions.CACHED_FROM_BYTES))  # same size
+    os.utime(weights, ns=(before + 10**9, before + 10**9))  # a later mtime, whatever the clock's grain
+    fresh = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
+    assert versions.file_digest(str(weights)) == fresh != expected
+    assert json.loads(versions.CACHE_PATH.read_text())[str(weights)]["digest"] == fresh
+
+    # Small files are never stored: policies and heads hash in microseconds.
+    small = tmp_path / "policy.sql"
+    small.write_text("SELECT 1")
+    versions.file_digest(str(small))
+    assert str(small) not in json.loads(versions.CACHE_PATH.read_text())
