@@ -366,7 +366,8 @@ def main() -> None:
                 if half:  # the same on half the shards: the difference is the marginal rate
                     small, small_wall, _, _ = run_measured(_self("stage", model_name, pretrained, half, args,
                                                                  out=out, **variant))
-                    ours_marginal[label] = (stage["pairs"] - small["pairs"]) / (wall - small_wall)
+                    if small:
+                        ours_marginal[label] = (stage["pairs"] - small["pairs"]) / (wall - small_wall)
 
         if args.clip_retrieval and name == "demo":
             print("clip-retrieval: skipped (its own open_clip does not know the demo model's config)")
