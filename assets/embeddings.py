@@ -23,7 +23,7 @@ import torch
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
 from PIL import Image
 
-from assets.samples import image_error_text
+from assets.crawl_input import image_error_text
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip

@@ -74,7 +74,7 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     shards = [s.strip() for s in args.shards.split(",") if s.strip()] if args.shards else None
     report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True), shards=shards,
                           cross_shard=not args.no_cross_shard)
-    print(f"shards: {len(report.shards)}; per-shard runs: {len(report.per_shard_runs)}; "
+    print(f"shards: {len(report.shards)}; with per-shard work: {len(report.per_shard_runs)}; "
           f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
     print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
     print_summary(args.lake)

@@ -19,8 +19,9 @@ from PIL import Image
 
 from assets import checks, subsets
 from assets import samples as samples_module
+from assets.crawl_input import MAX_CAPTION_CHARS, MAX_IMAGE_PIXELS, check_image, coerce_column
 from assets.export import export_webdataset
-from assets.samples import MAX_CAPTION_CHARS, MAX_IMAGE_PIXELS, check_image, coerce_column, read_shard
+from assets.samples import read_shard
 from orchestration.definitions import build_definitions
 from orchestration.runner import run_pipeline
 from resources.catalog import open_catalog, read_sql

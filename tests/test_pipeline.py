@@ -171,8 +171,8 @@ def test_query_counts_equal_crawl_parquet_rows(materialized):
 
 
 def test_a_second_run_does_no_per_shard_work(materialized):
-    assert f"per-shard runs: {SHARDS}" in materialized["output"]
+    assert f"with per-shard work: {SHARDS}" in materialized["output"]
     again = run_cli("materialize", "--crawl", str(materialized["crawl"]), "--lake", str(materialized["lake"]),
                     env=materialized["env"])
-    assert "per-shard runs: 0;" in again.stdout
+    assert "with per-shard work: 0;" in again.stdout
     assert "cross-shard assets: 0;" in again.stdout
