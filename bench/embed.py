@@ -303,7 +303,8 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     crawl = prepare(workdir, args.shards, args.samples_per_shard, args.image_size)
-    resolved = resolve_precision(args.precision, "cpu", cpu_has_bf16())
+    has_bf16 = cpu_has_bf16()
+    resolved = resolve_precision(args.precision, "cpu", has_bf16)
     half = prepare(workdir, args.shards // 2, args.samples_per_shard, args.image_size) if args.marginal else None
     print(f"crawl: {crawl} ({args.shards} shards x {args.samples_per_shard}, {args.image_size} px JPEGs); "
           f"{os.cpu_count()} cores; batch {args.batch_size}, precision {args.precision} ({resolved} here)")
@@ -354,7 +355,7 @@ def main() -> None:
                 print(f"stage [{label}] failed:\n{err}")
                 continue
             saved = np.load(save)
-            limit = limits.get(resolve_precision(variant.get("precision", args.precision), "cpu", cpu_has_bf16()),
+            limit = limits.get(resolve_precision(variant.get("precision", args.precision), "cpu", has_bf16),
                                limits["fp32"])
             print(f"stage [{label}]: {stage['pairs_per_second']:.1f} pairs/s steady "
                   f"({stage['pairs_per_second'] / limit:.0%} of pure forward at its precision), "

@@ -187,10 +187,10 @@ def shard_batches(order: list[str], work: dict[str, set[AssetKey]],
     """Group the shards in `work` into runs: neighbours in the partition `order` (a run covers
     a partition range, every key between its ends) that need the same assets, `size` at most."""
     batches: list[tuple[list[str], set[AssetKey]]] = []
-    previous = None
+    previous = None  # the work of the shard before this one in `order` (None: it has none)
     for shard in order:
         todo = work.get(shard)
-        if todo is not None and previous is not None and batches[-1][1] == todo and len(batches[-1][0]) < size:
+        if todo is not None and todo == previous and len(batches[-1][0]) < size:
             batches[-1][0].append(shard)
         elif todo is not None:
             batches.append(([shard], todo))
@@ -198,8 +198,9 @@ def shard_batches(order: list[str], work: dict[str, set[AssetKey]],
     return batches
 
 
-def _span(batch: list[str]) -> str:
-    return batch[0] if len(batch) == 1 else f"{batch[0]}..{batch[-1]} ({len(batch)})"
+def _shards(batch: list[str]) -> str:
+    """"shard 00003", or "shards 00000..00007 (8)" for a batch, in log lines and failures."""
+    return f"shard {batch[0]}" if len(batch) == 1 else f"shards {batch[0]}..{batch[-1]} ({len(batch)})"
 
 
 def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards: list[str] | None = None,
@@ -252,29 +253,29 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
         return materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
                            raise_on_error=False, **partition)
 
+    def failed(result, batch: list[str]) -> None:  # the other shards go on; failures are raised at the end
+        report.failures.append(f"run {result.run_id} for {_shards(batch)} failed:\n" + _failures(result))
+        log(report.failures[-1])
+
     work = {shard: todo for shard in shards if (todo := stale_work(shard))}
     order = instance.get_dynamic_partitions(shard_partitions.name)
     for batch, todo in shard_batches(order, work, SHARDS_PER_RUN):
-        log(f"shard{'s' if len(batch) > 1 else ''} {_span(batch)}: materializing {len(todo)} asset(s)")
+        log(f"{_shards(batch)}: materializing {len(todo)} asset(s)")
         result = run(batch, todo)
         if result.success:
             report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
             continue
         retry = {shard: again for shard in batch if len(batch) > 1 and (again := stale_work(shard))}
         if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
-            report.failures.append(f"run {result.run_id} for shard{'s' if len(batch) > 1 else ''} {_span(batch)} "
-                                   "failed:\n" + _failures(result))
-            log(report.failures[-1])
+            failed(result, batch)
             continue
-        # The other shards go on; each failure is reported at the end.
-        log(f"run {result.run_id} for shards {_span(batch)} failed; redoing them one by one to find the bad ones")
+        log(f"run {result.run_id} for {_shards(batch)} failed; redoing them one by one to find the bad ones")
         for shard, again in retry.items():
             alone = run([shard], again)
             if alone.success:
                 report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
             else:
-                report.failures.append(f"run {alone.run_id} for shard {shard} failed:\n" + _failures(alone))
-                log(report.failures[-1])
+                failed(alone, [shard])
 
     # Any per-shard materialization newer than a cross-shard asset's, whichever process made
     # it (a parallel run, a run killed before this stage), makes that asset stale.

@@ -25,9 +25,14 @@ def _write_cache(path: str, entry: dict) -> None:
     try:
         CACHE_PATH.parent.mkdir(parents=True, exist_ok=True)
         cache = {**_read_cache(), path: entry}
-        with tempfile.NamedTemporaryFile("w", dir=CACHE_PATH.parent, delete=False, suffix=".tmp") as f:
-            json.dump(cache, f)
-        os.replace(f.name, CACHE_PATH)
+        handle, tmp = tempfile.mkstemp(dir=CACHE_PATH.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, CACHE_PATH)  # readers see the old cache or the new one, whole
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     except OSError:
         pass
 
