@@ -1,75 +1,26 @@
-"""report.html: one self-contained page per audit, plots inline as SVG.
-
-SVG rather than PNG: a third faster to render (no rasterizing), half the bytes, sharp at any
-zoom, and the labels stay searchable text.
-"""
+"""report.html: one self-contained page per audit, plots inline as SVG (assets/charts.py)."""
 
 import html
-import io
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: render to memory
-matplotlib.rcParams["svg.fonttype"] = "none"  # text as text, not glyph outlines
-matplotlib.rcParams["svg.hashsalt"] = "clipsieve"  # the same element ids every time: byte-identical reports
-import matplotlib.pyplot as plt  # noqa: E402
-
-BEFORE, AFTER = "#9aa5b1", "#1f6feb"
-
-
-def _svg(figure) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # inline: no XML declaration or doctype
+from assets import charts
 
 
 def _img(svg: str) -> str:
     return f"<figure>{svg}</figure>"
 
 
-def _paired_bars(title: str, labels: list[str], before: list[float], after: list[float]) -> str:
-    figure, axis = plt.subplots(figsize=(7, 3.2))
-    positions = range(len(labels))
-    axis.bar([p - 0.2 for p in positions], before, width=0.4, color=BEFORE, label="before (pool)")
-    axis.bar([p + 0.2 for p in positions], after, width=0.4, color=AFTER, label="after (subset)")
-    axis.set_xticks(list(positions), labels, rotation=20, ha="right")
-    axis.set_title(title)
-    axis.legend(frameon=False)
-    axis.spines[["top", "right"]].set_visible(False)
-    return _svg(figure)
-
-
 def _quantile_plot(metrics: dict[str, Any], name: str, title: str) -> str:
-    figure, axis = plt.subplots(figsize=(4.5, 3))
-    q = metrics["distributions"]["quantiles"]
-    for stage, colour in (("before", BEFORE), ("after", AFTER)):
-        values = metrics["distributions"][stage].get(name)
-        if values:
-            axis.plot(q, values, marker="o", color=colour, label=stage)
-    axis.set_xlabel("quantile")
-    axis.set_title(title)
-    axis.legend(frameon=False)
-    axis.spines[["top", "right"]].set_visible(False)
-    return _svg(figure)
+    series = {stage: metrics["distributions"][stage][name] for stage in ("before", "after")
+              if metrics["distributions"][stage].get(name)}
+    return charts.lines(title, metrics["distributions"]["quantiles"], series, "quantile")
 
 
 def _skew_plot(bias: dict[str, Any]) -> str:
     prompts = bias["prompts"]
-    groups = list(bias["target"])
-    figure, axis = plt.subplots(figsize=(7, 0.35 * len(prompts) + 1.2))
-    height = 0.8 / max(1, len(groups))
-    for i, group in enumerate(groups):
-        axis.barh([p + i * height for p in range(len(prompts))], [p["skews"][group] for p in prompts],
-                  height=height, label=group)
-    axis.set_yticks([p + 0.4 - height / 2 for p in range(len(prompts))], [p["prompt"] for p in prompts])
-    axis.axvline(0, color="black", linewidth=0.8)
-    axis.set_xlabel(f"skew = ln(share in top {bias['k']} / share in subset)")
-    axis.legend(frameon=False)
-    axis.spines[["top", "right"]].set_visible(False)
-    return _svg(figure)
+    series = {group: [p["skews"][group] for p in prompts] for group in bias["target"]}
+    return charts.horizontal_bars([p["prompt"] for p in prompts], series,
+                                  f"skew = ln(share in top {bias['k']} / share in subset)")
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -100,16 +51,16 @@ def render_report(metrics: dict[str, Any]) -> str:
         f"<p>Toxic captions, Wilson 95% interval: before {before['toxic_rate_ci95'][0]:.4f}–"
         f"{before['toxic_rate_ci95'][1]:.4f}, after {after['toxic_rate_ci95'][0]:.4f}–"
         f"{after['toxic_rate_ci95'][1]:.4f}.</p>",
-        _img(_paired_bars("Rates", rate_names, [before.get(n) or 0 for n in rate_names],
-                          [after.get(n) or 0 for n in rate_names])),
+        _img(charts.paired_bars("Rates", rate_names, [before.get(n) or 0 for n in rate_names],
+                                [after.get(n) or 0 for n in rate_names])),
         "<h2>Distributions</h2>",
         _img(_quantile_plot(metrics, "similarity", "CLIP similarity quantiles")),
         _img(_quantile_plot(metrics, "caption_chars", "Caption length (characters) quantiles")),
     ]
     languages = sorted(metrics["languages"]["before"].items(), key=lambda kv: -kv[1])[:8]
-    sections.append(_img(_paired_bars("Language shares", [lang for lang, _ in languages],
-                                      [share for _, share in languages],
-                                      [metrics["languages"]["after"].get(lang, 0) for lang, _ in languages])))
+    sections.append(_img(charts.paired_bars("Language shares", [lang for lang, _ in languages],
+                                            [share for _, share in languages],
+                                            [metrics["languages"]["after"].get(lang, 0) for lang, _ in languages])))
     concepts = metrics["distributions"]["concepts"]
     sections.append(_table([[k, concepts["before"][k], concepts["after"][k]] for k in concepts["before"]],
                            ["MetaCLIP concept coverage", "before", "after"]))
@@ -121,9 +72,9 @@ def render_report(metrics: dict[str, Any]) -> str:
                ["group", "before", "after", "share before", "share after", "removal rate", "removal ratio"]),
     ]
     if groups:
-        sections.append(_img(_paired_bars("Caption group shares", list(groups),
-                                          [f["share_before"] for f in groups.values()],
-                                          [f["share_after"] for f in groups.values()])))
+        sections.append(_img(charts.paired_bars("Caption group shares", list(groups),
+                                                [f["share_before"] for f in groups.values()],
+                                                [f["share_after"] for f in groups.values()])))
     if metrics.get("retrieval_bias", {}).get("prompts"):
         bias = metrics["retrieval_bias"]
         sections += [

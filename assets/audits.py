@@ -148,10 +148,8 @@ def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarra
     return result
 
 
-def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
-                  clip: LoadedClip | None = None) -> dict[str, Any]:
-    """Every audit figure of one policy's subset against the scored pool. With the lake,
-    model and clip given, also the retrieval-bias and association audits over its index."""
+def _stage_views(catalog: Catalog, policy: str) -> None:
+    """The temp views every audit query reads: audit_stages and audit_sample_groups."""
     connection = catalog.connection
     connection.execute("SET VARIABLE policy = ?", [policy])
     connection.execute(read_sql("audits/stages.sql"))
@@ -160,12 +158,36 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
         "group_name": list(patterns), "pattern": list(patterns.values())}))
     connection.execute(read_sql("audits/sample_groups.sql"))
 
-    crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
+
+def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
     rates = _stage_rows(catalog.query(read_sql("audits/rates.sql")))
     empty = {"samples": 0, "toxic": 0}
     before, after = rates.get("before", empty), rates.get("after", empty)
     for stage in (before, after):
         stage["toxic_rate_ci95"] = list(formulas.wilson_interval(stage.get("toxic", 0), stage["samples"]))
+    return {"before": before, "after": after,
+            "representation": representation(catalog.query(read_sql("audits/group_counts.sql")),
+                                             before["samples"], after["samples"])}
+
+
+def stage_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
+    """Rates before and after one policy, and the representation of caption groups: what the
+    subset's blocking checks need, without the rest of the audit."""
+    _stage_views(catalog, policy)
+    try:
+        return _rates_and_representation(catalog)
+    finally:
+        catalog.connection.unregister("audit_group_patterns")
+
+
+def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
+                  clip: LoadedClip | None = None) -> dict[str, Any]:
+    """Every audit figure of one policy's subset against the scored pool. With the lake,
+    model and clip given, also the retrieval-bias and association audits over its index."""
+    _stage_views(catalog, policy)
+    crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
+    figures = _rates_and_representation(catalog)
+    before, after = figures["before"], figures["after"]
     languages: dict[str, dict[str, float]] = {"before": {}, "after": {}}
     for row in catalog.query(read_sql("audits/languages.sql")).to_pylist():
         languages[row["stage"]][row["language"]] = row["share"]
@@ -184,8 +206,7 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
         "languages": languages,
         "distributions": {"quantiles": [0.1, 0.25, 0.5, 0.75, 0.9], "before": quantiles.get("before", {}),
                           "after": quantiles.get("after", {}), "concepts": concepts},
-        "representation": representation(catalog.query(read_sql("audits/group_counts.sql")),
-                                         before["samples"], after["samples"]),
+        "representation": figures["representation"],
     }
     if lake is not None and model_id is not None and clip is not None:
         labelled = catalog.query(read_sql("audits/group_labels.sql"))
@@ -196,7 +217,7 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
         metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
         metrics["association"] = association(clip, json.loads(Path(ASSOCIATION_PATH).read_text()),
                                              _group_images(lake, model_id, labelled))
-    connection.unregister("audit_group_patterns")
+    catalog.connection.unregister("audit_group_patterns")
     return metrics
 
 

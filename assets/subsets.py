@@ -20,7 +20,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, M
 from pydantic import Field
 
 from assets import checks
-from assets.audits import audit_metrics
+from assets.audits import stage_figures
 from assets.export import uid_array
 from resources.catalog import SQL_DIR, Catalog, CatalogResource, locked_connection, read_sql
 from resources.lake import LakeResource, checks_path, members_path, uids_path
@@ -176,7 +176,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         lake.write_parquet(members_path(policy.name), members)
         db = catalog.open(lake.url, model_id)  # anew, so subset_members sees the file just written
         try:
-            figures = audit_metrics(db, policy.name)  # the audit's figures that do not need the index
+            figures = stage_figures(db, policy.name)  # the audit's rates and representation
         finally:
             db.close()
         lake.write_npy(uids_path(policy.name), uid_array(members.column("uid").to_pylist(),

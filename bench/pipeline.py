@@ -3,6 +3,7 @@
     .venv/bin/python bench/pipeline.py                          # sample crawl 8 x 250, demo model
     .venv/bin/python bench/pipeline.py --model vit-b-32         # the same crawl, ViT-B-32 (random weights)
     .venv/bin/python bench/pipeline.py --shards 4 --samples-per-shard 500 --image-size 256
+    .venv/bin/python bench/pipeline.py --model vit-b-32 --marginal  # and on 16 shards: per-sample shares
 
 Runs `clipsieve materialize` in a fresh process on a fresh lake and Dagster instance, then
 reads the instance's event log: each step's duration (STEP_START to STEP_SUCCESS), summed
@@ -74,22 +75,15 @@ def step_durations(home: Path) -> tuple[dict[str, float], float, int, set[str]]:
     return dict(seconds), forward, len(runs), precisions
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--samples-per-shard", type=int, default=250)
-    parser.add_argument("--image-size", type=int, default=None, help="square clean images (default: 112-192 px)")
-    parser.add_argument("--model", default="demo", choices=["demo", "vit-b-32"])
-    parser.add_argument("--precision", default="auto", help="the embeddings' precision ($CLIPSIEVE_PRECISION)")
-    parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_pipeline"))
-    args = parser.parse_args()
-
+def run_once(args: argparse.Namespace, shards: int) -> dict:
+    """One `clipsieve materialize` of `shards` x args.samples_per_shard on a fresh lake and
+    instance: wall seconds, seconds per asset, forward seconds, runs, precisions."""
     from assets.sample_crawl import write_sample_crawl
 
     workdir = Path(args.workdir)
-    crawl = workdir / f"crawl_{args.shards}x{args.samples_per_shard}_{args.image_size or 'sample'}"
+    crawl = workdir / f"crawl_{shards}x{args.samples_per_shard}_{args.image_size or 'sample'}"
     if not (crawl / "ground_truth.parquet").exists():
-        write_sample_crawl(crawl, args.shards, args.samples_per_shard, seed=0, image_size=args.image_size)
+        write_sample_crawl(crawl, shards, args.samples_per_shard, seed=0, image_size=args.image_size)
     lake, home = workdir / f"lake_{args.model}", workdir / f"dagster_{args.model}"
     for folder in (lake, home):
         shutil.rmtree(folder, ignore_errors=True)
@@ -115,21 +109,55 @@ def main() -> None:
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:])
         sys.exit(f"materialize failed ({done.returncode})")
-
     seconds, forward, runs, precisions = step_durations(home)
     by_asset: dict[str, float] = defaultdict(float)
     for step, value in seconds.items():
         by_asset[step.replace("__", "/")] += value
+    return {"total": total, "by_asset": dict(by_asset), "forward": forward, "runs": runs, "precisions": precisions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--image-size", type=int, default=None, help="square clean images (default: 112-192 px)")
+    parser.add_argument("--model", default="demo", choices=["demo", "vit-b-32"])
+    parser.add_argument("--precision", default="auto", help="the embeddings' precision ($CLIPSIEVE_PRECISION)")
+    parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_pipeline"))
+    parser.add_argument("--marginal", action="store_true",
+                        help="also run twice the shards, and print what the extra shards cost: the "
+                             "per-sample shares, with the fixed costs of a run taken out")
+    args = parser.parse_args()
+
+    result = run_once(args, args.shards)
+    total, forward = result["total"], result["forward"]
     print(f"{args.shards} shards x {args.samples_per_shard} samples, model {args.model}, precision "
-          f"{args.precision} ({', '.join(sorted(precisions))}), "
-          f"{os.cpu_count()} cores: {total:.1f} s wall, {runs} Dagster runs\n")
+          f"{args.precision} ({', '.join(sorted(result['precisions']))}), "
+          f"{os.cpu_count()} cores: {total:.1f} s wall, {result['runs']} Dagster runs\n")
     print(f"{'stage':<32}{'seconds':>9}{'share':>8}")
-    for name, value in sorted(by_asset.items(), key=lambda kv: -kv[1]):
+    for name, value in sorted(result["by_asset"].items(), key=lambda kv: -kv[1]):
         print(f"{name:<32}{value:>9.1f}{value / total:>8.1%}")
-    outside = total - sum(by_asset.values())
+    outside = total - sum(result["by_asset"].values())
     print(f"{'(outside steps: start, imports, run setup)':<32}{outside:>9.1f}{outside / total:>8.1%}")
     print(f"\nCLIP forward (embeddings' model calls): {forward:.1f} s = {forward / total:.1%} of wall; "
           f"everything else {total - forward:.1f} s = {(total - forward) / total:.1%}")
+    if not args.marginal:
+        return
+
+    # The same pipeline on twice the shards: the difference is what the extra samples cost,
+    # with process start, imports, model load and run setup (paid once either way) taken out.
+    double = run_once(args, 2 * args.shards)
+    extra = args.shards * args.samples_per_shard
+    wall, model = double["total"] - total, double["forward"] - forward
+    print(f"\n{2 * args.shards} shards: {double['total']:.1f} s wall, forward {double['forward']:.1f} s")
+    print(f"marginal, per extra sample over {extra}: {1000 * wall / extra:.1f} ms wall, "
+          f"{1000 * model / extra:.1f} ms forward, {1000 * (wall - model) / extra:.1f} ms everything else "
+          f"= {(wall - model) / wall:.1%}")
+    print(f"{'stage':<32}{'extra s':>9}")
+    for name in sorted(double["by_asset"], key=lambda n: -(double["by_asset"][n] - result["by_asset"].get(n, 0))):
+        print(f"{name:<32}{double['by_asset'][name] - result['by_asset'].get(name, 0.0):>9.1f}")
+    outside2 = double["total"] - sum(double["by_asset"].values())
+    print(f"{'(outside steps)':<32}{outside2 - outside:>9.1f}")
 
 
 if __name__ == "__main__":

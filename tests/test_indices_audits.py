@@ -141,6 +141,18 @@ def test_the_planted_skew_is_detected(lake):
     assert 0 < concepts["entries_with_zero_matches"] < concepts["entries"] and concepts["entropy_bits"] > 1
 
 
+def test_subset_checks_see_the_audits_figures(catalog):
+    """The subset's blocking checks read stage_figures; the audit reports audit_metrics. The
+    two must agree, or a check would pass on figures the audit then contradicts."""
+    from assets.audits import audit_metrics, stage_figures
+
+    for policy in ("safe", "laion400m"):
+        figures, metrics = stage_figures(catalog, policy), audit_metrics(catalog, policy)
+        assert figures["after"]["samples"] > 0
+        for part in ("before", "after", "representation"):
+            assert figures[part] == metrics[part], (policy, part)
+
+
 def test_report_is_one_self_contained_page(lake):
     page = lake.read_bytes("audits/safe/report.html").decode()
     assert page.count("<figure><svg") >= 5 and "<?xml" not in page
@@ -149,6 +161,33 @@ def test_report_is_one_self_contained_page(lake):
     assert all(r.startswith("#") for r in references), [r for r in references if not r.startswith("#")]
     assert re.search(r"<text[^>]*>[^<]*nsfw_rate", page)  # labels stay text
     assert "Retrieval bias" in page and "WEAT" in page
+
+
+def test_charts_are_well_formed_svg_with_round_ticks():
+    import xml.etree.ElementTree as ElementTree
+
+    from assets import charts
+
+    assert charts.nice_ticks(0.0, 0.07) == [0.0, 0.02, 0.04, 0.06, 0.08]
+    assert charts.nice_ticks(-1.83, 0.86) == [-2.0, -1.0, 0.0, 1.0]
+    assert charts.nice_ticks(40.0, 73.0) == [40.0, 50.0, 60.0, 70.0, 80.0]
+    assert charts.nice_ticks(0.5, 0.5)[0] <= 0.5 <= charts.nice_ticks(0.5, 0.5)[-1]
+
+    svg = "{http://www.w3.org/2000/svg}"
+    bars = ElementTree.fromstring(charts.paired_bars("Rates", ["a<b", "c"], [0.1, 0.3], [0.2, 0.0]))
+    heights = [float(r.get("height")) for r in bars.iter(f"{svg}rect") if r.get("width") != "10"]
+    # In label order, before then after (legend swatches aside); heights are proportional.
+    assert heights == pytest.approx([heights[0], 2 * heights[0], 3 * heights[0], 0.0], abs=0.11)
+    assert "a<b" in [t.text for t in bars.iter(f"{svg}text")]  # escaped in the SVG, text again when parsed
+    skew = ElementTree.fromstring(charts.horizontal_bars(["p1", "p2"], {"man": [0.5, -1.0], "woman": [-0.5, 1.0]},
+                                                         "skew"))
+    rects = [r for r in skew.iter(f"{svg}rect") if r.get("width") != "10"]
+    widths = [float(r.get("width")) for r in rects]
+    assert widths == pytest.approx([widths[0], 2 * widths[0], widths[0], 2 * widths[0]], abs=0.11)
+    # A negative bar ends at the zero line, a positive one starts there.
+    assert float(rects[1].get("x")) + widths[1] == pytest.approx(float(rects[0].get("x")), abs=0.11)
+    line = ElementTree.fromstring(charts.lines("q", [0.1, 0.5, 0.9], {"before": [1.0, 2.0, 3.0]}, "quantile"))
+    assert len(list(line.iter(f"{svg}circle"))) == 3
 
 
 def test_a_failing_blocking_check_stops_index_and_export(tmp_path, materialized, monkeypatch):
