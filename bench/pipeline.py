@@ -149,7 +149,9 @@ def main() -> None:
     double = run_once(args, 2 * args.shards)
     extra = args.shards * args.samples_per_shard
     wall, model = double["total"] - total, double["forward"] - forward
-    print(f"\n{2 * args.shards} shards: {double['total']:.1f} s wall, forward {double['forward']:.1f} s")
+    rest = double["total"] - double["forward"]
+    print(f"\n{2 * args.shards} shards: {double['total']:.1f} s wall, forward {double['forward']:.1f} s, "
+          f"everything else {rest:.1f} s = {rest / double['total']:.1%}")
     print(f"marginal, per extra sample over {extra}: {1000 * wall / extra:.1f} ms wall, "
           f"{1000 * model / extra:.1f} ms forward, {1000 * (wall - model) / extra:.1f} ms everything else "
           f"= {(wall - model) / wall:.1%}")
