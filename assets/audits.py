@@ -20,6 +20,8 @@ report.html renders them with plots; the asset's metadata carries a summary tabl
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -148,8 +150,10 @@ def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarra
     return result
 
 
-def _stage_views(catalog: Catalog, policy: str) -> None:
-    """The temp views every audit query reads: audit_stages and audit_sample_groups."""
+@contextmanager
+def _stage_views(catalog: Catalog, policy: str) -> Iterator[None]:
+    """The temp views every audit query reads (audit_stages, audit_sample_groups), for the
+    duration of the block."""
     connection = catalog.connection
     connection.execute("SET VARIABLE policy = ?", [policy])
     connection.execute(read_sql("audits/stages.sql"))
@@ -157,6 +161,10 @@ def _stage_views(catalog: Catalog, policy: str) -> None:
     connection.register("audit_group_patterns", pa.table({
         "group_name": list(patterns), "pattern": list(patterns.values())}))
     connection.execute(read_sql("audits/sample_groups.sql"))
+    try:
+        yield
+    finally:
+        connection.unregister("audit_group_patterns")
 
 
 def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
@@ -173,18 +181,12 @@ def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
 def stage_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
     """Rates before and after one policy, and the representation of caption groups: what the
     subset's blocking checks need, without the rest of the audit."""
-    _stage_views(catalog, policy)
-    try:
+    with _stage_views(catalog, policy):
         return _rates_and_representation(catalog)
-    finally:
-        catalog.connection.unregister("audit_group_patterns")
 
 
-def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
-                  clip: LoadedClip | None = None) -> dict[str, Any]:
-    """Every audit figure of one policy's subset against the scored pool. With the lake,
-    model and clip given, also the retrieval-bias and association audits over its index."""
-    _stage_views(catalog, policy)
+def _table_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
+    """The figures the SQL in sql/audits/ gives, read through the stage views."""
     crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
     figures = _rates_and_representation(catalog)
     before, after = figures["before"], figures["after"]
@@ -196,7 +198,7 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
     total_entries = len(entries())
     concepts = {stage: concept_coverage([r for r in concept_rows if r["stage"] == stage], total_entries)
                 for stage in ("before", "after")}
-    metrics: dict[str, Any] = {
+    return {
         "policy": policy,
         "crawl": crawl,
         "before": before,
@@ -208,16 +210,24 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
                           "after": quantiles.get("after", {}), "concepts": concepts},
         "representation": figures["representation"],
     }
-    if lake is not None and model_id is not None and clip is not None:
+
+
+def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
+                  clip: LoadedClip | None = None) -> dict[str, Any]:
+    """Every audit figure of one policy's subset against the scored pool. With the lake,
+    model and clip given, also the retrieval-bias and association audits over its index."""
+    with _stage_views(catalog, policy):
+        metrics = _table_metrics(catalog, policy)
+        if lake is None or model_id is None or clip is None:
+            return metrics
         labelled = catalog.query(read_sql("audits/group_labels.sql"))
-        labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
-        index, index_keys = read_index(lake, index_dir(policy, model_id))
-        prompts = [line.strip() for line in Path(PROMPTS_PATH).read_text().splitlines()
-                   if line.strip() and not line.startswith("#")]
-        metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
-        metrics["association"] = association(clip, json.loads(Path(ASSOCIATION_PATH).read_text()),
-                                             _group_images(lake, model_id, labelled))
-    catalog.connection.unregister("audit_group_patterns")
+    labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
+    index, index_keys = read_index(lake, index_dir(policy, model_id))
+    prompts = [line.strip() for line in Path(PROMPTS_PATH).read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
+    metrics["association"] = association(clip, json.loads(Path(ASSOCIATION_PATH).read_text()),
+                                         _group_images(lake, model_id, labelled))
     return metrics
 
 

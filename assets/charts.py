@@ -64,15 +64,13 @@ def paired_bars(title: str, labels: Sequence[str], before: Sequence[float], afte
     width, plot_height = 620, 170
     ticks = nice_ticks(0.0, max([*before, *after, 0.0]))
     top_value = ticks[-1] or 1.0
-    # Labels run down-left at 45 degrees from under their bars: room below, and on the left
-    # for the first one.
-    slant = 0.71 * _CHAR * max([len(s) for s in labels] or [1])
+    # Labels run down-left at 45 degrees from under their bars (0.71 = cos 45°): room below,
+    # and on the left for the first label, which starts half a slot into the plot.
     left, top = 12 + _CHAR * max(len(_label(t)) for t in ticks), 28
-    plot_width = width - left - 130
     if labels:
         left = max(left, 0.71 * _CHAR * len(labels[0]) + 8 - 0.5 * (width - left - 130) / len(labels))
-        plot_width = width - left - 130
-    label_room = 16 + FONT + slant
+    plot_width = width - left - 130
+    label_room = 16 + FONT + 0.71 * _CHAR * max([len(s) for s in labels] or [1])
     body = [_text(width / 2, 16, title, size=FONT + 2)]
     for tick in ticks:
         y = top + plot_height * (1 - tick / top_value)
