@@ -1,8 +1,9 @@
 """toxicity: caption toxicity probability and a count of flagged terms.
 
-`toxicity` comes from alt-profanity-check, a linear SVM over character and word n-grams
-trained on toxic-comment data, whose model ships inside the package (nothing is
-downloaded). `flagged_terms` counts whole-word hits of resources/terms/toxic_terms.txt
+`toxicity` comes from alt-profanity-check: linear SVMs over tf-idf word counts, trained on
+toxic-comment data, whose model ships inside the package (nothing is downloaded). It is
+applied with numpy from arrays exported once (resources/toxicity_model.py), not through
+scikit-learn. `flagged_terms` counts whole-word hits of resources/terms/toxic_terms.txt
 (or $CLIPSIEVE_TOXIC_TERMS), as audits of LAION count hateful terms.
 """
 
@@ -18,11 +19,13 @@ from dagster import AssetExecutionContext, MaterializeResult
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.lake import LakeResource
+from resources.toxicity_model import load_toxicity_model, package_digest
 from resources.versions import file_digest
 
 TERMS_PATH = os.environ.get("CLIPSIEVE_TOXIC_TERMS",
                             str(Path(__file__).resolve().parents[2] / "resources" / "terms" / "toxic_terms.txt"))
-CODE_VERSION = f"1+{file_digest(TERMS_PATH)}"
+# The model's files are in the version: a profanity-check release with a new model restales.
+CODE_VERSION = f"1+{file_digest(TERMS_PATH)}+{package_digest()}"
 
 
 @lru_cache(maxsize=1)
@@ -31,11 +34,7 @@ def _matcher() -> PhraseMatcher:
 
 
 def toxicity_probability(captions: list[str]) -> np.ndarray:
-    from profanity_check import predict_prob
-
-    if not captions:
-        return np.zeros(0, np.float32)
-    return predict_prob(captions).astype(np.float32)
+    return load_toxicity_model().probability(captions).astype(np.float32)
 
 
 def toxicity_scores(samples: pa.Table) -> pa.Table:
@@ -49,7 +48,7 @@ def toxicity_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@score_asset(CODE_VERSION, "scikit-learn")
+@score_asset(CODE_VERSION, "numpy")
 def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
 
