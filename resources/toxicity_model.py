@@ -13,16 +13,14 @@ rounding (tests/test_toxicity_model.py compares the two).
 """
 
 import importlib.util
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from resources.versions import CACHE_PATH, file_digest
+from resources.versions import CACHE_PATH, file_digest, write_cache_file
 
 _PACKAGE_FILES = ("vectorizer.joblib", "model.joblib")
 # The vectorizer settings the arithmetic below reproduces; an export refuses anything else.
@@ -109,18 +107,7 @@ def _cached_arrays(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError):
         pass
     arrays = export_arrays()
-    try:  # best effort, written whole or not at all: without it the next process exports again
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
-        pass
+    write_cache_file(path, lambda f: np.savez_compressed(f, **arrays))  # else the next process exports again
     return arrays
 
 

@@ -4,8 +4,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 # Digests of large files (model checkpoints) are kept across processes: hashing ViT-B-32's
 # 600 MB takes 1.7 s, and every `clipsieve` command and Dagster run process needs it.
@@ -20,21 +22,27 @@ def _read_cache() -> dict:
         return {}
 
 
-def _write_cache(path: str, entry: dict) -> None:
-    """Best effort: a cache that cannot be written only costs the next process a rehash."""
+def write_cache_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file of the cache with `write(file)`: whole or not at all (readers see the old
+    file or the new one), and best effort: a cache that cannot be written only costs the next
+    process the work again."""
     try:
-        CACHE_PATH.parent.mkdir(parents=True, exist_ok=True)
-        cache = {**_read_cache(), path: entry}
-        handle, tmp = tempfile.mkstemp(dir=CACHE_PATH.parent, suffix=".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
-            with os.fdopen(handle, "w") as f:
-                json.dump(cache, f)
-            os.replace(tmp, CACHE_PATH)  # readers see the old cache or the new one, whole
+            with os.fdopen(handle, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     except OSError:
         pass
+
+
+def _write_cache(path: str, entry: dict) -> None:
+    cache = {**_read_cache(), path: entry}
+    write_cache_file(CACHE_PATH, lambda f: f.write(json.dumps(cache).encode()))
 
 
 @lru_cache(maxsize=64)
