@@ -152,8 +152,8 @@ def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarra
 
 @contextmanager
 def _stage_views(catalog: Catalog, policy: str) -> Iterator[None]:
-    """The temp views every audit query reads (audit_stages, audit_sample_groups), for the
-    duration of the block."""
+    """The temp views every audit query reads (audit_stages, audit_sample_groups, and the
+    pool's caption groups as a temp table), for the duration of the block."""
     connection = catalog.connection
     connection.execute("SET VARIABLE policy = ?", [policy])
     connection.execute(read_sql("audits/stages.sql"))
@@ -164,6 +164,7 @@ def _stage_views(catalog: Catalog, policy: str) -> Iterator[None]:
     try:
         yield
     finally:
+        connection.execute("DROP TABLE IF EXISTS audit_pool_groups")
         connection.unregister("audit_group_patterns")
 
 

@@ -8,11 +8,8 @@ Written as clip-retrieval writes them (float16, L2-normalized, row-aligned):
 """
 
 import contextlib
-import io
-import itertools
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
-from PIL import Image
 
-from assets.crawl_input import image_error_text
+from assets.pixels import pixel_batches
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
@@ -107,61 +103,9 @@ def encode_texts(clip: LoadedClip, captions: list[str], batch_size: int, trim: b
     return encoded.numpy()[inverse] if len(captions) else encoded.numpy()
 
 
-def _decode(data: bytes, size: int) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    # JPEG: let the decoder downscale by a power of two (far cheaper than a full decode), but
-    # only to twice the model's input, so the bicubic resize after it still sees the detail
-    # it would have (measured: cosine >= 0.995 to a full decode on the 64 px demo model, and
-    # no change at all for 224 px models on img2dataset's 256 px images).
-    image.draft("RGB", (2 * size, 2 * size))
-    return image.convert("RGB")
-
-
-def _prepared_batches(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_size: int,
-                      decode_threads: int) -> Iterator[tuple[list[str], list[torch.Tensor], list[tuple[str, str]]]]:
-    """(keys, pixel tensors, failures) per batch. With decode_threads > 0 the next batch is
-    decoded and preprocessed in threads while the caller runs the model on this one
-    (PIL and torch release the GIL, so the two overlap)."""
-    input_size = clip.model.visual.image_size
-    side = input_size[0] if isinstance(input_size, (tuple, list)) else int(input_size)
-
-    def prepare(item: tuple[str, bytes]) -> tuple[str, torch.Tensor | None, str | None]:
-        key, data = item
-        try:
-            return key, clip.preprocess(_decode(data, side)), None
-        except Exception as error:  # noqa: BLE001 - a bad image is recorded, not fatal
-            return key, None, image_error_text(error)
-
-    def collect(prepared: Iterable[tuple[str, torch.Tensor | None, str | None]]):
-        keys, pixels, failures = [], [], []
-        for key, tensor, error in prepared:
-            if tensor is None:
-                failures.append((key, error))
-            else:
-                keys.append(key)
-                pixels.append(tensor)
-        return keys, pixels, failures
-
-    iterator = iter(images)
-    chunks = iter(lambda: list(itertools.islice(iterator, batch_size)), [])
-    if decode_threads <= 0:
-        for chunk in chunks:
-            yield collect(map(prepare, chunk))
-        return
-    with ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") as pool:
-        pending = None
-        for chunk in chunks:
-            submitted = [pool.submit(prepare, item) for item in chunk]
-            if pending is not None:
-                yield collect(f.result() for f in pending)
-            pending = submitted
-        if pending is not None:
-            yield collect(f.result() for f in pending)
-
-
 @torch.inference_mode()
 def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_size: int,
-                  decode_threads: int = 0, timings: dict[str, float] | None = None,
+                  decode_threads: int = 0, timings: dict[str, float] | None = None, decode_ahead: bool = False,
                   ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """Normalized embeddings of (key, image bytes) pairs, streamed in batches.
 
@@ -169,15 +113,17 @@ def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_s
     """
     done, chunks, failures = [], [], []
     forward = 0.0
+    input_size = clip.model.visual.image_size
+    side = input_size[0] if isinstance(input_size, (tuple, list)) else int(input_size)
     memory_format = torch.channels_last if clip.channels_last else torch.contiguous_format
+    batches = pixel_batches(clip.preprocess, side, images, batch_size, decode_threads, decode_ahead)
     with _autocast(clip):
-        for keys, pixels, failed in _prepared_batches(clip, images, batch_size, decode_threads):
+        for keys, pixels, failed in batches:
             failures.extend(failed)
-            if not pixels:
+            if pixels is None:
                 continue
             started = time.perf_counter()
-            batch = torch.stack(pixels).to(clip.device, dtype=clip.dtype, memory_format=memory_format,
-                                           non_blocking=True)
+            batch = pixels.to(clip.device, dtype=clip.dtype, memory_format=memory_format, non_blocking=True)
             chunks.append(_unit(clip.model.encode_image(batch)).cpu())
             forward += time.perf_counter() - started
             done.extend(keys)
@@ -205,7 +151,7 @@ def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
         shard = usable.column("shard")[0].as_py()
         streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
     done, image_embeddings, failures = encode_images(clip, streamed, options.batch_size, options.decode_threads,
-                                                     timings)
+                                                     timings, options.decode_ahead)
     # Tar order is arbitrary: put rows back in the samples' order.
     position = {k: i for i, k in enumerate(keys)}
     order = np.argsort([position[k] for k in done], kind="stable")

@@ -42,9 +42,10 @@ class LoadedClip:
     channels_last: bool = False
 
 
-# Measured with bench/embed.py on 2 CPU cores (ViT-B-32): decoding inline beat a decode
-# thread (14.2 vs 13.5 pairs/s), which only competes with torch's threads there; on a GPU
-# the CPU is free, so decoding ahead keeps the device busy.
+# Measured with bench/embed.py on 2 CPU cores (ViT-B-32): decoding the next batch while the
+# model runs lost to decoding inline (13.5 vs 14.2 pairs/s), as it competes with torch's
+# threads; decoding each batch in one thread per core while the model waits does not. On a
+# GPU the CPU is free, so decoding ahead keeps the device busy.
 GPU_DECODE_THREADS = 4
 
 
@@ -53,8 +54,9 @@ class EmbedOptions:
     """How a shard is embedded; the defaults come from bench/embed.py on a 2-core CPU."""
 
     batch_size: int = 32
-    decode_threads: int = 0  # threads decoding the next batch while the model runs (0: inline)
+    decode_threads: int = 0  # threads decoding and preprocessing images (0: inline)
     trim_text: bool = True  # cut token sequences to the batch's longest caption
+    decode_ahead: bool = False  # prepare the next batch while the model runs on this one
 
 
 def model_id(model_name: str, pretrained: str) -> str:
@@ -179,8 +181,12 @@ class ClipModelResource(ConfigurableResource):
     )
     batch_size: int = Field(default=32, description="Images (and captions) per forward pass; 256+ on a GPU.")
     decode_threads: int = Field(
-        default=-1, description="Threads decoding and preprocessing the next batch while the model runs. "
-        "0: inline; -1 (auto): inline on a CPU, whose cores the model already uses, 4 on a GPU.",
+        default=-1, description="Threads decoding and preprocessing images. 0: inline; -1 (auto): one per "
+        "core on a CPU, 4 on a GPU.",
+    )
+    decode_ahead: int = Field(
+        default=-1, description="Prepare the next batch while the model runs on this one. 1: yes, 0: no; "
+        "-1 (auto): on a GPU only (on a CPU the decode threads would compete with the model's).",
     )
     trim_text: bool = Field(
         default=True, description="Cut caption token sequences to the batch's longest caption instead of the "
@@ -200,7 +206,9 @@ class ClipModelResource(ConfigurableResource):
         return _load(self.model_name, self.pretrained, self.device, self.precision, self.channels_last)
 
     def embed_options(self) -> EmbedOptions:
+        on_cpu = _pick_device(self.device).type == "cpu"
         threads = self.decode_threads
         if threads < 0:
-            threads = 0 if _pick_device(self.device).type == "cpu" else GPU_DECODE_THREADS
-        return EmbedOptions(self.batch_size, threads, self.trim_text)
+            threads = torch.get_num_threads() if on_cpu else GPU_DECODE_THREADS  # torch's count of the cores
+        ahead = not on_cpu if self.decode_ahead < 0 else bool(self.decode_ahead)
+        return EmbedOptions(self.batch_size, threads, self.trim_text, ahead)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from assets.embeddings import _text_features, build_embeddings_asset, embed_shard, encode_images, encode_texts
+from assets.pixels import split_transform
 from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
 from resources.clip_model import (
@@ -54,11 +55,48 @@ def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
     clip = ClipModelResource(precision="fp32").load()
     inline = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=64, decode_threads=0, trim_text=False))
     threaded = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, trim_text=True))
-    assert inline.keys == threaded.keys and len(inline.keys) > 100
-    assert sorted(inline.failures) == sorted(threaded.failures)
+    ahead = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, decode_ahead=True))
+    assert inline.keys == threaded.keys == ahead.keys and len(inline.keys) > 100
+    assert sorted(inline.failures) == sorted(threaded.failures) == sorted(ahead.failures)
     assert np.abs(inline.image.astype(np.float32) - threaded.image.astype(np.float32)).max() < 2e-3
+    assert np.array_equal(threaded.image, ahead.image)  # same batches, same numbers
     assert _cosines(inline.text, threaded.text).min() > 0.9999
     assert threaded.timings["forward"] > 0 and threaded.timings["total"] >= threaded.timings["forward"]
+
+
+def _test_images() -> list[Image.Image]:
+    """Pictures of several sizes and shapes, smaller and larger than the models' inputs."""
+    rng = np.random.default_rng(3)
+    sizes = [(256, 256), (300, 180), (90, 140), (40, 40), (640, 480)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+@pytest.mark.parametrize("model", ["demo", "ViT-B-32"])
+def test_split_preprocess_is_bit_for_bit_the_per_image_transform(model):
+    import open_clip
+
+    preprocess = ClipModelResource().load().preprocess if model == "demo" else \
+        open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)[2]
+    split = split_transform(preprocess)
+    assert split.batched
+    images = _test_images()
+    expected = torch.stack([preprocess(image) for image in images])
+    assert torch.equal(split.batch([split.per_image(image) for image in images]), expected)
+
+
+def test_a_transform_of_another_shape_runs_whole_image_by_image():
+    from torchvision import transforms
+
+    no_crop = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Normalize(
+        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    two_after = transforms.Compose([transforms.CenterCrop(32), transforms.ToTensor(),
+                                    transforms.Normalize((0.5,) * 3, (0.2,) * 3), transforms.Lambda(torch.tanh)])
+    for preprocess in (no_crop, two_after, lambda image: transforms.functional.to_tensor(image.resize((8, 8)))):
+        split = split_transform(preprocess)
+        assert not split.batched
+        images = _test_images()
+        assert torch.equal(split.batch([split.per_image(image) for image in images]),
+                           torch.stack([preprocess(image) for image in images]))
 
 
 @pytest.mark.parametrize("precision", ["amp_bf16", "bf16"])
