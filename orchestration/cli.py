@@ -15,6 +15,7 @@
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -347,5 +348,30 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"clipsieve: {error}") from None
 
 
+def entry_point() -> None:
+    """The `clipsieve` command: main(), then exit without tearing the interpreter down.
+
+    The teardown alone takes about 1.2 s once torch is imported (measured on the 2-core
+    machine: `python -c "import torch"` 2.5 s, 1.3 s when it ends with os._exit), more than
+    some commands' own work. When main() returns or exits, every lake file it wrote is
+    closed and renamed into place and every run event is committed, so only the standard
+    streams and the log handlers are flushed before leaving. An unexpected exception
+    takes the normal way out, with its traceback.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -104,3 +104,15 @@ def test_refresh_schedule_and_automation_are_defined():
               for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
     assert labels["embeddings"] == "eager" and labels["scores/toxicity"] == "eager"
     assert labels["subsets/safe"].startswith("on_cron(0 * * * *") and "samples" not in labels
+
+
+def test_the_command_exits_directly_with_its_output_whole_and_its_exit_code(tmp_path):
+    """entry_point skips the interpreter's teardown: what was printed must still all arrive,
+    and a refused command must still exit 1 with its message."""
+    command = [sys.executable, "-m", "orchestration.cli", "query", "--lake", str(tmp_path), "--json"]
+    listed = subprocess.run([*command, "SELECT range AS n FROM range(50000)"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["n"] for row in json.loads(listed.stdout)] == list(range(50000))
+    refused = subprocess.run([*command, "DROP TABLE x"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.startswith("clipsieve: query refused")
