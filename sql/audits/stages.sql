@@ -1,15 +1,21 @@
 -- audit_stages: the scored pool ("before") and one policy's members ("after"), one row
 -- per sample, tagged with its stage and its duplicate flag. getvariable('policy') names
 -- the policy.
+-- The pool is read once per query, not once per stage: each pool row is paired with the
+-- two stage names and kept for "after" when it is a member (a streaming cross join with
+-- two constant rows; nothing is materialized, so it scales with the pool).
 CREATE OR REPLACE TEMP VIEW audit_stages AS
 WITH pool AS (
-    SELECT s.*, coalesce(d.is_duplicate, false) AS is_duplicate
+    SELECT
+        s.*,
+        coalesce(d.is_duplicate, false) AS is_duplicate,
+        (s.shard, s.key) IN (
+            SELECT (shard, key) FROM subset_members WHERE policy = getvariable('policy')
+        ) AS in_subset
     FROM scores AS s
     LEFT JOIN duplicates AS d USING (shard, key)
 )
-SELECT 'before' AS stage, * FROM pool
-UNION ALL
-SELECT 'after' AS stage, * FROM pool
-WHERE (shard, key) IN (
-    SELECT (shard, key) FROM subset_members WHERE policy = getvariable('policy')
-);
+SELECT stages.stage, pool.* EXCLUDE (in_subset)
+FROM pool
+CROSS JOIN (VALUES ('before'), ('after')) AS stages(stage)
+WHERE stages.stage = 'before' OR pool.in_subset;
