@@ -4,6 +4,7 @@
     .venv/bin/python bench/pipeline.py --model vit-b-32         # the same crawl, ViT-B-32 (random weights)
     .venv/bin/python bench/pipeline.py --shards 4 --samples-per-shard 500 --image-size 256
     .venv/bin/python bench/pipeline.py --model vit-b-32 --marginal  # and on 16 shards: per-sample shares
+    .venv/bin/python bench/pipeline.py --model vit-b-32 --repeat 3  # three runs, the median one in detail
 
 Runs `clipsieve materialize` in a fresh process on a fresh lake and Dagster instance, then
 reads the instance's event log: each step's duration (STEP_START to STEP_SUCCESS), summed
@@ -127,9 +128,19 @@ def main() -> None:
     parser.add_argument("--marginal", action="store_true",
                         help="also run twice the shards, and print what the extra shards cost: the "
                              "per-sample shares, with the fixed costs of a run taken out")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the pipeline this many times and report the run with the median share "
+                             "(this machine's speed drifts by 10%% between runs)")
     args = parser.parse_args()
 
-    result = run_once(args, args.shards)
+    runs = [run_once(args, args.shards) for _ in range(max(1, args.repeat))]
+    if len(runs) > 1:
+        for i, run in enumerate(runs, 1):
+            rest = run["total"] - run["forward"]
+            print(f"run {i}: {run['total']:.1f} s wall, forward {run['forward']:.1f} s, everything else "
+                  f"{rest:.1f} s = {rest / run['total']:.1%}")
+        print("the run with the median share:\n")
+    result = sorted(runs, key=lambda r: (r["total"] - r["forward"]) / r["total"])[len(runs) // 2]
     total, forward = result["total"], result["forward"]
     print(f"{args.shards} shards x {args.samples_per_shard} samples, model {args.model}, precision "
           f"{args.precision} ({', '.join(sorted(result['precisions']))}), "
