@@ -68,9 +68,9 @@ def split_transform(preprocess: Callable) -> SplitTransform:
     image then has one size) and Normalize alone after it; any other transform stays whole."""
     from torchvision import transforms  # here: importing torchvision costs seconds
 
-    steps = getattr(preprocess, "transforms", None)
-    if not isinstance(preprocess, transforms.Compose) or steps is None:
+    if not isinstance(preprocess, transforms.Compose):
         return SplitTransform(preprocess, None)
+    steps = preprocess.transforms
     cut = next((i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor)), None)
     if cut is None or not any(type(step).__name__ in CENTRE_CROPS for step in steps[:cut]):
         return SplitTransform(preprocess, None)
