@@ -185,3 +185,25 @@ def test_one_run_can_handle_a_batch_of_shards(tmp_path, monkeypatch):
             assert lake.exists(f"shards/{shard}/scores/toxicity.parquet")
         report = run_pipeline(definitions, instance, log=lambda _: None)
         assert report.per_shard_runs == {} and "subsets/safe" in report.cross_shard_assets
+
+
+def test_staleness_reads_the_newest_materialization_of_each_shard_in_batched_queries(monkeypatch):
+    from dagster import MaterializeResult, asset, materialize
+
+    from orchestration import runner
+    from orchestration.partitions import shard_partitions
+
+    @asset(partitions_def=shard_partitions)
+    def numbered(context) -> MaterializeResult:
+        return MaterializeResult(metadata={"round": int(context.run.tags["round"])})
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("shards", ["a", "b", "c"])
+        for shard, round_ in (("a", 1), ("b", 1), ("a", 2)):
+            assert materialize([numbered], instance=instance, partition_key=shard, tags={"round": str(round_)}).success
+        for chunk in (500, 1):  # one query for all shards, and one per shard
+            monkeypatch.setattr(runner, "QUERY_CHUNK", chunk)
+            latest = runner.latest_materializations(instance, AssetKey("numbered"), ["a", "b", "c"])
+            assert set(latest) == {"a", "b"}  # c was never materialized
+            assert latest["a"].asset_materialization.metadata["round"].value == 2
+            assert latest["b"].asset_materialization.metadata["round"].value == 1
