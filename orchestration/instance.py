@@ -17,7 +17,14 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 LOCK_NAME = ".clipsieve-instance.lock"
-DEFAULT_CONFIG = "telemetry:\n  enabled: false\n"
+# Telemetry off; the event log keeps its SQLite engines open (orchestration/event_log.py).
+DEFAULT_CONFIG = """\
+telemetry:
+  enabled: false
+event_log_storage:
+  module: orchestration.event_log
+  class: PooledSqliteEventLogStorage
+"""
 
 
 @contextmanager
