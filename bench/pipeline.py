@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.embed import checkpoint  # noqa: E402  (after the path setup above)
-from orchestration.instance import DEFAULT_CONFIG  # noqa: E402
+from orchestration.instance import write_default_config  # noqa: E402
 
 
 def random_heads(folder: Path, dim: int) -> dict[str, str]:
@@ -90,7 +90,7 @@ def run_once(args: argparse.Namespace, shards: int) -> dict:
     for folder in (lake, home):
         shutil.rmtree(folder, ignore_errors=True)
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(DEFAULT_CONFIG)  # as `clipsieve materialize` writes a new home's
+    write_default_config(str(home))  # as `clipsieve materialize` writes a new home's
 
     # Blocking checks off: a random-weight model's subsets would fail them and skip their
     # indices and audits, and the bench would then time less than the whole pipeline.

@@ -34,13 +34,15 @@ MAX_ENGINES = 8
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """SqliteEventLogStorage whose engines (one per database file) live as long as the process.
 
-    dagster.yaml:
+    dagster.yaml (`clipsieve materialize` writes it into a new home, see instance.py):
 
         event_log_storage:
           module: orchestration.event_log
           class: PooledSqliteEventLogStorage
+          config:
+            base_dir: /absolute/path/of/the/home/history/runs
 
-    `base_dir` defaults to $DAGSTER_HOME/history/runs, where the default storage keeps it.
+    history/runs is where Dagster's default storage keeps the same files.
     """
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
@@ -51,13 +53,17 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def config_type(cls) -> dict:
-        return {"base_dir": Field(StringSource, is_required=False,
-                                  description="Folder of the SQLite files (default: $DAGSTER_HOME/history/runs).")}
+        return {"base_dir": Field(StringSource, description="Folder of the SQLite files: the home's history/runs.")}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,
                           config_value: dict) -> "PooledSqliteEventLogStorage":
-        base_dir = config_value.get("base_dir") or os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
+        base_dir = config_value["base_dir"]
+        # Written as an absolute path into a new home's dagster.yaml: a moved home would
+        # otherwise start an empty history somewhere else without a word.
+        if not os.path.isdir(base_dir):
+            raise FileNotFoundError(f"event log folder {base_dir} (dagster.yaml: event_log_storage.config.base_dir) "
+                                    "does not exist: if the instance folder moved, point base_dir at its history/runs")
         return cls(base_dir=base_dir, inst_data=inst_data)
 
     def _engine(self, shard: str) -> Engine:

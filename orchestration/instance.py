@@ -9,6 +9,7 @@ exclusive file lock makes the first process create them and the others find them
 """
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,14 +18,28 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 LOCK_NAME = ".clipsieve-instance.lock"
-# Telemetry off; the event log keeps its SQLite engines open (orchestration/event_log.py).
-DEFAULT_CONFIG = """\
+# Telemetry off; the event log keeps its SQLite engines open (orchestration/event_log.py)
+# and its files where Dagster's default storage would, in the home's history/runs.
+EVENT_LOG_DIR = Path("history", "runs")
+
+
+def default_config(home: str) -> str:
+    """dagster.yaml of a new instance folder `home` (an absolute path)."""
+    return f"""\
 telemetry:
   enabled: false
 event_log_storage:
   module: orchestration.event_log
   class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {json.dumps(str(Path(home, EVENT_LOG_DIR)))}
 """
+
+
+def write_default_config(home: str) -> None:
+    """A new instance folder: its dagster.yaml and its event log folder."""
+    Path(home, EVENT_LOG_DIR).mkdir(parents=True, exist_ok=True)
+    Path(home, "dagster.yaml").write_text(default_config(str(Path(home).resolve())))
 
 
 @contextmanager
@@ -39,14 +54,14 @@ def home_lock(home: str) -> Iterator[None]:
 
 
 def open_instance(home: str) -> DagsterInstance:
-    """The instance at `home`; a new folder gets a dagster.yaml with telemetry off. Sets
-    DAGSTER_HOME for this process, as `DagsterInstance.get()` reads it."""
+    """The instance at `home`; a new folder gets clipsieve's dagster.yaml (default_config).
+    Sets DAGSTER_HOME for this process, as `DagsterInstance.get()` reads it."""
     home = str(Path(home).resolve())
     os.makedirs(home, exist_ok=True)
     os.environ["DAGSTER_HOME"] = home
     with home_lock(home):
         if not any(p.name != LOCK_NAME for p in Path(home).iterdir()):  # fresh: nothing but our lock
-            Path(home, "dagster.yaml").write_text(DEFAULT_CONFIG)
+            write_default_config(home)
         instance = DagsterInstance.get()
         instance.get_dynamic_partitions("shards")  # touch the event log's index db while locked
     return instance

@@ -1,8 +1,10 @@
 """The pooled SQLite event log: same files and records as Dagster's own, across runs, forks and wipes."""
 
 import multiprocessing
+import shutil
 
-from dagster import AssetKey, DagsterEventType, MaterializeResult, asset, materialize
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterInstance, MaterializeResult, asset, materialize
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from orchestration import event_log
@@ -86,3 +88,18 @@ def test_a_forked_process_writes_through_engines_of_its_own(tmp_path, monkeypatc
     finally:
         _FORKED.clear()
         instance.dispose()
+
+
+def test_the_home_opens_by_path_alone_and_a_moved_home_says_what_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    home = tmp_path / "home"
+    instance = open_instance(str(home))
+    instance.add_dynamic_partitions("shards", ["a"])
+    _materialize(instance, "a")
+    instance.dispose()
+    monkeypatch.delenv("DAGSTER_HOME")  # as bench/pipeline.py reads a run's instance afterwards
+    with DagsterInstance.from_config(str(home)) as again:
+        assert again.get_materialized_partitions(AssetKey("counted")) == {"a"}
+    shutil.move(home, tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="base_dir"):
+        DagsterInstance.from_config(str(tmp_path / "moved"))
