@@ -290,7 +290,7 @@ def build_audit_asset(policy: str, model_id: str) -> AssetsDefinition:
     )
     def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
               clip: ClipModelResource) -> MaterializeResult:
-        db = catalog.open(lake.url, model_id)
+        db = catalog.open(lake.url, model_id, snapshot=True)
         try:
             metrics = {**audit_metrics(db, policy, lake, model_id, clip.load()), "model_id": model_id}
         finally:

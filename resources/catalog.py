@@ -38,6 +38,7 @@ class Catalog:
 
     connection: duckdb.DuckDBPyConnection
     missing: dict[str, str] = field(default_factory=dict)
+    snapshot: bool = False  # `scores` is an in-memory copy of the scored pool (open_catalog)
 
     def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
         try:
@@ -96,8 +97,12 @@ def locked_connection() -> duckdb.DuckDBPyConnection:
     return connection
 
 
-def open_catalog(lake_path: str, model_id: str, threads: int | None = None) -> Catalog:
-    """A catalog over the lake at `lake_path` (local folder or fsspec URL) for one model."""
+def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snapshot_rows: int = 0) -> Catalog:
+    """A catalog over the lake at `lake_path` (local folder or fsspec URL) for one model.
+
+    `snapshot_rows` > 0: when the pool has at most that many embedded samples, the `scores`
+    view is read once into memory (sql/catalog/snapshot_scores.sql) and queries read that.
+    """
     connection = duckdb.connect()
     if threads:
         connection.execute(f"SET threads = {int(threads)}")
@@ -114,6 +119,11 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None) -> C
         except (duckdb.IOException, duckdb.CatalogException, duckdb.BinderException) as error:
             name = view_file.stem.split("_", 1)[-1]
             catalog.missing[name] = str(error).splitlines()[0]
+    if snapshot_rows > 0 and "scores" not in catalog.missing:
+        pool = connection.execute(read_sql("catalog/embedded_count.sql")).fetchone()[0]
+        if pool <= snapshot_rows:
+            connection.execute(read_sql("catalog/snapshot_scores.sql"))
+            catalog.snapshot = True
     return catalog
 
 
@@ -121,6 +131,13 @@ class CatalogResource(ConfigurableResource):
     """DuckDB settings for catalog connections."""
 
     threads: int = Field(default=0, description="DuckDB threads (0: DuckDB's default, all cores).")
+    snapshot_max_rows: int = Field(
+        default=1_000_000, description="Subsets and audits query the scored pool a dozen times a step: up to "
+        "this many samples it is read into memory once per step (a few hundred bytes a sample) instead of "
+        "joining the lake's score files for every query. 0: never.",
+    )
 
-    def open(self, lake_path: str, model_id: str) -> Catalog:
-        return open_catalog(lake_path, model_id, self.threads or None)
+    def open(self, lake_path: str, model_id: str, snapshot: bool = False) -> Catalog:
+        """A catalog connection; `snapshot`: with the scored pool in memory when it is small enough."""
+        return open_catalog(lake_path, model_id, self.threads or None,
+                            self.snapshot_max_rows if snapshot else 0)

@@ -87,3 +87,31 @@ def test_catalog_names_views_that_have_no_files_yet(tmp_path):
     with pytest.raises(Exception, match="views not available yet"):
         db.query("SELECT * FROM scores")
     db.close()
+
+
+def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_files(lake):
+    """Subsets and audits read `scores` from an in-memory copy when the pool is small enough."""
+    from assets.audits import audit_metrics
+    from resources.catalog import CatalogResource
+    from resources.clip_model import ClipModelResource
+
+    model = ClipModelResource().model_id
+    files, memory = CatalogResource(snapshot_max_rows=0), CatalogResource()
+    plain, snapshot = files.open(lake.url, model, snapshot=True), memory.open(lake.url, model, snapshot=True)
+    try:
+        assert not plain.snapshot and snapshot.snapshot
+        pool = plain.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
+        # a copy, not the view: rows written to it are not in the lake's files
+        snapshot.connection.execute("DELETE FROM scores WHERE key IN (SELECT key FROM scores LIMIT 1)")
+        assert snapshot.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py() == pool - 1
+        snapshot.close()
+        snapshot = memory.open(lake.url, model, snapshot=True)
+        for policy in load_policies():
+            assert run_policy(plain, policy, {})[0].equals(run_policy(snapshot, policy, {})[0]), policy.name
+            assert audit_metrics(plain, policy.name) == audit_metrics(snapshot, policy.name), policy.name
+        too_small = CatalogResource(snapshot_max_rows=pool - 1).open(lake.url, model, snapshot=True)
+        assert not too_small.snapshot  # a pool over the cap is queried from the files
+        too_small.close()
+    finally:
+        plain.close()
+        snapshot.close()
