@@ -4,8 +4,9 @@ Dagster's SqliteEventLogStorage builds a new SQLAlchemy engine for every read an
 and disposes of it after (NullPool): each event pays for opening and closing the SQLite
 file and for compiling its INSERT statements again, since SQLAlchemy caches compiled
 statements per engine. An asset materialization writes to the run's database and to the
-index database; measured on the 2-core machine, the 323 events of `clipsieve materialize`
-on the sample crawl spent 5.3 s in `store_event`, 22 ms per materialization.
+index database. Measured on the README's 2-core machine B, the 323 events of `clipsieve
+materialize` on the sample crawl spent 5.3 s in `store_event`, 22 ms per materialization;
+1.9 s with this class.
 
 This class keeps one engine per database file (the index and the most recent runs'),
 each with a small connection pool, and changes nothing else: the same files, tables,
