@@ -16,7 +16,6 @@ across a fork: a child process opens its own.
 """
 
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,7 +48,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
-        self._engines_lock = threading.Lock()
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -68,22 +66,22 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         return cls(base_dir=base_dir, inst_data=inst_data)
 
     def _engine(self, shard: str) -> Engine:
-        with self._engines_lock:
-            if self._engines_pid != os.getpid():  # forked: the parent's connections are not ours to use
-                self._engines = OrderedDict()
-                self._engines_pid = os.getpid()
-            engine = self._engines.get(shard)
-            if engine is None:
-                # check_same_thread off: a pooled connection may serve another thread (the
-                # UI's watchers) later; _db_lock keeps one thread at a time on it.
-                connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
-                engine = create_engine(self.conn_string_for_shard(shard), connect_args=connect_args,
-                                       pool_size=2, max_overflow=4)
-                self._engines[shard] = engine
-                while len(self._engines) > MAX_ENGINES:
-                    self._engines.popitem(last=False)[1].dispose()
-            self._engines.move_to_end(shard)
-            return engine
+        """The engine of one database file; called under _db_lock."""
+        if self._engines_pid != os.getpid():  # forked: the parent's connections are not ours to use
+            self._engines = OrderedDict()
+            self._engines_pid = os.getpid()
+        engine = self._engines.get(shard)
+        if engine is None:
+            # check_same_thread off: a pooled connection may serve another thread (the
+            # UI's watchers) later; _db_lock keeps one thread at a time on it.
+            connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+            engine = create_engine(self.conn_string_for_shard(shard), connect_args=connect_args,
+                                   pool_size=2, max_overflow=4)
+            self._engines[shard] = engine
+            while len(self._engines) > MAX_ENGINES:
+                self._engines.popitem(last=False)[1].dispose()
+        self._engines.move_to_end(shard)
+        return engine
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -96,7 +94,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def _dispose_engines(self) -> None:
-        with self._engines_lock:
+        with self._db_lock:
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()

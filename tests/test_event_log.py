@@ -61,23 +61,14 @@ def test_engines_stay_capped_over_many_runs_and_a_wipe_starts_clean(tmp_path, mo
         instance.dispose()
 
 
-def _materialize_in_child(shard: str) -> None:
-    # A forked child inherits the parent's instance object: it must open engines of its own.
-    instance = _FORKED["instance"]
-    _materialize(instance, shard)
-
-
-_FORKED: dict = {}
-
-
 def test_a_forked_process_writes_through_engines_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     instance = open_instance(str(tmp_path / "home"))
     try:
         instance.add_dynamic_partitions("shards", ["a", "b"])
         _materialize(instance, "a")  # the parent's engines are open now
-        _FORKED["instance"] = instance
-        child = multiprocessing.get_context("fork").Process(target=_materialize_in_child, args=("b",))
+        # the forked child inherits the instance with those engines: it must open its own
+        child = multiprocessing.get_context("fork").Process(target=_materialize, args=(instance, "b"))
         child.start()
         child.join(120)
         assert child.exitcode == 0
@@ -86,7 +77,6 @@ def test_a_forked_process_writes_through_engines_of_its_own(tmp_path, monkeypatc
                                                              DagsterEventType.ASSET_MATERIALIZATION)
         assert set(latest) == {"a", "b"} and latest["a"] > latest["b"]
     finally:
-        _FORKED.clear()
         instance.dispose()
 
 
