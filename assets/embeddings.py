@@ -116,7 +116,9 @@ def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_s
     input_size = clip.model.visual.image_size
     side = input_size[0] if isinstance(input_size, (tuple, list)) else int(input_size)
     memory_format = torch.channels_last if clip.channels_last else torch.contiguous_format
-    batches = pixel_batches(clip.preprocess, side, images, batch_size, decode_threads, decode_ahead)
+    # Under autocast the model takes float32 pixels; else pixels come in the weights' dtype.
+    dtype = torch.float32 if clip.precision.startswith("amp") else clip.dtype
+    batches = pixel_batches(clip.preprocess, side, images, batch_size, decode_threads, decode_ahead, dtype)
     with _autocast(clip):
         for keys, pixels, failed in batches:
             failures.extend(failed)

@@ -2,12 +2,14 @@
 
 open_clip's eval transform is Resize, CenterCrop, RGB conversion, ToTensor, Normalize,
 applied image by image. Here it is split at ToTensor: the PIL part (decode, resize, crop)
-runs per image, in threads (PIL releases the GIL), and ToTensor + Normalize run once per
-batch on the stacked uint8 pixels, as a table of what those float operations give for each
-8-bit value, so the result is bit-for-bit the per-image transform's
-(tests/test_embeddings.py). Measured on 2 cores for ViT-B-32 on the sample crawl: 1.8 ms
-an image per image, about 0.9 ms split and threaded. A transform of another shape runs
-image by image, as it is.
+runs per image, in threads (PIL and numpy release the GIL), and ToTensor + Normalize become
+a table of what those float operations give for each 8-bit value, looked up per image in the
+same thread and already in the dtype the model takes (bf16 where it runs bf16). So the batch
+is bit-for-bit the per-image transform's, cast as the model casts it
+(tests/test_embeddings.py). Measured on 2 cores for ViT-B-32: 1.8 ms an image per image,
+about 0.9 ms split and threaded with the look-up once per batch in float32 (0.77 ms of it
+the look-up and the cast to bf16 after it), and the look-up per image into bf16 0.21 ms.
+A transform of another shape runs image by image, as it is.
 """
 
 import io
@@ -29,28 +31,25 @@ CENTRE_CROPS = ("CenterCrop", "CenterCropOrPad")
 
 @dataclass(frozen=True)
 class SplitTransform:
-    """A transform as a per-image PIL part and a per-batch tensor part."""
+    """A transform as a per-image part and a per-batch stacking."""
 
-    per_image: Callable[[Image.Image], Any]  # PIL image -> uint8 HWC RGB array (split) or a tensor (not)
-    # (3, 256) float32: ToTensor + Normalize of each 8-bit value, per channel; None: per_image
-    # gives finished tensors.
+    # PIL image -> (3, h, w) numpy array in `dtype` (split), or a finished float32 tensor (not)
+    per_image: Callable[[Image.Image], Any]
+    # (3, 256): ToTensor + Normalize of each 8-bit value, per channel, in `dtype` (bf16 as its
+    # int16 bits, as numpy has no bf16); None: per_image gives finished tensors.
     table: np.ndarray | None
+    dtype: torch.dtype = torch.float32  # of the batches; a transform that is not split gives float32
 
     @property
     def batched(self) -> bool:
         return self.table is not None
 
     def batch(self, items: list[Any]) -> torch.Tensor:
-        """Stack what per_image gave into one (n, 3, h, w) float32 batch."""
+        """Stack what per_image gave into one (n, 3, h, w) batch."""
         if self.table is None:
             return torch.stack(items)
-        pixels = np.stack(items)  # (n, h, w, 3) uint8
-        # A pixel has 256 values per channel, so ToTensor + Normalize is a table look-up:
-        # one gather per channel, half the time of the four float passes it replaces.
-        out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), np.float32)
-        for channel in range(3):
-            np.take(self.table[channel], pixels[..., channel], out=out[:, channel])
-        return torch.from_numpy(out)
+        batch = torch.from_numpy(np.stack(items))
+        return batch.view(torch.bfloat16) if self.dtype == torch.bfloat16 else batch
 
 
 def normalize_table(mean: Any, std: Any) -> np.ndarray:
@@ -63,9 +62,17 @@ def normalize_table(mean: Any, std: Any) -> np.ndarray:
     return values.float().div(255).sub_(mean).div_(std).numpy()
 
 
-def split_transform(preprocess: Callable) -> SplitTransform:
+def cast_table(table: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The float32 table rounded to `dtype` as the model's cast of the batch would round each
+    value; bf16 as its int16 bits."""
+    cast = torch.from_numpy(table).to(dtype)
+    return cast.view(torch.int16).numpy() if dtype == torch.bfloat16 else cast.numpy()
+
+
+def split_transform(preprocess: Callable, dtype: torch.dtype = torch.float32) -> SplitTransform:
     """Split open_clip's eval transform at ToTensor when a centre crop comes before it (every
-    image then has one size) and Normalize alone after it; any other transform stays whole."""
+    image then has one size) and Normalize alone after it; any other transform stays whole.
+    A split transform gives batches in `dtype` (float32, float16 or bfloat16)."""
     from torchvision import transforms  # here: importing torchvision costs seconds
 
     if not isinstance(preprocess, transforms.Compose):
@@ -81,15 +88,22 @@ def split_transform(preprocess: Callable) -> SplitTransform:
     table = normalize_table(rest[0].mean, rest[0].std)
     if table.shape != (3, 256):
         return SplitTransform(preprocess, None)
+    table = cast_table(table, dtype)
 
-    def per_image(image: Image.Image):
+    def per_image(image: Image.Image) -> np.ndarray:
         image = pil_steps(image)
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             raise ValueError(f"expected an RGB image before ToTensor, got {type(image).__name__} "
                              f"{getattr(image, 'mode', '')}")
-        return np.asarray(image)
+        pixels = np.asarray(image)  # (h, w, 3) uint8
+        # A pixel has 256 values per channel, so ToTensor + Normalize is one gather per channel
+        # (HWC in, CHW out), written straight in the model's dtype.
+        out = np.empty((3, *pixels.shape[:2]), table.dtype)
+        for channel in range(3):
+            np.take(table[channel], pixels[..., channel], out=out[channel])
+        return out
 
-    return SplitTransform(per_image, table)
+    return SplitTransform(per_image, table, dtype)
 
 
 def decode(data: bytes, size: int) -> Image.Image:
@@ -100,6 +114,9 @@ def decode(data: bytes, size: int) -> Image.Image:
     # it would have (measured: cosine >= 0.995 to a full decode on the 64 px demo model, and
     # no change at all for 224 px models on img2dataset's 256 px images).
     image.draft("RGB", (2 * size, 2 * size))
+    if image.mode == "RGB":  # convert() would copy it: load it as it is
+        image.load()
+        return image
     return image.convert("RGB")
 
 
@@ -107,15 +124,16 @@ Batch = tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]  # keys, pi
 
 
 def pixel_batches(preprocess: Callable, input_size: int, images: Iterable[tuple[str, bytes]], batch_size: int,
-                  threads: int = 0, ahead: bool = False) -> Iterator[Batch]:
-    """(keys, pixels, failures) per batch of `batch_size` (key, image bytes) pairs.
+                  threads: int = 0, ahead: bool = False, dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
+    """(keys, pixels, failures) per batch of `batch_size` (key, image bytes) pairs; pixels in
+    `dtype` when the transform splits, else float32.
 
     `threads` > 0 decode and preprocess a batch's images in that many threads. With
     `ahead`, the next batch is prepared while the caller runs the model on this one (for a
     GPU); without, a batch is prepared while the caller waits, so on a CPU the threads never
     compete with the model's own.
     """
-    split = split_transform(preprocess)
+    split = split_transform(preprocess, dtype)
 
     def prepare(item: tuple[str, bytes]) -> tuple[str, Any, str | None]:
         key, data = item

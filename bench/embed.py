@@ -163,6 +163,7 @@ def worker_stage(args: argparse.Namespace) -> dict:
     resource = ClipModelResource(model_name=args.model_name, pretrained=args.pretrained, precision=args.precision,
                                  device="cpu", batch_size=args.batch_size, decode_threads=args.decode_threads,
                                  trim_text=not args.full_text, channels_last=args.channels_last,
+                                 decode_ahead=args.decode_ahead,
                                  torch_threads=args.torch_threads)
     clip = resource.load()
     lake = LakeResource(root=str(crawl / "lake"))
@@ -211,6 +212,7 @@ def _self(worker: str, model_name: str, pretrained: str, crawl: Path, args: argp
                "--crawl", str(crawl), "--batch-size", str(extra.get("batch_size", args.batch_size)),
                "--precision", extra.get("precision", args.precision),
                "--decode-threads", str(extra.get("decode_threads", args.decode_threads)),
+               "--decode-ahead", str(extra.get("decode_ahead", args.decode_ahead)),
                "--torch-threads", str(args.torch_threads)]
     if extra.get("full_text"):
         command.append("--full-text")
@@ -269,6 +271,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="auto", help="the stage's precision (default: its own, auto)")
     parser.add_argument("--decode-threads", type=int, default=-1, help="-1: the resource's auto choice")
+    parser.add_argument("--decode-ahead", type=int, default=-1,
+                        help="prepare the next batch while the model runs: 1, 0, or -1 for the resource's auto")
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--full-text", action="store_true", help="stage: encode text at the full context length")
     parser.add_argument("--channels-last", action="store_true")
@@ -343,7 +347,8 @@ def main() -> None:
                          {"precision": "fp32", "batch_size": 256, "decode_threads": 0, "full_text": True}))
         if args.sweep:
             variants += [(", ".join(f"{k}={value}" for k, value in options.items()), options) for options in (
-                {"decode_threads": 1}, {"decode_threads": 2}, {"batch_size": 64}, {"batch_size": 128},
+                {"decode_threads": 1}, {"decode_threads": 2}, {"decode_ahead": 1},
+                {"decode_ahead": 1, "decode_threads": 1}, {"batch_size": 64}, {"batch_size": 128},
                 {"full_text": True}, {"channels_last": True}, {"precision": "amp_bf16"},
                 {"precision": "amp_bf16", "batch_size": 128})]
         for label, variant in variants:

@@ -71,17 +71,21 @@ def _test_images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("model", ["demo", "ViT-B-32"])
-def test_split_preprocess_is_bit_for_bit_the_per_image_transform(model):
+def test_split_preprocess_is_bit_for_bit_the_per_image_transform(model, dtype):
     import open_clip
 
     preprocess = ClipModelResource().load().preprocess if model == "demo" else \
         open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)[2]
-    split = split_transform(preprocess)
+    split = split_transform(preprocess, dtype)
     assert split.batched
     images = _test_images()
-    expected = torch.stack([preprocess(image) for image in images])
-    assert torch.equal(split.batch([split.per_image(image) for image in images]), expected)
+    # The per-image transform in float32, then cast to the model's dtype as the model's input.
+    expected = torch.stack([preprocess(image) for image in images]).to(dtype)
+    batch = split.batch([split.per_image(image) for image in images])
+    assert batch.dtype == dtype and batch.shape == expected.shape
+    assert torch.equal(batch, expected)
 
 
 def test_a_transform_of_another_shape_runs_whole_image_by_image():
