@@ -7,8 +7,8 @@ metrics.json holds (queries in sql/audits/, formulas in assets/audit_metrics.py)
                      duplicate rates, English share, mean similarity
     distributions    language shares; caption length and similarity quantiles; MetaCLIP
                      concept coverage (entries never matched, top-10 entries' share, entropy)
-    representation   caption groups (resources/terms/demographic_groups.json): count and
-                     share before vs after, removal rate and its ratio to the overall rate
+    representation   caption groups (scores.caption_group, from scores/concepts): count
+                     and share before vs after, removal rate and its ratio to the overall rate
     retrieval_bias   MaxSkew@k and NDKL of caption groups in the index's top k for neutral
                      prompts (resources/terms/neutral_prompts.txt), target = the subset's shares
     association      WEAT effect size and permutation p-value, in the text space (group words
@@ -19,9 +19,6 @@ report.html renders them with plots; the asset's metadata carries a summary tabl
 
 import json
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,23 +39,10 @@ from resources.lake import LakeResource, audit_dir, index_dir
 
 CODE_VERSION = "2"
 TERMS_DIR = Path(__file__).resolve().parents[1] / "resources" / "terms"
-GROUPS_PATH = os.environ.get("CLIPSIEVE_GROUP_TERMS", str(TERMS_DIR / "demographic_groups.json"))
 PROMPTS_PATH = os.environ.get("CLIPSIEVE_NEUTRAL_PROMPTS", str(TERMS_DIR / "neutral_prompts.txt"))
 ASSOCIATION_PATH = os.environ.get("CLIPSIEVE_ASSOCIATION_TERMS", str(TERMS_DIR / "association.json"))
 RETRIEVAL_K = 50
 WEAT_SAMPLE = 500  # members per group in the cross-modal test
-
-
-def group_patterns(path: str = GROUPS_PATH) -> dict[str, str]:
-    """group -> whole-word regular expression of its terms, for every group of every axis."""
-    spec = json.loads(Path(path).read_text())
-    patterns = {}
-    for axis, groups in spec.items():
-        if axis.startswith("_"):
-            continue
-        for group, terms in groups.items():
-            patterns[group] = r"\b(?:" + "|".join(re.escape(t.lower()) for t in terms) + r")\b"
-    return patterns
 
 
 def _stage_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
@@ -150,22 +134,12 @@ def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarra
     return result
 
 
-@contextmanager
-def _stage_views(catalog: Catalog, policy: str) -> Iterator[None]:
-    """The temp views every audit query reads (audit_stages, audit_sample_groups, and the
-    pool's caption groups as a temp table), for the duration of the block."""
-    connection = catalog.connection
-    connection.execute("SET VARIABLE policy = ?", [policy])
-    connection.execute(read_sql("audits/stages.sql"))
-    patterns = group_patterns()
-    connection.register("audit_group_patterns", pa.table({
-        "group_name": list(patterns), "pattern": list(patterns.values())}))
-    connection.execute(read_sql("audits/sample_groups.sql"))
-    try:
-        yield
-    finally:
-        connection.execute("DROP TABLE IF EXISTS audit_pool_groups")
-        connection.unregister("audit_group_patterns")
+def _create_stage_views(catalog: Catalog, policy: str) -> None:
+    """The temp views every audit query reads: audit_stages (the pool and the policy's
+    members) and audit_sample_groups (their caption groups)."""
+    catalog.connection.execute("SET VARIABLE policy = ?", [policy])
+    catalog.connection.execute(read_sql("audits/stages.sql"))
+    catalog.connection.execute(read_sql("audits/sample_groups.sql"))
 
 
 def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
@@ -182,8 +156,8 @@ def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
 def stage_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
     """Rates before and after one policy, and the representation of caption groups: what the
     subset's blocking checks need, without the rest of the audit."""
-    with _stage_views(catalog, policy):
-        return _rates_and_representation(catalog)
+    _create_stage_views(catalog, policy)
+    return _rates_and_representation(catalog)
 
 
 def _table_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
@@ -217,11 +191,11 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
                   clip: LoadedClip | None = None) -> dict[str, Any]:
     """Every audit figure of one policy's subset against the scored pool. With the lake,
     model and clip given, also the retrieval-bias and association audits over its index."""
-    with _stage_views(catalog, policy):
-        metrics = _table_metrics(catalog, policy)
-        if lake is None or model_id is None or clip is None:
-            return metrics
-        labelled = catalog.query(read_sql("audits/group_labels.sql"))
+    _create_stage_views(catalog, policy)
+    metrics = _table_metrics(catalog, policy)
+    if lake is None or model_id is None or clip is None:
+        return metrics
+    labelled = catalog.query(read_sql("audits/group_labels.sql"))
     labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
     index, index_keys = read_index(lake, index_dir(policy, model_id))
     prompts = [line.strip() for line in Path(PROMPTS_PATH).read_text().splitlines()

@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.export import UID_DTYPE, derive_uid, uid_array
 from assets.near_duplicates import DedupParams, cluster_embeddings, find_duplicates, load_dedup_inputs
-from assets.scores.concepts import entries
+from assets.scores.concepts import caption_groups, entries, group_patterns
 from assets.scores.text_match import PhraseMatcher, normalize
 from assets.subsets import calibrated_params
 from orchestration.definitions import build_definitions
@@ -46,6 +47,27 @@ def test_concepts_match_whole_words_after_padding_punctuation():
     # A whole column at once: Unicode spaces and underscores as Python's str.split / \w see them.
     column = pa.array(["Ünïcödé RED\u00a0circle\u2003star", None, "red_circle star star", "circle red circle"])
     assert matcher.match_all(column).to_pylist() == [[1, 2, 0], [], [0], [2, 1]]
+
+
+def test_caption_group_is_the_one_group_named_as_duckdb_matches_it():
+    """caption_groups (Arrow's RE2, once per shard) labels captions as the audits' SQL did
+    (DuckDB's RE2 over lower(caption): a group when exactly one group's pattern matches)."""
+    patterns = group_patterns()
+    captions = ["A man and his dog", "Two WOMEN walking", "a man and a woman", "mankind and womanhood", None, "",
+                "the boy's hat", "Her-story", "ÉLÈVE: she said", "he\u00a0ran", "a red circle", "Men, men, MEN!"]
+    ours = caption_groups(pa.array(captions, pa.string()), patterns).to_pylist()
+    connection = duckdb.connect()
+    connection.register("captions", pa.table({"i": list(range(len(captions))), "caption": captions}))
+    connection.register("patterns", pa.table({"group_name": list(patterns), "pattern": list(patterns.values())}))
+    rows = connection.execute(
+        "SELECT c.i, any_value(p.group_name) FROM captions AS c "
+        "JOIN patterns AS p ON regexp_matches(lower(c.caption), p.pattern) GROUP BY c.i HAVING count(*) = 1"
+    ).fetchall()
+    expected = [None] * len(captions)
+    for i, group in rows:
+        expected[i] = group
+    assert ours == expected
+    assert ours[:4] == ["man", "woman", None, None] and ours[6:8] == ["man", "woman"]
 
 
 def test_concept_ids_name_entries_in_the_caption(catalog):

@@ -42,7 +42,8 @@ def catalog(tmp_path):
     lake.write_parquet(score_path("00000", "toxicity"), pa.table({
         **base, "toxicity": [0.01, 0.02, 0.03, 0.9], "flagged_terms": [0, 0, 0, 1]}))
     lake.write_parquet(score_path("00000", "concepts"), pa.table({
-        **base, "concept_ids": [[1, 2], [3], [], [1]], "concept_count": [2, 1, 0, 1]}))
+        **base, "concept_ids": [[1, 2], [3], [], [1]], "concept_count": [2, 1, 0, 1],
+        "caption_group": [None, "man", None, "woman"]}))
     db = open_catalog(lake.url, MODEL)
     assert "scores" not in db.missing, db.missing
     yield db

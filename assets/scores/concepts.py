@@ -3,13 +3,20 @@
 The project ships a modest entry list (resources/terms/metaclip_entries.txt: the sample
 domain's terms and common WordNet-style nouns); set $CLIPSIEVE_METADATA to MetaCLIP's
 500k-entry list for real crawls. Columns: concept_ids (entry ids: the entry's index in
-the file, comments excluded), concept_count.
+the file, comments excluded), concept_count, and caption_group: the group of
+resources/terms/demographic_groups.json ($CLIPSIEVE_GROUP_TERMS) whose terms the caption
+names when it names exactly one group's, which the audits' representation, retrieval-bias
+and association figures read. Computed here, once per shard, rather than by regular
+expressions over the whole pool in every subset's and audit's step.
 """
 
+import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult
@@ -19,14 +26,41 @@ from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.versions import file_digest
 
-METADATA_PATH = os.environ.get(
-    "CLIPSIEVE_METADATA", str(Path(__file__).resolve().parents[2] / "resources" / "terms" / "metaclip_entries.txt"))
-CODE_VERSION = f"1+{file_digest(METADATA_PATH)}"
+TERMS_DIR = Path(__file__).resolve().parents[2] / "resources" / "terms"
+METADATA_PATH = os.environ.get("CLIPSIEVE_METADATA", str(TERMS_DIR / "metaclip_entries.txt"))
+GROUPS_PATH = os.environ.get("CLIPSIEVE_GROUP_TERMS", str(TERMS_DIR / "demographic_groups.json"))
+CODE_VERSION = f"2+{file_digest(METADATA_PATH)}+{file_digest(GROUPS_PATH)}"
 
 
 @lru_cache(maxsize=1)
 def entries() -> list[str]:
     return read_terms(METADATA_PATH)
+
+
+def group_patterns(path: str = GROUPS_PATH) -> dict[str, str]:
+    """group -> whole-word regular expression of its terms, for every group of every axis."""
+    spec = json.loads(Path(path).read_text())
+    patterns = {}
+    for axis, groups in spec.items():
+        if axis.startswith("_"):
+            continue
+        for group, terms in groups.items():
+            patterns[group] = r"\b(?:" + "|".join(re.escape(t.lower()) for t in terms) + r")\b"
+    return patterns
+
+
+def caption_groups(captions: pa.ChunkedArray | pa.Array, patterns: dict[str, str]) -> pa.Array:
+    """For each caption, the group whose pattern its lower-cased text matches when exactly one
+    group's does; else null (no group, several groups, or no caption)."""
+    lowered = pc.utf8_lower(captions.cast(pa.string()))
+    names = list(patterns)
+    if not names or not len(lowered):
+        return pa.nulls(len(lowered), pa.string())
+    hits = np.stack([np.asarray(pc.fill_null(pc.match_substring_regex(lowered, pattern), False))
+                     for pattern in patterns.values()])
+    only = hits.sum(axis=0) == 1
+    labels = np.asarray(names, dtype=object)[hits.argmax(axis=0)]
+    return pa.array(np.where(only, labels, None), pa.string())
 
 
 def concept_scores(samples: pa.Table) -> pa.Table:
@@ -36,6 +70,7 @@ def concept_scores(samples: pa.Table) -> pa.Table:
         "shard": samples.column("shard"),
         "concept_ids": matches,
         "concept_count": pc.list_value_length(matches).cast(pa.int32()),
+        "caption_group": caption_groups(samples.column("caption"), group_patterns()),
     })
 
 
@@ -46,7 +81,7 @@ def _matcher() -> PhraseMatcher:
 
 @score_asset(CODE_VERSION, "python")
 def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    """MetaCLIP metadata entries matched by each usable sample's caption."""
+    """MetaCLIP metadata entries matched by each usable sample's caption, and its caption group."""
 
     def one(shard: str) -> dict:
         table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
@@ -54,6 +89,8 @@ def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeR
         counts = table.column("concept_count").to_numpy()
         metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
         metadata["entries"] = len(entries())
+        groups = table.column("caption_group")
+        metadata["share/caption_group"] = 1 - groups.null_count / len(groups) if len(groups) else 0.0
         return metadata
 
     return for_each_shard(context, one)

@@ -25,7 +25,8 @@ SELECT
     tox.toxicity,
     tox.flagged_terms,
     c.concept_ids,
-    c.concept_count
+    c.concept_count,
+    c.caption_group
 FROM embeddings_index AS e
 -- Only the usable row of a key: samples also holds a crawl's duplicate-key rows and tar-only rows.
 JOIN (SELECT * FROM samples WHERE image_status = 'ok') AS s USING (shard, key)
