@@ -124,6 +124,23 @@ def test_weat_effect_size_and_permutation_p_value():
     assert formulas.weat(y, x, a, b)["effect_size"] < 0
 
 
+def test_weat_p_value_is_the_permutation_test_written_as_a_loop():
+    rng = np.random.default_rng(5)
+    x, y, a, b = (rng.normal(size=(n, 8)) for n in (60, 50, 4, 4))
+    x[:, 0] += 0.3  # a small effect, so the p-value is neither 0 nor 1
+    s = np.concatenate([np.asarray(formulas._association(x, a, b)), np.asarray(formulas._association(y, a, b))])
+    observed = s[:60].mean() - s[60:].mean()
+    draws = np.random.default_rng(0)
+    labels = np.arange(110) < 60
+    extreme = 0
+    for _ in range(500):
+        shuffled = draws.permutation(labels)
+        extreme += s[shuffled].mean() - s[~shuffled].mean() >= observed - 1e-12
+    result = formulas.weat(x, y, a, b, permutations=500, seed=0)
+    assert 0.01 < result["p_value"] < 0.99
+    assert result["p_value"] == (extreme + 1) / 501
+
+
 def test_the_planted_skew_is_detected(lake):
     metrics = lake.read_json("audits/laion400m/metrics.json")
     groups = metrics["representation"]["groups"]
