@@ -10,6 +10,7 @@ locked) and untrusted text must be SELECT statements (`check_select`).
 """
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +98,56 @@ def locked_connection() -> duckdb.DuckDBPyConnection:
     return connection
 
 
+# The scored pool as last read (one per process: a local lake and model), with the lake's
+# Parquet files as they were then (lake_fingerprint): the subsets and audits of one
+# cross-shard run (a dozen steps in one process) copy it instead of each joining the lake's
+# score files again. It stays in memory with the process: at most snapshot_max_rows samples.
+_pools: dict[tuple[str, str], tuple[tuple, pa.Table]] = {}
+_pools_lock = threading.Lock()
+
+
+def lake_fingerprint(lake_path: str) -> tuple | None:
+    """(name, inode, size, mtime) of every Parquet file under a local lake's shards/ folder
+    (what the `scores` view reads); None for a lake that is not a local folder. Lake files
+    are replaced by renaming a new file into place, so a rewrite has a new inode even where
+    the filesystem's mtime is coarse."""
+    protocol, path = fsspec.core.split_protocol(lake_path)
+    if protocol not in (None, "file", "local"):
+        return None
+    files = []
+    for found in sorted((Path(path) / "shards").rglob("*.parquet")):
+        stat = found.stat()
+        files.append((str(found), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(files)
+
+
+def _snapshot_scores(connection: duckdb.DuckDBPyConnection, lake_path: str, model_id: str) -> None:
+    """The temp table `scores` (sql/catalog/snapshot_scores.sql), from the process's copy of
+    the pool when the lake's files are as they were when it was read."""
+    fingerprint = lake_fingerprint(lake_path)
+    key = (lake_path, model_id)
+    with _pools_lock:
+        cached = _pools.get(key)
+    if fingerprint is not None and cached is not None and cached[0] == fingerprint:
+        connection.register("scores_read_before", cached[1])
+        connection.execute("CREATE TEMP TABLE scores AS SELECT * FROM scores_read_before")
+        connection.unregister("scores_read_before")
+        return
+    connection.execute(read_sql("catalog/snapshot_scores.sql"))
+    if fingerprint is not None:
+        pool = connection.execute("SELECT * FROM temp.scores").fetch_arrow_table()
+        with _pools_lock:
+            _pools.clear()  # one pool per process: the newest
+            _pools[key] = (fingerprint, pool)
+
+
 def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snapshot_rows: int = 0) -> Catalog:
     """A catalog over the lake at `lake_path` (local folder or fsspec URL) for one model.
 
     `snapshot_rows` > 0: when the pool has at most that many embedded samples, the `scores`
-    view is read once into memory (sql/catalog/snapshot_scores.sql) and queries read that.
+    view is read once into memory (sql/catalog/snapshot_scores.sql) and queries read that;
+    on a local lake the process keeps that copy for the next connection while the lake's
+    Parquet files stay as they were.
     """
     connection = duckdb.connect()
     if threads:
@@ -122,7 +168,7 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snap
     if snapshot_rows > 0 and "scores" not in catalog.missing:
         pool = connection.execute(read_sql("catalog/embedded_count.sql")).fetchone()[0]
         if pool <= snapshot_rows:
-            connection.execute(read_sql("catalog/snapshot_scores.sql"))
+            _snapshot_scores(connection, lake_path, model_id)
             catalog.snapshot = True
     return catalog
 

@@ -116,3 +116,25 @@ def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_file
     finally:
         plain.close()
         snapshot.close()
+
+
+def test_a_snapshot_read_again_in_the_process_follows_changes_to_the_lake(catalog, tmp_path):
+    """The process keeps the scored pool for the next subset or audit step: the same rows
+    while the lake's files are unchanged, the new rows as soon as a score file is rewritten."""
+    from resources import catalog as catalog_module
+
+    lake = LakeResource(root=str(tmp_path))
+    sql = "SELECT key, similarity, caption_group FROM scores ORDER BY key"
+    fresh = catalog.query(sql)
+    first = open_catalog(lake.url, MODEL, snapshot_rows=100)
+    assert first.snapshot and first.query(sql).equals(fresh)
+    first.close()
+    assert (lake.url, MODEL) in catalog_module._pools
+    again = open_catalog(lake.url, MODEL, snapshot_rows=100)  # from the process's copy
+    assert again.query(sql).equals(fresh)
+    again.close()
+    lake.write_parquet(score_path("00000", "clip_similarity", MODEL), pa.table({
+        "key": KEYS, "shard": ["00000"] * 4, "similarity": np.array([0.9, 0.8, 0.7, 0.6], np.float32)}))
+    changed = open_catalog(lake.url, MODEL, snapshot_rows=100)
+    assert changed.query(sql).column("similarity").to_pylist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    changed.close()
