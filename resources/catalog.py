@@ -130,12 +130,12 @@ def _snapshot_scores(connection: duckdb.DuckDBPyConnection, lake_path: str, mode
         cached = _pools.get(key)
     if fingerprint is not None and cached is not None and cached[0] == fingerprint:
         connection.register("scores_read_before", cached[1])
-        connection.execute("CREATE TEMP TABLE scores AS SELECT * FROM scores_read_before")
+        connection.execute(read_sql("catalog/snapshot_scores_copy.sql"))
         connection.unregister("scores_read_before")
         return
     connection.execute(read_sql("catalog/snapshot_scores.sql"))
     if fingerprint is not None:
-        pool = connection.execute("SELECT * FROM temp.scores").fetch_arrow_table()
+        pool = connection.execute(read_sql("catalog/snapshot_rows.sql")).fetch_arrow_table()
         with _pools_lock:
             _pools.clear()  # one pool per process: the newest
             _pools[key] = (fingerprint, pool)

@@ -1,0 +1,2 @@
+-- The rows of the snapshot just taken, for the process to keep.
+SELECT * FROM temp.scores;
