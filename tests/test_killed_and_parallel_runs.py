@@ -31,9 +31,10 @@ from tests.conftest import CLIPSIEVE, REPO, run_cli
 SHARDS, SAMPLES_PER_SHARD, SEED = 4, 40, 11
 POLICIES = ("laion400m", "safe")  # two policies keep the cross-shard stage short
 PER_SHARD_STEPS = 11  # samples, embeddings and nine scores
-# Steps of each stage a kill may land in: embeddings has one; of the nine scores, the last
-# is left out, so the run always has work left when the kill comes.
-STAGE_STEPS = {"embeddings": 1, "scores": 8}
+# Steps of each stage a kill may land in: embeddings has one; of the nine scores, the first
+# four, so five are left when the kill comes. Score steps over 40 samples take a few tens of
+# ms each, so a kill in the last ones could come after the run had finished.
+STAGE_STEPS = {"embeddings": 1, "scores": 4}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, 
     # A seeded random point inside the stage: a few ms after the k-th of its steps starts
     # (never the shard's last step, so the kill cannot land after the shard's run is done;
     # a wall-clock delay could, once the steps got faster).
-    shard, k, delay = f"{rng.randrange(SHARDS):05d}", 1 + rng.randrange(STAGE_STEPS[stage]), rng.uniform(0, 0.05)
+    shard, k, delay = f"{rng.randrange(SHARDS):05d}", 1 + rng.randrange(STAGE_STEPS[stage]), rng.uniform(0, 0.02)
     lake, home = tmp_path / "lake", tmp_path / "home"
     env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
     command = [*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake)]
@@ -170,7 +171,7 @@ def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, 
             assert process.poll() is None and time.time() < deadline, "the run ended before the stage began"
             if lake.exists():
                 assert_complete(lake)  # never a partial file under a final name, even mid-run
-            time.sleep(0.05)
+            time.sleep(0.02)
         time.sleep(delay)
     finally:
         process.send_signal(signal.SIGKILL)
