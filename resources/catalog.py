@@ -179,8 +179,9 @@ class CatalogResource(ConfigurableResource):
     threads: int = Field(default=0, description="DuckDB threads (0: DuckDB's default, all cores).")
     snapshot_max_rows: int = Field(
         default=1_000_000, description="Subsets and audits query the scored pool a dozen times a step: up to "
-        "this many samples it is read into memory once per step (a few hundred bytes a sample) instead of "
-        "joining the lake's score files for every query. 0: never.",
+        "this many samples it is read into memory (a few hundred bytes a sample) instead of joining the lake's "
+        "score files for every query, and on a local lake the process keeps that copy for the next step while "
+        "the lake's Parquet files are unchanged. 0: never.",
     )
 
     def open(self, lake_path: str, model_id: str, snapshot: bool = False) -> Catalog:
