@@ -8,9 +8,12 @@
 
 Runs `clipsieve materialize` in a fresh process on a fresh lake and Dagster instance, then
 reads the instance's event log: each step's duration (STEP_START to STEP_SUCCESS), summed
-over runs per asset, plus what no step accounts for (process start, imports, Dagster's run
-setup). The CLIP forward is the embeddings asset's `forward_seconds` metadata (the model
-calls alone); "everything else" is the total minus that. For ViT-B-32 the bench writes
+over runs per asset, plus what no step accounts for: before the first run (interpreter,
+imports, definitions, the instance), Dagster's own time in and between runs, and the exit.
+The CLIP forward is the embeddings asset's `forward_seconds` metadata (the model calls
+alone); "everything else" is the total minus that. The fixed costs (before the first run,
+after the last, and the embeddings' `model_load_seconds`) are paid whatever the crawl's
+size: the bench prints the share they alone would take. For ViT-B-32 the bench writes
 random 512-d heads (the shipped heads fit the demo model's 128-d embeddings), and it turns
 the blocking checks off so every stage runs whatever the subsets hold. Figures are
 printed, never asserted.
@@ -48,33 +51,46 @@ def random_heads(folder: Path, dim: int) -> dict[str, str]:
     return env
 
 
-def step_durations(home: Path) -> tuple[dict[str, float], float, int, set[str]]:
-    """(seconds per asset summed over runs, seconds of the embeddings' model forward, runs,
-    the precisions the embeddings ran at)."""
+def _number(metadata: dict, name: str) -> float:
+    value = metadata.get(name)
+    return float(getattr(value, "value", value) or 0.0)
+
+
+def step_durations(home: Path) -> dict:
+    """From the instance's event log: seconds per asset summed over runs ("steps"), the
+    embeddings' model forward and model load ("forward", "load"), each run's (start, end)
+    wall-clock timestamps ("runs"), and the precisions the embeddings ran at."""
     from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
 
     seconds: dict[str, float] = defaultdict(float)
+    spans = []
+    kinds = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.RUN_START,
+             DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE}
     with DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs()
-        for run in runs:
-            started = {}
-            for entry in instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_START,
-                                                                  DagsterEventType.STEP_SUCCESS}):
+        for run in instance.get_runs():
+            started, span = {}, {}
+            for entry in instance.all_logs(run.run_id, of_type=kinds):
                 event = entry.dagster_event
                 if event.event_type == DagsterEventType.STEP_START:
                     started[event.step_key] = entry.timestamp
-                elif event.step_key in started:
+                elif event.event_type == DagsterEventType.STEP_SUCCESS and event.step_key in started:
                     seconds[event.step_key] += entry.timestamp - started.pop(event.step_key)
+                elif event.event_type == DagsterEventType.RUN_START:
+                    span["start"] = entry.timestamp
+                else:
+                    span["end"] = entry.timestamp
+            spans.append((span["start"], span["end"]))
         records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("embeddings")),
                                                   limit=10_000).records
-        forward, precisions = 0.0, set()
+        forward, load, precisions = 0.0, 0.0, set()
         for record in records:
             metadata = record.asset_materialization.metadata
-            value = metadata.get("forward_seconds")
-            forward += float(getattr(value, "value", value) or 0.0)
+            forward += _number(metadata, "forward_seconds")
+            load += _number(metadata, "model_load_seconds")
             precision = metadata.get("precision")
             precisions.add(str(getattr(precision, "value", precision)))
-    return dict(seconds), forward, len(runs), precisions
+    return {"steps": dict(seconds), "forward": forward, "load": load, "runs": sorted(spans),
+            "precisions": precisions}
 
 
 def run_once(args: argparse.Namespace, shards: int) -> dict:
@@ -105,17 +121,25 @@ def run_once(args: argparse.Namespace, shards: int) -> dict:
         env.update(random_heads(workdir / "heads", dim))
     command = [str(Path(sys.executable).with_name("clipsieve")), "materialize", "--crawl", str(crawl),
                "--lake", str(lake), "--model", model_name, "--pretrained", pretrained]
-    started = time.perf_counter()
+    launched, started = time.time(), time.perf_counter()  # wall clock, to set against the event log's
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     total = time.perf_counter() - started
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:])
         sys.exit(f"materialize failed ({done.returncode})")
-    seconds, forward, runs, precisions = step_durations(home)
+    log = step_durations(home)
     by_asset: dict[str, float] = defaultdict(float)
-    for step, value in seconds.items():
+    for step, value in log["steps"].items():
         by_asset[step.replace("__", "/")] += value
-    return {"total": total, "by_asset": dict(by_asset), "forward": forward, "runs": runs, "precisions": precisions}
+    runs = log["runs"]
+    # What no step accounts for, split by when it happens: before the first run (interpreter,
+    # imports, definitions, instance), inside runs between steps (Dagster), after the last run.
+    fixed = {"before the first run": runs[0][0] - launched,
+             "in runs, between steps": sum(end - start for start, end in runs) - sum(by_asset.values()),
+             "between runs": sum(later[0] - earlier[1] for earlier, later in zip(runs, runs[1:])),
+             "after the last run": launched + total - runs[-1][1]}
+    return {"total": total, "by_asset": dict(by_asset), "forward": log["forward"], "load": log["load"],
+            "runs": len(runs), "outside": fixed, "precisions": log["precisions"]}
 
 
 def main() -> None:
@@ -149,10 +173,17 @@ def main() -> None:
     print(f"{'stage':<32}{'seconds':>9}{'share':>8}")
     for name, value in sorted(result["by_asset"].items(), key=lambda kv: -kv[1]):
         print(f"{name:<32}{value:>9.1f}{value / total:>8.1%}")
+    for name, value in result["outside"].items():
+        print(f"{'(' + name + ')':<32}{value:>9.1f}{value / total:>8.1%}")
     outside = total - sum(result["by_asset"].values())
-    print(f"{'(outside steps: start, imports, run setup)':<32}{outside:>9.1f}{outside / total:>8.1%}")
     print(f"\nCLIP forward (embeddings' model calls): {forward:.1f} s = {forward / total:.1%} of wall; "
           f"everything else {total - forward:.1f} s = {(total - forward) / total:.1%}")
+    # The floor: what a run costs before and after any sample is touched. Were every stage
+    # free, everything else could still be no smaller than this share.
+    floor = result["outside"]["before the first run"] + result["outside"]["after the last run"] + result["load"]
+    print(f"fixed costs: {floor:.1f} s (before the first run, after the last, and the model load "
+          f"{result['load']:.1f} s inside embeddings); with every stage free, everything else would still "
+          f"be {floor / (floor + forward):.1%}")
     if not args.marginal:
         return
 

@@ -40,6 +40,20 @@ def test_every_asset_materialized_per_partition_in_the_instance(materialized):
         assert instance.get_latest_materialization_event(AssetKey(key)) is not None
 
 
+def test_embeddings_record_where_their_time_went(materialized):
+    """The model is loaded once per process and charged to the shard that loaded it; the
+    forward is part of each shard's time."""
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(materialized["home"])))
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("embeddings")),
+                                              limit=100).records
+    metadata = {r.partition_key: r.asset_materialization.metadata for r in records}
+    assert sorted(metadata) == SHARD_NAMES
+    loads = [m["model_load_seconds"].value for m in metadata.values()]
+    assert sum(load > 0 for load in loads) == 1 and sum(loads) > 0
+    for m in metadata.values():
+        assert 0 < m["forward_seconds"].value <= m["seconds"].value
+
+
 def test_samples_keep_every_crawl_row_with_a_status(lake, materialized, truth):
     for shard in SHARD_NAMES:
         crawl_rows = pq.read_table(materialized["crawl"] / f"{shard}.parquet")
