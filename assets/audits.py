@@ -33,12 +33,12 @@ from assets.audit_report import render_report
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, read_index, search
 from assets.scores.concepts import entries
+from assets.scores.text_match import TERMS_DIR
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
 from resources.lake import LakeResource, audit_dir, index_dir
 
 CODE_VERSION = "2"
-TERMS_DIR = Path(__file__).resolve().parents[1] / "resources" / "terms"
 PROMPTS_PATH = os.environ.get("CLIPSIEVE_NEUTRAL_PROMPTS", str(TERMS_DIR / "neutral_prompts.txt"))
 ASSOCIATION_PATH = os.environ.get("CLIPSIEVE_ASSOCIATION_TERMS", str(TERMS_DIR / "association.json"))
 RETRIEVAL_K = 50

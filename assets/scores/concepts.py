@@ -22,11 +22,10 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
-from assets.scores.text_match import PhraseMatcher, read_terms
+from assets.scores.text_match import TERMS_DIR, PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.versions import file_digest
 
-TERMS_DIR = Path(__file__).resolve().parents[2] / "resources" / "terms"
 METADATA_PATH = os.environ.get("CLIPSIEVE_METADATA", str(TERMS_DIR / "metaclip_entries.txt"))
 GROUPS_PATH = os.environ.get("CLIPSIEVE_GROUP_TERMS", str(TERMS_DIR / "demographic_groups.json"))
 CODE_VERSION = f"2+{file_digest(METADATA_PATH)}+{file_digest(GROUPS_PATH)}"

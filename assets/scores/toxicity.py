@@ -9,7 +9,6 @@ scikit-learn. `flagged_terms` counts whole-word hits of resources/terms/toxic_te
 
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +16,12 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
-from assets.scores.text_match import PhraseMatcher, read_terms
+from assets.scores.text_match import TERMS_DIR, PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.toxicity_model import load_toxicity_model, package_digest
 from resources.versions import file_digest
 
-TERMS_PATH = os.environ.get("CLIPSIEVE_TOXIC_TERMS",
-                            str(Path(__file__).resolve().parents[2] / "resources" / "terms" / "toxic_terms.txt"))
+TERMS_PATH = os.environ.get("CLIPSIEVE_TOXIC_TERMS", str(TERMS_DIR / "toxic_terms.txt"))
 # The model's files are in the version: a profanity-check release with a new model restales.
 CODE_VERSION = f"1+{file_digest(TERMS_PATH)}+{package_digest()}"
 
