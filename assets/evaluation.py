@@ -5,6 +5,8 @@ sample), and precision, recall and false-positive rate at the threshold the poli
 with the prevalence (McDermott et al. 2024's advice for rare classes). `fpr_clean` is the
 false-positive rate among clean samples only. For each policy: the share of each defect
 class that survives and the share of clean samples wrongly dropped, over every crawl row.
+For the NSFW and watermark scores, every kind of head that fits the model (the head file,
+the zero-shot prompts) is measured the same way, whichever one the pipeline used.
 
 Needs a ground-truth file (`key`, `shard`, `defect`), as the sample crawl writes.
 """
@@ -19,12 +21,16 @@ import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from assets.embeddings import load_embeddings
+from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, CatalogResource, read_sql
+from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.heads import HeadsResource
 from resources.lake import LakeResource
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 EVALUATION_PATH = "evaluation/metrics.json"
 
 
@@ -108,9 +114,47 @@ def filter_metrics(pool: pa.Table, spec: FilterSpec, threshold: Any) -> dict[str
     }
 
 
+# The head filters measured per kind of head: the FILTERS entry each one is read like.
+HEAD_FILTERS = {"nsfw": "nsfw", "watermark": "watermark"}
+
+
+def head_pool_scores(lake: LakeResource, model_id: str, pool: pa.Table,
+                     scorers: dict[str, Scorer]) -> pa.Table:
+    """`pool` (key, shard, ...) with one column per scorer, named by its `scorers` key,
+    computed from the shards' stored image embeddings."""
+    parts = []
+    for shard in sorted(set(pool.column("shard").to_pylist())):
+        keys, image, _ = load_embeddings(lake, shard, model_id)
+        parts.append(pa.table({"key": keys.column("key"), "shard": keys.column("shard"),
+                               **{name: pa.array(scorer.predict(image) if len(image) else [], pa.float32())
+                                  for name, scorer in scorers.items()}}))
+    if not parts:  # an empty pool
+        for name in scorers:
+            pool = pool.append_column(name, pa.array([], pa.float32()))
+        return pool
+    return pool.join(pa.concat_tables(parts), keys=["key", "shard"], join_type="inner")
+
+
+def compare_heads(pool: pa.Table, choices: dict[str, Any], params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The head filters' figures for every kind of head: `pool` carries a column per
+    `choices` key (e.g. "nsfw/zero_shot"), read at the same threshold as the policy's."""
+    specs = {spec.name: spec for spec in FILTERS}
+    rows = []
+    for column, choice in choices.items():
+        spec = specs[HEAD_FILTERS[choice.name]]
+        variant = FilterSpec(f"{spec.name} ({choice.kind})", column, spec.keep, spec.policy, spec.parameter,
+                             spec.defects)
+        rows.append({**filter_metrics(pool, variant, params.get(spec.policy, {}).get(spec.parameter)),
+                     "head": choice.name, "kind": choice.kind, "source": choice.source})
+    return rows
+
+
 def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
-             calibration: dict[str, dict[str, object]]) -> dict[str, Any]:
-    """Filter and policy figures for the lake behind `catalog` against `truth`."""
+             calibration: dict[str, dict[str, object]], head_scores=None) -> dict[str, Any]:
+    """Filter and policy figures for the lake behind `catalog` against `truth`.
+
+    `head_scores`, when given, is `(pool -> pool with a column per head kind, {column:
+    HeadChoice})`: the head filters are then measured for each kind too (`heads`)."""
     connection = catalog.connection
     connection.register("truth", truth.select(["key", "shard", "defect"]))
     try:
@@ -129,7 +173,20 @@ def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
     for entry in by_policy.values():
         clean = entry["survives"].get("clean")
         entry["clean_dropped"] = None if clean is None else 1 - clean
-    return {"filters": filters, "policies": by_policy}
+    result: dict[str, Any] = {"filters": filters, "policies": by_policy}
+    if head_scores is not None:
+        score, choices = head_scores
+        result["heads"] = compare_heads(score(pool), choices, params)
+    return result
+
+
+def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: ClipModelResource):
+    """The `head_scores` argument of `evaluate`: every kind of NSFW and watermark head that
+    fits the model, scored from the lake's image embeddings."""
+    choices = {f"{choice.name}/{choice.kind}": choice for name in HEAD_FILTERS
+               for choice in heads.choices(name, clip.embedding_dim)}
+    scorers = {column: load_scorer(choice, clip) for column, choice in choices.items()}
+    return (lambda pool: head_pool_scores(lake, model_id, pool, scorers)), choices
 
 
 def _number(value: Any) -> str:
@@ -153,6 +210,14 @@ def format_tables(result: dict[str, Any]) -> str:
     for name, p in sorted(result["policies"].items()):
         lines.append(f"| {name} | {_number(p['clean_dropped'])} | "
                      + " | ".join(_number(p["survives"].get(d)) for d in defects) + " |")
+    if result.get("heads"):
+        lines += ["", "Each kind of head that fits the model, at the policies' threshold:", "",
+                  "| head | kind | defects | threshold | AUROC | precision | recall | FPR |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for h in result["heads"]:
+            lines.append(f"| {h['head']} | {h['kind']} | {', '.join(h['defects'])} | {_number(h['threshold'])} | "
+                         f"{_number(h['auroc'])} | {_number(h['precision'])} | {_number(h['recall'])} | "
+                         f"{_number(h['fpr'])} |")
     return "\n".join(lines)
 
 
@@ -163,25 +228,29 @@ class EvaluationConfig(Config):
     )
 
 
-def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: dict[str, dict[str, object]]
-                           ) -> AssetsDefinition:
+def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: dict[str, dict[str, object]],
+                           heads_version: str = "") -> AssetsDefinition:
+    """`heads_version`: a digest of the head files and prompts it compares."""
     @asset(
         name="evaluation",
         deps=[AssetKey("near_duplicates")] + [AssetKey(["subsets", p.name]) for p in policies],
         group_name="evaluation",
-        code_version=f"{CODE_VERSION}+{model_id}",
+        code_version=f"{CODE_VERSION}+{model_id}+{heads_version}",
         compute_kind="duckdb",
     )
     def evaluation(context: AssetExecutionContext, config: EvaluationConfig, crawl: CrawlResource,
-                   lake: LakeResource, catalog: CatalogResource) -> MaterializeResult:
-        """Filters and policies measured against the crawl's ground truth (the sample crawl's)."""
+                   lake: LakeResource, catalog: CatalogResource, heads: HeadsResource,
+                   clip: ClipModelResource) -> MaterializeResult:
+        """Filters and policies measured against the crawl's ground truth (the sample crawl's);
+        the NSFW and watermark heads for each kind that fits the model."""
         truth = config.truth or crawl.file("ground_truth", ".parquet")
         if not os.path.exists(truth):
             raise FileNotFoundError(f"no ground truth at {truth}: evaluation needs a crawl with planted "
                                     "defects, such as the sample crawl")
         db = catalog.open(lake.url, model_id)
         try:
-            result = evaluate(db, pq.read_table(truth), policies, calibration)
+            result = evaluate(db, pq.read_table(truth), policies, calibration,
+                              head_kinds(lake, model_id, heads, clip))
         finally:
             db.close()
         lake.write_json(EVALUATION_PATH, {**result, "model_id": model_id, "truth": truth})

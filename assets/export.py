@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from resources.catalog import Catalog, read_sql
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
-from resources.lake import LakeResource, members_path
+from resources.lake import CRAWL_METADATA_KEY, LakeResource, members_path, samples_path
 from resources.safe_paths import check_member_name, check_policy_name, check_shard_name, member_stem
 
 UID_DTYPE = np.dtype("u8,u8")
@@ -69,6 +69,23 @@ def export_parquet(catalog: Catalog, policy: str, out: Path) -> Path:
 
 _SHARD_COLUMNS = ["url", "caption", "key", "status", "error_message", "width", "height",
                   "original_width", "original_height", "sha256", "uid"]
+
+
+def recorded_crawl(lake: LakeResource, policy: str) -> str:
+    """The crawl the subset's members were read from, as their shards' samples.parquet record it."""
+    members = lake.read_parquet(members_path(check_policy_name(policy)), columns=["shard"])
+    crawls = set()
+    for shard in sorted(set(members.column("shard").to_pylist())):
+        crawl = lake.parquet_metadata(samples_path(check_shard_name(shard))).get(CRAWL_METADATA_KEY)
+        if crawl is None:
+            raise ValueError(f"shard {shard}'s samples do not record their crawl (materialized by an older "
+                             "clipsieve): give --crawl")
+        crawls.add(crawl)
+    if len(crawls) > 1:
+        raise ValueError(f"the members come from several crawls ({sorted(crawls)}): give --crawl")
+    if not crawls:
+        raise ValueError(f"subset {policy!r} has no members: nothing to export")
+    return crawls.pop()
 
 
 def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out: Path,

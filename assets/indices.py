@@ -291,11 +291,12 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
 
 def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
     key = AssetKey(["indices", policy])
+    blocking = checks.is_blocking(policy)
 
     @asset(
         name=policy,
         key_prefix="indices",
-        check_specs=checks.specs(key, checks.INDEX_CHECKS, policy, blocking=True),
+        check_specs=checks.specs(key, checks.INDEX_CHECKS, policy, blocking),
         deps=[AssetKey(["subsets", policy]), AssetKey("embeddings")],
         group_name="indices",
         code_version=f"{CODE_VERSION}+{model_id}",
@@ -313,7 +314,7 @@ def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
         index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
                                          versions)
         write_index(lake, folder, index, keys, info)
-        results = checks.evaluate(checks.INDEX_CHECKS, policy, {"recall_at_10": info["recall_at_10"]}, blocking=True)
+        results = checks.evaluate(checks.INDEX_CHECKS, policy, {"recall_at_10": info["recall_at_10"]}, blocking)
         metadata = {k: v for k, v in info.items() if k != "shard_versions"}
         return MaterializeResult(check_results=results,
                                  metadata={**metadata, "model_id": model_id, "path": lake.path(folder)})

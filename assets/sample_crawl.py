@@ -73,8 +73,12 @@ def _key(shard: int, index: int, digits: int) -> str:
     return f"{shard:05d}{index:0{digits}d}"
 
 
-def plan_crawl(shards: int, samples_per_shard: int, seed: int) -> list[PlannedSample]:
-    """Decide every sample's scene and defect; rendering happens later, per sample."""
+def plan_crawl(shards: int, samples_per_shard: int, seed: int,
+               near_duplicate_share: float = DEFECT_RATE) -> list[PlannedSample]:
+    """Decide every sample's scene and defect; rendering happens later, per sample.
+
+    `near_duplicate_share` plants that share of near duplicates instead of DEFECT_RATE's
+    (about 0.3 is what Webster et al. 2023 found in LAION-2B)."""
     rng = np.random.default_rng([seed, 0])
     total = shards * samples_per_shard
     plan = [
@@ -84,6 +88,10 @@ def plan_crawl(shards: int, samples_per_shard: int, seed: int) -> list[PlannedSa
     per_defect = math.ceil(DEFECT_RATE * total)
     if per_defect * len(DEFECTS) > total * 0.6:
         raise ValueError(f"crawl too small to plant every defect: {total} samples")
+    near_duplicates = math.ceil(near_duplicate_share * total)
+    if near_duplicate_share < 0 or per_defect * (len(DEFECTS) - 1) + near_duplicates > total * 0.7:
+        raise ValueError(f"near_duplicate_share {near_duplicate_share} leaves too few clean originals "
+                         f"among {total} samples (at most about 0.35)")
     free = np.ones(total, dtype=bool)
 
     def take(count: int, eligible: np.ndarray) -> np.ndarray:
@@ -103,7 +111,8 @@ def plan_crawl(shards: int, samples_per_shard: int, seed: int) -> list[PlannedSa
     for defect in DEFECTS:
         if defect == "mismatched_caption":
             continue
-        for g in take(per_defect, late if defect.endswith("duplicate") else everything):
+        count = near_duplicates if defect == "near_duplicate" else per_defect
+        for g in take(count, late if defect.endswith("duplicate") else everything):
             plan[g].defect = defect
     # Originals of duplicates: clean samples before the copy, possibly in another shard.
     clean_before = np.array([s.defect is None for s in plan])
@@ -236,17 +245,18 @@ _PARQUET_SCHEMA = pa.schema([
 
 
 def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, seed: int,
-                       image_size: int | None = None) -> dict:
+                       image_size: int | None = None, near_duplicate_share: float = DEFECT_RATE) -> dict:
     """Write the crawl to `out`; return a summary (shards, samples, defect counts).
 
     `image_size` renders clean images at that square size (img2dataset's default output is
-    256 x 256) instead of 112-192 px sides."""
+    256 x 256) instead of 112-192 px sides; `near_duplicate_share` plants that share of
+    near duplicates (see plan_crawl)."""
     if not 1 <= samples_per_shard <= 99_999:
         raise ValueError("samples_per_shard must be between 1 and 99999")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(samples_per_shard - 1)))
-    plan = plan_crawl(shards, samples_per_shard, seed)
+    plan = plan_crawl(shards, samples_per_shard, seed, near_duplicate_share)
     cache: dict[int, tuple[bytes, int, int]] = {}
     originals = {s.duplicate_of for s in plan if s.duplicate_of is not None}
     truth_rows = []
@@ -320,13 +330,17 @@ class SampleCrawlConfig(Config):
     shards: int = Field(default=8, description="Number of shards (tar + parquet + stats).")
     samples_per_shard: int = Field(default=250, description="Input rows per shard.")
     seed: int = Field(default=0, description="Seed; the same seed writes the same bytes.")
+    near_duplicate_share: float = Field(
+        default=DEFECT_RATE, description="Share of near-duplicate rows (0.03 like every defect; about 0.3 is "
+        "LAION-2B's, Webster et al. 2023).")
 
 
 @asset(group_name="demo", compute_kind="python")
 def sample_crawl(context, config: SampleCrawlConfig) -> MaterializeResult:
     """A synthetic img2dataset crawl with planted defects and ground truth, for the demo
     and for measuring filters. Registers its shards as partitions."""
-    summary = write_sample_crawl(config.out, config.shards, config.samples_per_shard, config.seed)
+    summary = write_sample_crawl(config.out, config.shards, config.samples_per_shard, config.seed,
+                                 near_duplicate_share=config.near_duplicate_share)
     shard_keys = [shard_name(s) for s in range(config.shards)]
     context.instance.add_dynamic_partitions(shard_partitions.name, shard_keys)
     return MaterializeResult(metadata={

@@ -68,7 +68,7 @@ from assets.crawl_input import (
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
-from resources.lake import LakeResource, samples_path
+from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path
 
 CODE_VERSION = "2"
 
@@ -307,6 +307,8 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
         fingerprints[shard] = crawl.fingerprint(shard)
         result = read_shard(crawl, shard)
         table = result.table
+        # The lake records where each shard came from (`clipsieve export` reads it back).
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CRAWL_METADATA_KEY: crawl.url})
         lake.write_parquet(samples_path(shard), table)
         statuses = pc.value_counts(table.column("image_status")).to_pylist()
         for note in result.notes:
@@ -320,6 +322,7 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
             "caption_errors": int(pc.count(table.column("caption_error")).as_py()),
             "row_warnings": int(pc.count(table.column("row_warnings")).as_py()),
             "crawl_notes": MetadataValue.json(result.notes),
+            "crawl": crawl.url,
             "path": lake.path(samples_path(shard)),
         }
 

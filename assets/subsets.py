@@ -154,12 +154,13 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
     """The subsets/<policy> asset; `calibration` holds the model's parameter values."""
 
     key = AssetKey(["subsets", policy.name])
+    blocking = checks.is_blocking(policy.name)
 
     @asset(
         name=policy.name,
         key_prefix="subsets",
         deps=upstream,
-        check_specs=checks.specs(key, checks.SUBSET_CHECKS, policy.name, blocking=True),
+        check_specs=checks.specs(key, checks.SUBSET_CHECKS, policy.name, blocking),
         group_name="subsets",
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
         compute_kind="duckdb",
@@ -187,7 +188,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
             "nsfw_rate": figures["after"].get("nsfw_rate"),
             "duplicate_rate": figures["after"].get("near_duplicate_rate"),
             "group_removal_ratio": figures["representation"]["max_removal_ratio"],
-        }, blocking=True)
+        }, blocking)
         lake.write_json(checks_path(policy.name), checks.summary(results))
         return MaterializeResult(check_results=results, metadata={
             "members": members.num_rows,

@@ -1,6 +1,7 @@
 """The `clipsieve` command.
 
     clipsieve sample-crawl OUT --shards N --samples-per-shard M --seed S [--image-size 256]
+                           [--near-duplicate-share 0.3]
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
                           [--shards 00000,00001 --no-cross-shard]   (parallel runs: disjoint shards)
     clipsieve query --lake LAKE [--json] "SELECT ..."
@@ -10,6 +11,11 @@
     clipsieve explain --lake LAKE KEY
     clipsieve lineage --lake LAKE --subset POLICY
     clipsieve summary --lake LAKE
+    clipsieve heads import {laion-aesthetic-v1,laion-aesthetic-v2,mlp} FILE --out HEAD.safetensors
+    clipsieve heads show [--model NAME --pretrained TAG_OR_PATH]
+
+`materialize` exits 0 when everything ran (checks may have warned), 1 when a step crashed,
+3 when a blocking check stopped a subset's index, audit and export and nothing crashed.
 """
 
 import argparse
@@ -62,23 +68,50 @@ def _instance(lake: str):
 def cmd_sample_crawl(args: argparse.Namespace) -> None:
     from assets.sample_crawl import write_sample_crawl
 
-    summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed, args.image_size)
+    summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed, args.image_size,
+                                 args.near_duplicate_share)
     print(json.dumps(summary, indent=2))
+
+
+# `clipsieve materialize` exit statuses (argparse's usage errors are 2).
+EXIT_CRASHED = 1  # a step failed with an error: its shard or asset is not done
+EXIT_BLOCKED = 3  # every step ran or was skipped below a blocking check that failed; no step crashed
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
     from orchestration.definitions import build_definitions
-    from orchestration.runner import run_pipeline
+    from orchestration.runner import PipelineFailed, run_pipeline
 
     defs = build_definitions(crawl=args.crawl, lake=args.lake, model_name=args.model, pretrained=_pretrained(args))
     instance = _instance(args.lake)
     shards = [s.strip() for s in args.shards.split(",") if s.strip()] if args.shards else None
-    report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True), shards=shards,
-                          cross_shard=not args.no_cross_shard)
+    try:
+        report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True), shards=shards,
+                              cross_shard=not args.no_cross_shard)
+    except PipelineFailed as failure:
+        report = failure.report
     print(f"shards: {len(report.shards)}; with per-shard work: {len(report.per_shard_runs)}; "
           f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
     print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
     print_summary(args.lake)
+    print(outcome_summary(report.warnings, report.blocked, report.failures))
+    if report.failures:
+        raise SystemExit(EXIT_CRASHED)
+    if report.blocked:
+        raise SystemExit(EXIT_BLOCKED)
+
+
+def outcome_summary(warnings: list[str], blocked: list[str], crashed: list[str]) -> str:
+    """The end of `materialize`: checks that warned, subsets that were blocked, steps that crashed."""
+    lines = ["", f"checks that warned: {len(warnings)} (the subsets, indices, audits and exports went on)"]
+    lines += [f"  {line}" for line in warnings]
+    lines.append(f"blocked by a failed blocking check: {len(blocked)} (that subset's index, audit and export "
+                 "stop; exit status 3)")
+    lines += [f"  {line}" for line in blocked]
+    if crashed:
+        lines.append(f"runs with a crashed step: {len(crashed)} (exit status 1)")
+        lines += [f"  {line}" for line in crashed]
+    return "\n".join(lines)
 
 
 def print_summary(lake_root: str) -> None:
@@ -138,16 +171,20 @@ def cmd_query(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
-    from assets.evaluation import EVALUATION_PATH, evaluate, format_tables
+    from assets.evaluation import EVALUATION_PATH, evaluate, format_tables, head_kinds
     from assets.subsets import calibrated_params, load_policies
     from resources.catalog import open_catalog
+    from resources.clip_model import ClipModelResource
+    from resources.heads import HeadsResource
     from resources.lake import LakeResource
 
     lake = LakeResource(root=args.lake)
     pretrained = _pretrained(args)
-    catalog = open_catalog(lake.url, model_id(args.model, pretrained))
+    clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
+    catalog = open_catalog(lake.url, clip.model_id)
     try:
-        result = evaluate(catalog, pq.read_table(args.truth), load_policies(), calibrated_params(pretrained))
+        result = evaluate(catalog, pq.read_table(args.truth), load_policies(), calibrated_params(pretrained),
+                          head_kinds(lake, clip.model_id, HeadsResource(), clip))
     finally:
         catalog.close()
     print(format_tables(result))
@@ -170,9 +207,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     failed = {name: result for name, result in (lake.read_json(checks_path(args.subset))
                                                 if lake.exists(checks_path(args.subset)) else {}).items()
               if not result["passed"]}
-    if failed:
-        reasons = "; ".join(f"{name} = {r['value']} ({r['kind']} {r['bound']})" for name, r in failed.items())
+    # Records written before checks could warn carry no "blocking": they blocked.
+    blocking = {name: r for name, r in failed.items() if r.get("blocking", True)}
+    if blocking:
+        reasons = "; ".join(f"{name} = {r['value']} ({r['kind']} {r['bound']})" for name, r in blocking.items())
         raise ValueError(f"subset {args.subset!r} failed its blocking checks, not exporting: {reasons}")
+    for name, r in failed.items():
+        print(f"warning: subset {args.subset!r} check {name} = {r['value']} ({r['kind']} {r['bound']}): "
+              f"{r['what']}", file=sys.stderr)
     out = Path(args.out)
     if args.format == "uids":
         paths = [export.export_uids(lake, args.subset, out)]
@@ -183,10 +225,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         finally:
             catalog.close()
     else:
-        if not args.crawl:
-            raise ValueError("--format webdataset reads the original files: give --crawl (or set CLIPSIEVE_CRAWL)")
-        paths = export.export_webdataset(lake, CrawlResource(root=args.crawl), args.subset, out,
-                                         args.samples_per_shard)
+        # The original files: from --crawl, else from the crawl the members' shards were read from.
+        crawl = args.crawl or export.recorded_crawl(lake, args.subset)
+        paths = export.export_webdataset(lake, CrawlResource(root=crawl), args.subset, out, args.samples_per_shard)
     for path in paths:
         print(path)
 
@@ -225,6 +266,34 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{row['key']}  {row['score']:.4f}  {row['caption']}")
 
 
+def cmd_heads_import(args: argparse.Namespace) -> None:
+    from resources.head_import import import_head
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors: {out}")
+    head, metadata = import_head(args.kind, args.file, args.column, args.activation, args.hidden_activation)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head.save(out, metadata)
+    variable = {"punsafe": "CLIPSIEVE_NSFW_HEAD", "pwatermark": "CLIPSIEVE_WATERMARK_HEAD",
+                "aesthetic": "CLIPSIEVE_AESTHETIC_HEAD"}[metadata["output"]]
+    print(json.dumps({"out": str(out), "column": metadata["output"], "input_dim": head.input_dim,
+                      "sizes": [head.input_dim] + [layer.out_features for layer in head.layers],
+                      "hidden_activation": head.hidden_activation, "activation": head.activation,
+                      "use_with": f"{variable}={out.resolve()}"}, indent=2))
+
+
+def cmd_heads_show(args: argparse.Namespace) -> None:
+    from resources.clip_model import ClipModelResource
+    from resources.heads import HEADS, HeadsResource
+
+    clip = ClipModelResource(model_name=args.model, pretrained=_pretrained(args))
+    heads = HeadsResource(kind=args.kind)
+    dim = clip.embedding_dim
+    print(json.dumps({"model_id": clip.model_id, "embedding_dim": dim,
+                      **{name: heads.choose(name, dim).metadata() for name in HEADS}}, indent=2))
+
+
 def _existing_instance(lake: str):
     """The instance the runs were recorded in ($DAGSTER_HOME, else <lake>/_dagster), if any."""
     from dagster import DagsterInstance
@@ -244,7 +313,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, pretrained))
     try:
         result = explain(catalog, args.key, load_policies(), calibrated_params(pretrained),
-                         _existing_instance(args.lake))
+                         _existing_instance(args.lake), LakeResource(root=args.lake), model_id(args.model, pretrained))
     finally:
         catalog.close()
     print(json.dumps(result, indent=2, default=str))
@@ -274,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=None,
                    help="clean images at SIZE x SIZE (img2dataset's default is 256) instead of 112-192 px sides")
+    p.add_argument("--near-duplicate-share", type=float, default=0.03,
+                   help="share of near-duplicate rows (default 0.03 like every defect; LAION-2B's is about 0.3)")
     p.set_defaults(func=cmd_sample_crawl)
 
     p = commands.add_parser("materialize", help="register the crawl's shards and materialize every asset")
@@ -305,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", required=True, help="policy name")
     p.add_argument("--format", required=True, choices=["uids", "parquet", "webdataset"])
     p.add_argument("--out", required=True)
-    p.add_argument("--crawl", default=os.environ.get("CLIPSIEVE_CRAWL"), help="the crawl (webdataset format)")
+    p.add_argument("--crawl", default=os.environ.get("CLIPSIEVE_CRAWL"),
+                   help="the crawl (webdataset format; default: the one the lake recorded reading the members from)")
     p.add_argument("--samples-per-shard", type=int, default=10_000)
     _model_args(p)
     p.set_defaults(func=cmd_export)
@@ -331,6 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", required=True)
     _model_args(p)
     p.set_defaults(func=cmd_lineage)
+
+    p = commands.add_parser("heads", help="import published heads; show which head each score uses")
+    heads = p.add_subparsers(dest="heads_command", required=True)
+    h = heads.add_parser("import", help="convert a published head (a PyTorch state dict) to a safetensors head")
+    h.add_argument("kind", choices=["laion-aesthetic-v1", "laion-aesthetic-v2", "mlp"],
+                   help="laion-aesthetic-v1: sa_0_4_vit_*_linear.pth; laion-aesthetic-v2: "
+                        "sac+logos+ava1-l14-linearMSE.pth; mlp: Linear layers in key order, activations as stated")
+    h.add_argument("file", help="the downloaded .pth / .pt / .bin / .safetensors file (read with weights_only)")
+    h.add_argument("--out", required=True, help="HEAD.safetensors to write")
+    h.add_argument("--column", choices=["punsafe", "pwatermark", "aesthetic"],
+                   help="the score it gives (required for mlp; aesthetic for the LAION kinds)")
+    h.add_argument("--activation", choices=["sigmoid", "identity"],
+                   help="at the output: sigmoid for a probability (mlp default), identity for a rating")
+    h.add_argument("--hidden-activation", choices=["relu", "gelu", "silu", "tanh", "identity"],
+                   help="between layers (mlp default: relu; the LAION kinds have none)")
+    h.set_defaults(func=cmd_heads_import)
+    h = heads.add_parser("show", help="which head (file or zero-shot) gives each score for a model")
+    h.add_argument("--kind", default="auto", choices=["auto", "file", "zero_shot"])
+    _model_args(h)
+    h.set_defaults(func=cmd_heads_show)
 
     p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
     p.add_argument("--lake", required=True)

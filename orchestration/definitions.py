@@ -9,6 +9,7 @@ The model id is part of the code version of every asset computed from embeddings
 model change marks exactly those assets stale.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.heads import HeadsResource
 from resources.lake import LakeResource
+from resources.versions import text_digest
 
 SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "aesthetic", "language", "quality", "exact_hash",
                 "toxicity", "concepts")
@@ -65,7 +67,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
         samples.samples,
         embeddings.build_embeddings_asset(model_id, clip.precision),
         clip_similarity.build_clip_similarity_asset(model_id),
-        *classifier_heads.build_head_assets(model_id, heads),
+        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim),
         language.language,
         quality.quality,
         exact_hash.exact_hash,
@@ -73,7 +75,8 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
         concepts.concepts,
         near_duplicates.build_near_duplicates_asset(model_id),
         *per_policy,
-        evaluation.build_evaluation_asset(model_id, policies, calibration),
+        evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
+            [c.version for name in evaluation.HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
     ]
 
 

@@ -1,7 +1,8 @@
 """Lineage: where a sample or a subset came from (`clipsieve explain`, `clipsieve lineage`).
 
 explain   one sample: its crawl row (shard, tar member, url, caption, status), every
-          score, each policy's decision and, when dropped, the WHERE clauses it fails
+          score and which head (file or zero-shot prompts) gave punsafe, pwatermark and
+          aesthetic, each policy's decision and, when dropped, the WHERE clauses it fails
           (the policy's top-level AND terms, split by DuckDB's own parser), and the Dagster
           run and materialization behind each of its files.
 lineage   one subset: shards, model, SQL hash and parameters, member count, and the runs
@@ -18,6 +19,8 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
+from resources.heads import HEADS
+from resources.lake import LakeResource, score_path
 
 PER_SHARD_ASSETS = ("samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
                     "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash",
@@ -85,9 +88,22 @@ def _materialization(instance: DagsterInstance, asset: str, partition: str | Non
     }
 
 
+def head_sources(lake: LakeResource, shard: str, model_id: str) -> dict[str, dict[str, str]]:
+    """Which head gave each head score of a shard, as its score file records it."""
+    sources = {}
+    for name, (column, _) in HEADS.items():
+        path = score_path(shard, name, model_id)
+        if lake.exists(path):
+            recorded = lake.parquet_metadata(path)
+            sources[column] = {k.removeprefix("head_"): v for k, v in recorded.items() if k.startswith("head_")}
+    return sources
+
+
 def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dict[str, dict[str, Any]],
-            instance: DagsterInstance | None) -> dict[str, Any]:
-    """Everything known about one sample, from crawl row to each policy's decision."""
+            instance: DagsterInstance | None, lake: LakeResource | None = None,
+            model_id: str | None = None) -> dict[str, Any]:
+    """Everything known about one sample, from crawl row to each policy's decision (with the
+    lake and model id: which heads gave its head scores)."""
     rows = catalog.query(read_sql("lineage/sample.sql"), {"key": key}).to_pylist()
     if not rows:
         raise ValueError(f"no sample with key {key!r} in the lake")
@@ -102,6 +118,8 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
                               "image_error": sample.get("image_error")}
     if scores:
         result["scores"] = {k: v for k, v in scores[0].items() if k not in ("key", "shard", "url", "caption")}
+        if lake is not None and model_id is not None:
+            result["heads"] = head_sources(lake, shard, model_id)
     decisions = {}
     for policy in policies:
         if policy.name not in materialized:

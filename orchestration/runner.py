@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     AssetRecordsFilter,
     DagsterEventType,
@@ -47,6 +48,7 @@ from resources.safe_paths import split_shard_names
 
 CODE_VERSION_TAG = "dagster/code_version"
 SAMPLES = AssetKey("samples")
+EVALUATION = AssetKey("evaluation")
 # Runs log to the instance (the UI shows everything); the terminal gets warnings only.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # Who runs a run: lets a later start tell a killed process's run from a live one's.
@@ -60,9 +62,56 @@ class RunReport:
     shards: list[str]
     per_shard_runs: dict[str, list[str]] = field(default_factory=dict)  # shard -> asset keys materialized
     cross_shard_assets: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # what failed, one message per run
+    failures: list[str] = field(default_factory=list)  # runs with a crashed step, one message per run
+    blocked: list[str] = field(default_factory=list)  # failed blocking checks (their index, audit, export stop)
+    warnings: list[str] = field(default_factory=list)  # failed checks that only warn
     orphaned_runs: list[str] = field(default_factory=list)  # runs of killed processes, now marked failed
     seconds: float = 0.0
+
+
+class PipelineFailed(RuntimeError):
+    """A step crashed (not a check that blocked). The report says what else happened."""
+
+    def __init__(self, report: RunReport):
+        super().__init__("\n".join(report.failures))
+        self.report = report
+
+
+CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"  # how Dagster stops a step whose blocking check failed
+
+
+@dataclass
+class RunOutcome:
+    """One run's events sorted into what the summary and the exit status need."""
+
+    crashed: list[str] = field(default_factory=list)  # steps that failed with an error of their own
+    blocked: list[str] = field(default_factory=list)  # failed ERROR checks
+    warnings: list[str] = field(default_factory=list)  # failed WARN checks
+    skipped: list[str] = field(default_factory=list)  # steps not run (an upstream step or blocking check failed)
+
+
+def run_outcome(result) -> RunOutcome:
+    """Failed checks (by severity), crashed and skipped steps of a run, one line each."""
+    outcome = RunOutcome()
+    for event in result.all_events:
+        evaluation = event.event_specific_data if event.event_type_value == "ASSET_CHECK_EVALUATION" else None
+        if evaluation is not None and not evaluation.passed:
+            values = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+            value = values.get("value")
+            line = (f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}: {values.get('what')} = "
+                    f"{f'{value:.4g}' if isinstance(value, float) else value} "
+                    f"({values.get('kind')} {values.get('bound')})")
+            (outcome.blocked if evaluation.severity == AssetCheckSeverity.ERROR else outcome.warnings).append(line)
+        elif event.is_step_failure:
+            error = event.step_failure_data.error
+            if error is not None and error.cls_name == CHECK_FAILED_ERROR:
+                continue  # the failed check itself is listed as blocked
+            while error is not None and error.cause is not None:  # the user code's own error, not Dagster's wrapper
+                error = error.cause
+            outcome.crashed.append(f"step {event.step_key} failed: {error.message.strip() if error else '?'}")
+        elif event.is_step_skipped:
+            outcome.skipped.append(event.step_key)
+    return outcome
 
 
 def latest_materializations(instance: DagsterInstance, key: AssetKey,
@@ -110,23 +159,12 @@ def _value(event, name: str):
     return getattr(value, "value", value)
 
 
-def _failures(result) -> str:
-    """Failed checks and steps of a run, one line each, for the terminal."""
-    lines = []
-    for event in result.all_events:
-        evaluation = event.event_specific_data if event.event_type_value == "ASSET_CHECK_EVALUATION" else None
-        if evaluation is not None and not evaluation.passed:
-            values = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
-            lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed: "
-                         f"{values.get('what')} = {values.get('value')} ({values.get('kind')} {values.get('bound')})")
-        elif event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None:  # the user code's own error, not Dagster's wrapper
-                error = error.cause
-            lines.append(f"  step {event.step_key} failed: {error.message.strip()}")
-        elif event.is_step_skipped:
-            lines.append(f"  step {event.step_key} skipped (an upstream step or blocking check failed)")
-    return "\n".join(lines)
+def _failures(outcome: RunOutcome) -> str:
+    """A run's failed checks and steps, one line each, for the terminal."""
+    return "\n".join([f"  check {line}" for line in outcome.blocked + outcome.warnings]
+                     + [f"  {line}" for line in outcome.crashed]
+                     + [f"  step {step} skipped (an upstream step or blocking check failed)"
+                        for step in outcome.skipped])
 
 
 def _latest_storage_id(instance: DagsterInstance, keys: set[AssetKey]) -> int:
@@ -280,7 +318,8 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
                            raise_on_error=False, **partition)
 
     def failed(result, batch: list[str]) -> None:  # the other shards go on; failures are raised at the end
-        report.failures.append(f"run {result.run_id} for {_shards(batch)} failed:\n" + _failures(result))
+        report.failures.append(f"run {result.run_id} for {_shards(batch)} failed:\n"
+                               + _failures(run_outcome(result)))
         log(report.failures[-1])
 
     work = stale_work(shards)
@@ -315,10 +354,21 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
         log(f"cross-shard: materializing {len(todo)} asset(s)")
         result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
                              tags=tags, raise_on_error=False)
-        if not result.success:
-            report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(result))
+        outcome = run_outcome(result)
+        done = {event.asset_key for event in result.get_asset_materialization_events()}
+        if EVALUATION in todo and EVALUATION not in done and outcome.blocked and not outcome.crashed:
+            # A blocked subset stops everything below it in the run, evaluation included;
+            # evaluation measures what exists, so it runs on its own.
+            log("evaluation did not run below a blocked subset: materializing it on its own")
+            outcome.crashed += run_outcome(materialize(assets, instance=instance, selection=[EVALUATION],
+                                                      resources=resources, run_config=QUIET, tags=tags,
+                                                      raise_on_error=False)).crashed
+        report.blocked += outcome.blocked
+        report.warnings += outcome.warnings
+        if outcome.crashed:
+            report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(outcome))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
     report.seconds = time.time() - started
     if report.failures:
-        raise RuntimeError("\n".join(report.failures))
+        raise PipelineFailed(report)
     return report

@@ -10,6 +10,8 @@ models' outputs coexist and a model change makes exactly the dependent assets st
 """
 
 import contextlib
+import importlib.metadata
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.safe_weights import safe_pretrained
-from resources.versions import file_digest
+from resources.versions import CACHE_PATH, file_digest, write_cache_file
 
 # The demo model and heads ship in the repository (models/demo, made by models/train_demo.py).
 DEMO_DIR = Path(os.environ.get("CLIPSIEVE_DEMO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "demo"))
@@ -66,6 +68,41 @@ def model_id(model_name: str, pretrained: str) -> str:
     else:
         weights = pretrained or "random"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{weights}")
+
+
+EMBEDDING_DIMS_CACHE = CACHE_PATH.with_name("embedding_dims.json")
+
+
+def embedding_dim(model_name: str, pretrained: str) -> int | None:
+    """The size of the model's embeddings from its open_clip config, without building the model
+    (None for a model whose config open_clip does not ship, such as an hf-hub: name).
+
+    A `<model_name>.json` beside a local checkpoint is read directly; open_clip's own configs
+    are looked up once per open_clip version and kept in $CLIPSIEVE_CACHE_DIR, as importing
+    open_clip takes 2-4 s and every process that loads the definitions needs the figure.
+    """
+    if pretrained and os.path.isfile(pretrained):
+        config = Path(pretrained).with_name(f"{model_name}.json")
+        if config.exists():
+            return int(json.loads(config.read_text())["embed_dim"])
+    return _configured_embedding_dim(model_name)
+
+
+@lru_cache(maxsize=16)
+def _configured_embedding_dim(model_name: str) -> int | None:
+    key = f"{model_name}@open_clip_torch-{importlib.metadata.version('open_clip_torch')}"
+    try:
+        cache = json.loads(EMBEDDING_DIMS_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    import open_clip
+
+    config = open_clip.get_model_config(model_name)
+    dim = int(config["embed_dim"]) if config and "embed_dim" in config else None
+    write_cache_file(EMBEDDING_DIMS_CACHE, lambda f: f.write(json.dumps({**cache, key: dim}).encode()))
+    return dim
 
 
 def _register_local_config(model_name: str, pretrained: str) -> None:
@@ -198,6 +235,10 @@ class ClipModelResource(ConfigurableResource):
     @property
     def model_id(self) -> str:
         return model_id(self.model_name, self.pretrained)
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return embedding_dim(self.model_name, self.pretrained)
 
     def load(self) -> LoadedClip:
         """The model, its eval transform and tokenizer; cached per process."""

@@ -33,6 +33,14 @@ class CrawlResource(ConfigurableResource):
         fs, root = fsspec.core.url_to_fs(self.root)
         return fs, root.rstrip("/")
 
+    @property
+    def url(self) -> str:
+        """Where the crawl is: an absolute folder for a local crawl, a URL otherwise (recorded in
+        each shard's samples.parquet, so `clipsieve export` finds the crawl from the lake)."""
+        fs, root = self._fs()
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        return os.path.abspath(root) if "file" in protocols else fs.unstrip_protocol(root)
+
     def shards(self) -> list[str]:
         """Names of the complete shards (tar, parquet and stats present), sorted."""
         fs, root = self._fs()

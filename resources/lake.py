@@ -38,6 +38,10 @@ from resources.safe_paths import check_policy_name, check_relative, check_shard_
 TEMPORARY = ".tmp-"  # between a final name and its writer's host-pid-random suffix
 
 
+# Key of samples.parquet's key-value metadata that holds the crawl the shard was read from.
+CRAWL_METADATA_KEY = "clipsieve.crawl"
+
+
 def samples_path(shard: str) -> str:
     return f"shards/{check_shard_name(shard)}/samples.parquet"
 
@@ -155,6 +159,13 @@ class LakeResource(ConfigurableResource):
 
     def read_parquet(self, relative: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(relative)), columns=columns)
+
+    def parquet_metadata(self, relative: str) -> dict[str, str]:
+        """The key-value metadata of a Parquet file (its footer only is read)."""
+        fs, root = self._fs()
+        with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
+            metadata = pq.read_schema(f).metadata or {}
+        return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"ARROW:")}
 
     def write_npy(self, relative: str, array: np.ndarray) -> None:
         sink = io.BytesIO()

@@ -63,3 +63,18 @@ def catalog(lake):
     db = open_catalog(lake.url, model_id(DEMO_MODEL, DEMO_CHECKPOINT))
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def vit_b_32_checkpoint(tmp_path_factory) -> str:
+    """A ViT-B-32 with seeded random weights saved as a checkpoint (fp16 safetensors), as
+    bench/embed.py saves one: the real-model path without downloading weights."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("vit_b_32") / "vit-b-32-random.safetensors"
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32")
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)

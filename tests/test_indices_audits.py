@@ -212,7 +212,7 @@ def test_a_failing_blocking_check_stops_index_and_export(tmp_path, materialized,
     shutil.copytree(materialized["lake"], lake_copy, ignore=shutil.ignore_patterns("_dagster"))
     shutil.rmtree(lake_copy / "indices" / "safe")
     tight = tmp_path / "checks.toml"
-    tight.write_text("[default]\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
+    tight.write_text("[default]\nblocking = true\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
     monkeypatch.setattr(checks, "CHECKS_PATH", tight)
     defs = build_definitions(crawl=str(materialized["crawl"]), lake=str(lake_copy))
     selection = [AssetKey(["subsets", "safe"]), AssetKey(["indices", "safe"]), AssetKey(["audits", "safe"])]

@@ -1,28 +1,39 @@
-"""nsfw, watermark and aesthetic: LAION-style heads over CLIP image embeddings.
+"""nsfw, watermark and aesthetic: LAION-style scores over CLIP image embeddings.
 
 nsfw writes `punsafe` and watermark `pwatermark`, probabilities in [0, 1] (LAION's
 recommended cut-offs: punsafe 0.5, pwatermark 0.8); aesthetic writes `aesthetic`, a 1-10
-rating like the LAION aesthetic predictor's (LAION-Aesthetics kept > 7). The heads are
-files (resources/heads.py) and must match the model's embedding dimension.
+rating like the LAION aesthetic predictor's (LAION-Aesthetics kept > 7). Each comes from a
+head file that fits the model or from zero-shot prompts (resources/heads.py chooses); the
+choice is in the asset's code version, its metadata and the score file's own metadata
+(`clipsieve explain` shows it).
 """
 
+from typing import Protocol
+
+import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
-from assets.embeddings import load_embeddings
+from assets.embeddings import encode_texts, load_embeddings
 from assets.scores.common import for_each_shard, score_asset, write_scores
-from resources.heads import Head, HeadsResource
+from resources.clip_model import ClipModelResource
+from resources.heads import HEADS, Head, HeadChoice, HeadsResource
 from resources.lake import LakeResource
+from resources.zero_shot import PromptSet, ZeroShotHead, logit_scale
 
-CODE_VERSION = "1"
-# head -> (output column, the cut-off reported in metadata)
-HEADS = {"nsfw": ("punsafe", 0.5), "watermark": ("pwatermark", 0.8), "aesthetic": ("aesthetic", 7.0)}
+CODE_VERSION = "2"
 
 
-def head_scores(head: Head, column: str, keys: pa.Table, image) -> pa.Table:
+class Scorer(Protocol):
+    input_dim: int
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+def head_scores(head: Scorer, column: str, keys: pa.Table, image: np.ndarray) -> pa.Table:
     if len(image) and image.shape[1] != head.input_dim:
         raise ValueError(f"head expects {head.input_dim}-d embeddings, the model gives {image.shape[1]}-d: "
-                         "use heads trained for this model")
+                         "use heads trained for this model, or HeadsResource kind 'auto' / 'zero_shot'")
     return pa.table({
         "key": keys.column("key"),
         "shard": keys.column("shard"),
@@ -30,26 +41,39 @@ def head_scores(head: Head, column: str, keys: pa.Table, image) -> pa.Table:
     })
 
 
-def build_head_asset(name: str, model_id: str, head_version: str) -> AssetsDefinition:
+def load_scorer(choice: HeadChoice, clip: ClipModelResource) -> Scorer:
+    """The head a choice names: the file, or the zero-shot head built from the model's text tower."""
+    if choice.kind == "file":
+        return Head.load(choice.source)
+    loaded = clip.load()
+    return ZeroShotHead.build(PromptSet.load(choice.source),
+                              lambda prompts: encode_texts(loaded, prompts, clip.batch_size),
+                              logit_scale(loaded.model))
+
+
+def build_head_asset(name: str, model_id: str, choice: HeadChoice) -> AssetsDefinition:
     column, cut_off = HEADS[name]
 
-    @score_asset(f"{CODE_VERSION}+{model_id}+{head_version}", "torch", deps=("embeddings",), name=name,
-                 description=f"`{column}` from the {name} head over CLIP image embeddings.")
-    def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource) -> MaterializeResult:
-        head = heads.load(name)
+    @score_asset(f"{CODE_VERSION}+{model_id}+{choice.kind}-{choice.version}", "torch", deps=("embeddings",),
+                 name=name, description=f"`{column}` over CLIP image embeddings ({choice.kind} head: "
+                                        f"{choice.source}).")
+    def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource,
+                   clip: ClipModelResource) -> MaterializeResult:
+        chosen = heads.choose(name, clip.embedding_dim)  # the run's resources, as the launchpad set them
+        scorer = load_scorer(chosen, clip)
 
         def one(shard: str) -> dict:
             keys, image, _ = load_embeddings(lake, shard, model_id)
-            table = head_scores(head, column, keys, image)
-            metadata = write_scores(lake, shard, name, table, model_id)
+            table = head_scores(scorer, column, keys, image)
+            metadata = write_scores(lake, shard, name, table, model_id, chosen.metadata())
             values = table.column(column).to_numpy()
             metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
-            return metadata
+            return {**metadata, **chosen.metadata()}
 
         return for_each_shard(context, one)
 
     return head_asset
 
 
-def build_head_assets(model_id: str, heads: HeadsResource) -> list[AssetsDefinition]:
-    return [build_head_asset(name, model_id, heads.version(name)) for name in HEADS]
+def build_head_assets(model_id: str, heads: HeadsResource, embedding_dim: int | None) -> list[AssetsDefinition]:
+    return [build_head_asset(name, model_id, heads.choose(name, embedding_dim)) for name in HEADS]

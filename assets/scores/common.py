@@ -40,10 +40,15 @@ def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = N
 
 
 def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Table,
-                 model_id: str | None = None) -> dict:
-    """Write one filter's scores (key, shard, score columns); return Dagster metadata."""
+                 model_id: str | None = None, file_metadata: dict[str, str] | None = None) -> dict:
+    """Write one filter's scores (key, shard, score columns); return Dagster metadata.
+
+    `file_metadata` goes into the Parquet file's key-value metadata (which head made the
+    scores, for `clipsieve explain`)."""
     if table.column_names[:2] != ["key", "shard"]:
         raise ValueError(f"{filter_name}: score tables start with key, shard; got {table.column_names}")
+    if file_metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **file_metadata})
     path = score_path(shard, filter_name, model_id)
     lake.write_parquet(path, table)
     metadata: dict = {"rows": table.num_rows, "path": lake.path(path)}
