@@ -12,6 +12,7 @@ Needs a ground-truth file (`key`, `shard`, `defect`), as the sample crawl writes
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
-from resources.heads import HeadsResource
+from resources.heads import HeadChoice, HeadsResource
 from resources.lake import LakeResource
 
 CODE_VERSION = "2"
@@ -116,6 +117,9 @@ def filter_metrics(pool: pa.Table, spec: FilterSpec, threshold: Any) -> dict[str
 
 # The head filters measured per kind of head: the FILTERS entry each one is read like.
 HEAD_FILTERS = {"nsfw": "nsfw", "watermark": "watermark"}
+# What `evaluate` needs to measure each kind of head: a function adding one score column per
+# kind to the pool, and the HeadChoice behind each column.
+HeadKinds = tuple[Callable[[pa.Table], pa.Table], dict[str, HeadChoice]]
 
 
 def head_pool_scores(lake: LakeResource, model_id: str, pool: pa.Table,
@@ -135,7 +139,8 @@ def head_pool_scores(lake: LakeResource, model_id: str, pool: pa.Table,
     return pool.join(pa.concat_tables(parts), keys=["key", "shard"], join_type="inner")
 
 
-def compare_heads(pool: pa.Table, choices: dict[str, Any], params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def compare_heads(pool: pa.Table, choices: dict[str, HeadChoice],
+                  params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The head filters' figures for every kind of head: `pool` carries a column per
     `choices` key (e.g. "nsfw/zero_shot"), read at the same threshold as the policy's."""
     specs = {spec.name: spec for spec in FILTERS}
@@ -150,11 +155,9 @@ def compare_heads(pool: pa.Table, choices: dict[str, Any], params: dict[str, dic
 
 
 def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
-             calibration: dict[str, dict[str, object]], head_scores=None) -> dict[str, Any]:
-    """Filter and policy figures for the lake behind `catalog` against `truth`.
-
-    `head_scores`, when given, is `(pool -> pool with a column per head kind, {column:
-    HeadChoice})`: the head filters are then measured for each kind too (`heads`)."""
+             calibration: dict[str, dict[str, object]], head_scores: HeadKinds | None = None) -> dict[str, Any]:
+    """Filter and policy figures for the lake behind `catalog` against `truth`; with
+    `head_scores` (see `head_kinds`), the head filters for each kind of head too (`heads`)."""
     connection = catalog.connection
     connection.register("truth", truth.select(["key", "shard", "defect"]))
     try:
@@ -180,7 +183,7 @@ def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
     return result
 
 
-def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: ClipModelResource):
+def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: ClipModelResource) -> HeadKinds:
     """The `head_scores` argument of `evaluate`: every kind of NSFW and watermark head that
     fits the model, scored from the lake's image embeddings."""
     choices = {f"{choice.name}/{choice.kind}": choice for name in HEAD_FILTERS

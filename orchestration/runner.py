@@ -36,6 +36,7 @@ from dagster import (
     DagsterRunStatus,
     Definitions,
     EventLogRecord,
+    ExecuteInProcessResult,
     RunsFilter,
     materialize,
 )
@@ -90,7 +91,7 @@ class RunOutcome:
     skipped: list[str] = field(default_factory=list)  # steps not run (an upstream step or blocking check failed)
 
 
-def run_outcome(result) -> RunOutcome:
+def run_outcome(result: ExecuteInProcessResult) -> RunOutcome:
     """Failed checks (by severity), crashed and skipped steps of a run, one line each."""
     outcome = RunOutcome()
     for event in result.all_events:
