@@ -9,8 +9,9 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
+from dagster import AssetCheckSeverity, AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
 
+from assets import checks
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from resources.catalog import open_catalog
@@ -77,9 +78,9 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
     result, lake = duplicated["result"], duplicated["lake"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for policy in PUBLISHED:
-        checks = json.loads((lake / "subsets" / policy / "checks.json").read_text())
-        assert not checks["duplicate_rate"]["passed"] and checks["duplicate_rate"]["blocking"] is False, policy
-        assert checks["duplicate_rate"]["value"] > 0.2
+        recorded = json.loads((lake / "subsets" / policy / "checks.json").read_text())
+        assert not recorded["duplicate_rate"]["passed"] and recorded["duplicate_rate"]["blocking"] is False, policy
+        assert recorded["duplicate_rate"]["value"] > 0.2
         assert f"subsets/{policy}:duplicate_rate" in result.stdout
         # the index, audit and export went on
         assert (lake / "audits" / policy / "metrics.json").exists()
@@ -100,6 +101,11 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
              for asset in defs.assets if isinstance(asset, AssetsDefinition) for spec in asset.check_specs}
     assert specs[("subsets/safe", "duplicate_rate")] is True
     assert specs[("subsets/laion400m", "duplicate_rate")] is False
+    # a failed check warns in the UI on a published policy and is an error on safe
+    over = {"nsfw_rate": 0.5, "duplicate_rate": 0.5, "group_removal_ratio": 9.0}
+    for policy, severity in (("laion400m", AssetCheckSeverity.WARN), ("safe", AssetCheckSeverity.ERROR)):
+        results = checks.evaluate(checks.SUBSET_CHECKS, policy, over, checks.is_blocking(policy))
+        assert {r.severity for r in results} == {severity} and not any(r.passed for r in results)
 
 
 def test_a_warned_subset_exports_and_the_crawl_is_found_from_the_lake(duplicated, tmp_path):
@@ -124,13 +130,13 @@ def test_a_warned_subset_exports_and_the_crawl_is_found_from_the_lake(duplicated
 def test_exit_status_tells_a_blocked_subset_from_a_crashed_step(tmp_path):
     crawl, lake = tmp_path / "crawl", tmp_path / "lake"
     write_sample_crawl(crawl, 2, 40, seed=7)
-    checks = tmp_path / "checks.toml"
-    checks.write_text("[default]\nblocking = false\n\n[safe]\nblocking = true\nmax_duplicate_rate = -1.0\n")
+    bounds = tmp_path / "checks.toml"
+    bounds.write_text("[default]\nblocking = false\n\n[safe]\nblocking = true\nmax_duplicate_rate = -1.0\n")
     policies = tmp_path / "policies"
     policies.mkdir()
     for policy in ("laion400m", "safe"):
         shutil.copy(REPO / "sql" / "policies" / f"{policy}.sql", policies)
-    env = {"DAGSTER_HOME": str(tmp_path / "home"), "CLIPSIEVE_CHECKS": str(checks),
+    env = {"DAGSTER_HOME": str(tmp_path / "home"), "CLIPSIEVE_CHECKS": str(bounds),
            "CLIPSIEVE_POLICY_DIR": str(policies)}
 
     blocked = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env, check=False)
