@@ -2,24 +2,20 @@
 
 The crawl is untrusted input. Here: img2dataset's parquet columns made regular (a missing
 column added as nulls, a mistyped one converted, bad values set to null with a note), caption
-text decoded and capped, tar member names and parquet keys that could name a path refused,
-and image bytes checked for damage and decompression bombs without decoding them whole.
-Checks return the reason for what they refuse or change, as text that assets/samples.py
-records on the row; only a parquet that cannot give rows at all raises (ValueError, naming
-the file).
+text decoded and capped, and tar member names and parquet keys that could name a path
+refused (image bytes are checked in assets/images.py). Checks return the reason for what
+they refuse or change, as text that assets/samples.py records on the row; only a parquet
+that cannot give rows at all raises (ValueError, naming the file).
 """
 
 import codecs
-import io
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
 REQUIRED_COLUMNS = ("key", "status")
 # img2dataset's parquet columns (and DataComp's uid) with the types every later stage reads.
@@ -32,42 +28,8 @@ CRAWL_COLUMNS = {
 # tokenizer, fastText, the toxicity model and DuckDB down. LAION captions are rarely > 1,000.
 MAX_CAPTION_CHARS = 4096
 MAX_CAPTION_BYTES = 4 * MAX_CAPTION_CHARS  # enough UTF-8 for MAX_CAPTION_CHARS characters
-# Pillow's default Image.MAX_IMAGE_PIXELS, enforced here whatever the global is set to.
-MAX_IMAGE_PIXELS = 89_478_485
-MAX_IMAGE_BYTES = 64 * 2**20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-
-
-def check_image(data: bytes) -> str | None:
-    """None if `data` decodes as an image, else the reason it does not.
-
-    The pixel count is checked from the header before anything is decoded.
-    """
-    if not data:
-        return "zero-byte image"
-    if len(data) > MAX_IMAGE_BYTES:
-        return f"image is {len(data)} bytes, over the {MAX_IMAGE_BYTES}-byte limit"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                pixels = image.width * image.height
-                if pixels > MAX_IMAGE_PIXELS:
-                    return (f"DecompressionBombError: image claims {image.width}x{image.height} = {pixels} pixels, "
-                            f"over the {MAX_IMAGE_PIXELS}-pixel limit; not decoded")
-                image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, enough to find damage
-                image.load()
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a property of the data
-        return image_error_text(error)
-    return None
-
-
-def image_error_text(error: Exception) -> str:
-    """A decoder error as recorded: Pillow names the buffer by its memory address, which
-    would make the recorded reason (and the Parquet file) change from run to run."""
-    return f"{type(error).__name__}: " + _BUFFER.sub("the image bytes", str(error))
 
 
 def decode_text(data: bytes, complete: bool = True) -> tuple[str, bool]:

@@ -26,7 +26,7 @@ from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, samples_path
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 
 @dataclass

@@ -21,7 +21,15 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -40,8 +48,12 @@ class DedupParams:
     seed: int = 0
 
 
-def _normalized_thumbnails(thumbnails: list[bytes]) -> np.ndarray:
-    pixels = np.frombuffer(b"".join(thumbnails), dtype=np.uint8).reshape(len(thumbnails), -1).astype(np.float32)
+def _normalized_thumbnails(thumbnails: list[bytes | None]) -> np.ndarray:
+    """Zero-mean unit thumbnails; an image without one (it did not decode for exact_hash) is
+    all zeros, so it correlates with nothing and no thumbnail check confirms it."""
+    size = next((len(t) for t in thumbnails if t is not None), 64)
+    joined = b"".join(bytes(size) if t is None else t for t in thumbnails)
+    pixels = np.frombuffer(joined, dtype=np.uint8).reshape(len(thumbnails), -1).astype(np.float32)
     pixels -= pixels.mean(axis=1, keepdims=True)
     return pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-6)
 
@@ -136,24 +148,33 @@ def find_duplicates(samples: pa.Table, vectors: np.ndarray, params: DedupParams)
     })
 
 
-def load_dedup_inputs(lake: LakeResource, model_id: str) -> tuple[pa.Table, np.ndarray]:
-    """Every embedded sample's (key, shard, sha256, phash, thumbnail) and image embedding."""
-    tables, chunks = [], []
+def load_dedup_inputs(lake: LakeResource, model_id: str) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
+    """Every embedded sample's (key, shard, sha256, phash, thumbnail) and image embedding, and
+    the shards left out with the reason (no exact_hash file, or one that does not cover the
+    shard's embedded samples: its exact_hash step failed). One such shard never stops the others."""
+    tables, chunks, left_out = [], [], {}
     for path in lake.glob(f"shards/*/embeddings/{model_id}/keys.parquet"):
         shard = path.split("/")[1]
+        hashes_path = f"shards/{shard}/scores/exact_hash.parquet"
+        if not lake.exists(hashes_path):
+            left_out[shard] = "no scores/exact_hash file (its exact_hash step has not succeeded)"
+            continue
         keys, image, _ = load_embeddings(lake, shard, model_id)
-        hashes = lake.read_parquet(f"shards/{shard}/scores/exact_hash.parquet")
+        hashes = lake.read_parquet(hashes_path)
         rows = pc.index_in(keys.column("key"), value_set=hashes.column("key"))
         if rows.null_count:
-            raise ValueError(f"shard {shard}: {rows.null_count} embedded sample(s) have no exact_hash row")
+            left_out[shard] = (f"{rows.null_count} embedded sample(s) have no exact_hash row (exact_hash is "
+                               "older than the embeddings: its last run failed)")
+            continue
         aligned = hashes.take(rows)
         tables.append(aligned.select(["key", "shard", "sha256", "phash", "thumbnail"]))
         chunks.append(image)
     if not tables:
-        raise ValueError(f"no embeddings for model {model_id} in the lake yet")
+        raise ValueError(f"no shard with embeddings and hashes for model {model_id} in the lake yet"
+                         + (f"; left out: {left_out}" if left_out else ""))
     vectors = np.concatenate(chunks).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return pa.concat_tables(tables), np.ascontiguousarray(vectors)
+    return pa.concat_tables(tables), np.ascontiguousarray(vectors), left_out
 
 
 class DedupConfig(Config):
@@ -174,7 +195,9 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     )
     def near_duplicates(context: AssetExecutionContext, config: DedupConfig, lake: LakeResource) -> MaterializeResult:
         """Duplicate groups across all shards: SemDeDup clusters + exact and perceptual hashes."""
-        samples, vectors = load_dedup_inputs(lake, model_id)
+        samples, vectors, left_out = load_dedup_inputs(lake, model_id)
+        for shard, reason in left_out.items():
+            context.log.warning(f"near_duplicates leaves out shard {shard}: {reason}")
         params = DedupParams(config.cluster_size, config.eps, config.min_thumbnail_correlation, config.seed)
         table = find_duplicates(samples, vectors, params)
         lake.write_parquet(dedup_path(model_id), table)
@@ -184,6 +207,7 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
             "duplicates": len(reasons),
             **{f"duplicates/{r}": reasons.count(r) for r in ("exact", "phash", "semantic")},
             "clusters": int(len(set(table.column("cluster").to_pylist()))),
+            "left_out_shards": MetadataValue.json(left_out),
             "model_id": model_id,
             "path": lake.path(dedup_path(model_id)),
         })

@@ -12,7 +12,6 @@ the look-up and the cast to bf16 after it), and the look-up per image into bf16 
 A transform of another shape runs image by image, as it is.
 """
 
-import io
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from assets.crawl_input import image_error_text
+from assets.images import as_mode, image_error_text, open_image
 
 # torchvision's and open_clip's centre crops: their output has the crop's size whatever the input.
 CENTRE_CROPS = ("CenterCrop", "CenterCropOrPad")
@@ -107,17 +106,15 @@ def split_transform(preprocess: Callable, dtype: torch.dtype = torch.float32) ->
 
 
 def decode(data: bytes, size: int) -> Image.Image:
-    """The image as RGB; a JPEG is downscaled while decoding, to no less than twice `size`."""
-    image = Image.open(io.BytesIO(data))
+    """The image as RGB (assets/images.py: format and cost checks, EXIF orientation, alpha on
+    white, 16-bit scaled); a JPEG is downscaled while decoding, to no less than twice `size`."""
+    image = open_image(data)
     # JPEG: let the decoder downscale by a power of two (far cheaper than a full decode), but
     # only to twice the model's input, so the bicubic resize after it still sees the detail
     # it would have (measured: cosine >= 0.995 to a full decode on the 64 px demo model, and
     # no change at all for 224 px models on img2dataset's 256 px images).
     image.draft("RGB", (2 * size, 2 * size))
-    if image.mode == "RGB":  # convert() would copy it: load it as it is
-        image.load()
-        return image
-    return image.convert("RGB")
+    return as_mode(image, "RGB")
 
 
 Batch = tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]  # keys, pixels, failures (key, error)

@@ -55,9 +55,7 @@ from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeRe
 
 from assets.crawl_input import (
     MAX_CAPTION_BYTES,
-    MAX_IMAGE_BYTES,
     cap_caption,
-    check_image,
     decode_text,
     key_problem,
     member_key,
@@ -65,12 +63,13 @@ from assets.crawl_input import (
     normalize_crawl_table,
     printable_name,
 )
+from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
 from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 # The crawl shards themselves: files written by img2dataset, observed, never materialized here.
 crawl_shard = AssetSpec(

@@ -9,19 +9,20 @@ pairs' thumbnails to tell a re-upload of one photo from another photo of the sam
 """
 
 import hashlib
-import io
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 from PIL import Image
 
+from assets.images import ImageRefused, as_mode, image_error_text, open_image
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 _SIDE = 32
 THUMBNAIL_SIDE = 8
 
@@ -37,9 +38,9 @@ _DCT = _dct_matrix(_SIDE)
 
 
 def _greyscale(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(data) as image:
         image.draft("L", (_SIDE, _SIDE))
-        return image.convert("L")
+        return as_mode(image, "L")
 
 
 def _thumbnails(data: bytes) -> tuple[np.ndarray, bytes]:
@@ -59,35 +60,58 @@ def perceptual_hashes(thumbnails: np.ndarray) -> np.ndarray:
     return packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
 
 
-def hash_images(images: Iterable[tuple[str, bytes]]) -> tuple[list[str], list[str], np.ndarray, list[bytes]]:
-    """(keys, sha256 hex, phash, 8x8 thumbnail bytes) of streamed (key, image bytes) pairs."""
-    keys, digests, thumbnails, small = [], [], [], []
+@dataclass
+class ImageHashes:
+    """Per streamed image: its key, sha256 hex, phash and 8x8 thumbnail (None where the
+    image did not decode), and the reason it did not (None where it did)."""
+
+    keys: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    phashes: list[int | None] = field(default_factory=list)
+    thumbnails: list[bytes | None] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+
+
+def hash_images(images: Iterable[tuple[str, bytes]]) -> ImageHashes:
+    """Hashes of streamed (key, image bytes) pairs. An image that does not decode keeps its
+    sha256 and gets its reason instead of a phash and thumbnail: one image never fails the shard."""
+    result, large = ImageHashes(), []
     for key, data in images:
-        keys.append(key)
-        digests.append(hashlib.sha256(data).hexdigest())
-        large, tiny = _thumbnails(data)
-        thumbnails.append(large)
-        small.append(tiny)
-    stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, _SIDE, _SIDE), np.float32)
-    return keys, digests, perceptual_hashes(stacked), small
+        result.keys.append(key)
+        result.digests.append(hashlib.sha256(data).hexdigest())
+        try:
+            grey, tiny = _thumbnails(data)
+        except Exception as error:  # noqa: BLE001 - any decoder failure is a property of the data
+            result.thumbnails.append(None)
+            result.errors.append(str(error) if isinstance(error, ImageRefused) else image_error_text(error))
+            continue
+        large.append(grey)
+        result.thumbnails.append(tiny)
+        result.errors.append(None)
+    stacked = np.stack(large) if large else np.zeros((0, _SIDE, _SIDE), np.float32)
+    hashes = iter(perceptual_hashes(stacked).tolist())
+    result.phashes = [None if error else next(hashes) for error in result.errors]
+    return result
 
 
 def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
-    """sha256 and phash of each sample's image, in the samples' order."""
+    """sha256, phash and thumbnail of each sample's image, in the samples' order (`hash_error`
+    says why an image has no phash)."""
     key_of = dict(zip(samples.column("tar_member").to_pylist(), samples.column("key").to_pylist()))
     streamed: Iterable[tuple[str, bytes]] = ()
     if samples.num_rows:
         shard = samples.column("shard")[0].as_py()
         streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
-    keys, digests, phashes, small = hash_images(streamed)
-    row = {k: i for i, k in enumerate(keys)}
+    hashes = hash_images(streamed)
+    row = {k: i for i, k in enumerate(hashes.keys)}
     order = [row[k] for k in samples.column("key").to_pylist()]
     return pa.table({
         "key": samples.column("key"),
         "shard": samples.column("shard"),
-        "sha256": pa.array([digests[i] for i in order], pa.string()),
-        "phash": pa.array(phashes[order] if order else [], pa.int64()),
-        "thumbnail": pa.array([small[i] for i in order], pa.binary(THUMBNAIL_SIDE * THUMBNAIL_SIDE)),
+        "sha256": pa.array([hashes.digests[i] for i in order], pa.string()),
+        "phash": pa.array([hashes.phashes[i] for i in order], pa.int64()),
+        "thumbnail": pa.array([hashes.thumbnails[i] for i in order], pa.binary(THUMBNAIL_SIDE * THUMBNAIL_SIDE)),
+        "hash_error": pa.array([hashes.errors[i] for i in order], pa.string()),
     })
 
 
@@ -99,6 +123,7 @@ def exact_hash(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeR
         table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
         metadata = write_scores(lake, shard, "exact_hash", table)
         metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
+        metadata["images_without_phash"] = table.num_rows - table.column("hash_error").null_count
         return metadata
 
     return for_each_shard(context, one)

@@ -1,0 +1,119 @@
+"""Crawl images are opened only as JPEG, PNG or WebP, at a bounded cost, and read as
+img2dataset reads them (EXIF orientation, alpha on white, 16-bit scaled to 8 bits)."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from assets.images import MAX_ASPECT_RATIO, MAX_JPEG_SCANS, as_mode, check_image, open_image
+from assets.pixels import decode
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def _picture(size=(48, 32)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None]
+    pixels = np.clip(gradient + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def test_a_looping_postscript_file_stored_as_jpg_never_reaches_ghostscript():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{ } loop\n"
+    started = time.perf_counter()
+    assert check_image(eps) == "unsupported format: PostScript/EPS (crawl images are read as JPEG, PNG, WEBP only)"
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("fmt, name, mode", [("TIFF", "TIFF", "LAB"), ("GIF", "GIF", "P"), ("BMP", "BMP", "RGB"),
+                                             ("TIFF", "TIFF", "F")])
+def test_other_formats_are_refused_by_name(fmt, name, mode):
+    image = _picture().convert(mode) if mode != "F" else Image.new("F", (8, 8), 0.5)
+    error = check_image(_encoded(image, fmt))
+    assert error is not None and error.startswith(f"unsupported format: {name}")
+    with pytest.raises(ValueError, match=name):
+        decode(_encoded(image, fmt), 64)
+
+
+def test_a_jpeg_repeating_its_last_scan_is_refused_before_decoding():
+    progressive = _encoded(_picture((256, 256)), "JPEG", progressive=True, quality=90)
+    last_scan = progressive.rindex(b"\xff\xda")
+    body, scan = progressive[:last_scan], progressive[last_scan:-2]
+    bomb = body + scan * (MAX_JPEG_SCANS + 50) + b"\xff\xd9"
+    assert check_image(progressive) is None
+    started = time.perf_counter()
+    error = check_image(bomb)
+    assert error is not None and "scans, over the 100-scan limit" in error
+    assert time.perf_counter() - started < 1.0
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_decoding():
+    banner = _encoded(Image.new("L", (150_000, 1), 128), "PNG")
+    assert len(banner) < 2000
+    error = check_image(banner)
+    assert error is not None and f"aspect ratio over {MAX_ASPECT_RATIO}" in error
+    assert check_image(_encoded(Image.new("L", (MAX_ASPECT_RATIO, 1), 128), "PNG")) is None
+
+
+def test_sixteen_bit_greyscale_reads_as_the_same_picture_at_eight_bits():
+    grey = np.asarray(_picture().convert("L"), dtype=np.uint16)
+    sixteen = Image.fromarray(grey * 257)  # uint16: mode I;16
+    png16 = _encoded(sixteen, "PNG")
+    assert open_image(png16).mode.startswith("I")
+    eight = np.asarray(decode(_encoded(Image.fromarray(grey.astype(np.uint8), "L"), "PNG"), 64), dtype=int)
+    read = np.asarray(decode(png16, 64), dtype=int)
+    assert np.abs(read - eight).max() <= 1 and read.mean() > 40  # not flat white or black
+
+
+def test_exif_orientation_is_applied():
+    picture = _picture()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated = np.asarray(decode(_encoded(picture, "JPEG", quality=95, exif=exif.tobytes()), 1000))
+    plain = decode(_encoded(picture, "JPEG", quality=95), 1000)  # the same pixels, no orientation tag
+    upright = np.asarray(plain.transpose(Image.Transpose.ROTATE_270))
+    assert rotated.shape == upright.shape == (48, 32, 3)
+    assert np.array_equal(rotated, upright)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 8, 16))
+    read = np.asarray(as_mode(open_image(_encoded(rgba, "PNG")), "RGB"))
+    assert tuple(read[0, 0]) == (0, 0, 255) and tuple(read[0, 15]) == (255, 255, 255)
+    webp = np.asarray(decode(_encoded(rgba, "WEBP", lossless=True), 64))
+    assert tuple(webp[0, 15]) == (255, 255, 255)
+
+
+def test_an_image_that_does_not_decode_is_a_hash_row_with_its_reason_not_a_failed_shard():
+    from assets.scores.exact_hash import hash_images
+
+    lab_tiff = _encoded(_picture().convert("LAB"), "TIFF")
+    good = _encoded(_picture(), "JPEG")
+    hashes = hash_images([("a", good), ("lab", lab_tiff), ("b", good)])
+    assert hashes.keys == ["a", "lab", "b"] and len(set(hashes.digests)) == 2
+    assert hashes.phashes[0] == hashes.phashes[2] is not None and hashes.phashes[1] is None
+    assert hashes.thumbnails[1] is None and hashes.errors[1].startswith("unsupported format: TIFF")
+
+
+def test_near_duplicates_leave_out_a_shard_without_hashes_and_name_it(lake, tmp_path):
+    import shutil
+
+    from assets.near_duplicates import load_dedup_inputs
+    from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+    from resources.lake import LakeResource
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake.url, copy, ignore=shutil.ignore_patterns("_dagster"))
+    (copy / "shards" / "00002" / "scores" / "exact_hash.parquet").unlink()
+    samples, vectors, left_out = load_dedup_inputs(LakeResource(root=str(copy)), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
+    assert list(left_out) == ["00002"] and "exact_hash" in left_out["00002"]
+    shards = set(samples.column("shard").to_pylist())
+    assert "00002" not in shards and len(shards) == 7 and len(vectors) == samples.num_rows
