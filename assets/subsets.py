@@ -22,7 +22,15 @@ from pydantic import Field
 from assets import checks
 from assets.audits import stage_figures
 from assets.export import uid_array
-from resources.catalog import SQL_DIR, Catalog, CatalogResource, locked_connection, read_sql
+from resources.catalog import (
+    SQL_DIR,
+    Catalog,
+    CatalogResource,
+    SqlLimits,
+    interrupt_after,
+    locked_connection,
+    read_sql,
+)
 from resources.lake import LakeResource, checks_path, members_path, uids_path
 from resources.versions import text_digest
 
@@ -46,11 +54,13 @@ class Policy:
         read no file: a value is an expression, and the file is untrusted)."""
         connection = locked_connection()
         try:
-            for statement in connection.extract_statements(self.sql):
-                if statement.type == duckdb.StatementType.SET and _SET_VARIABLE.match(_uncommented(statement.query)):
-                    connection.execute(statement.query)
-            values = {name: connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]
-                      for name in self.parameters}
+            with interrupt_after(connection, SqlLimits.timeout_seconds):
+                for statement in connection.extract_statements(self.sql):
+                    if statement.type == duckdb.StatementType.SET and \
+                            _SET_VARIABLE.match(_uncommented(statement.query)):
+                        connection.execute(statement.query)
+                values = {name: connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]
+                          for name in self.parameters}
             return {k: float(v) if isinstance(v, Decimal) else v for k, v in values.items()}
         except duckdb.Error as error:
             raise ValueError(f"policy {self.name}: its SET VARIABLE values failed: {error}") from None

@@ -149,10 +149,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from resources.catalog import open_catalog
+    from resources.catalog import SqlLimits, open_catalog
     from resources.lake import LakeResource
 
-    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)))
+    limits = SqlLimits(args.memory_limit, args.max_temp_size, args.timeout)
+    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)), limits=limits)
     try:
         table = catalog.select(args.sql)  # untrusted: one SELECT, on a connection that reads only the lake
     finally:
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("query", help="run SQL against the catalog views (samples, scores, ...)")
     p.add_argument("--lake", required=True)
     p.add_argument("--json", action="store_true", help="print a JSON array of row objects instead of CSV")
+    p.add_argument("--timeout", type=float, default=600.0, help="stop the query after this many seconds")
+    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory_limit for the query")
+    p.add_argument("--max-temp-size", default="16GB", help="spill space (a private folder, removed after)")
     _model_args(p)
     p.add_argument("sql")
     p.set_defaults(func=cmd_query)

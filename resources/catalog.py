@@ -10,7 +10,11 @@ locked) and untrusted text must be SELECT statements (`check_select`).
 """
 
 import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,36 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+@dataclass(frozen=True)
+class SqlLimits:
+    """What one catalog connection may use. Policies and `clipsieve query` are untrusted SQL:
+    a cross join must end in a clear error, not in the kernel killing the process or the
+    disk filling with spill files."""
+
+    memory_limit: str = "4GB"  # DuckDB's memory_limit (its default is 80% of the machine)
+    max_temp_directory_size: str = "16GB"  # spill files, in a private folder removed on close
+    timeout_seconds: float = 600.0  # one statement; then the connection is interrupted
+
+
+class SqlLimitError(ValueError):
+    """A statement ran past SqlLimits.timeout_seconds (and was interrupted) or past its memory."""
+
+
+@contextmanager
+def interrupt_after(connection: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
+    """Interrupt what `connection` runs inside the block once it has run `seconds`."""
+    timer = threading.Timer(seconds, connection.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise SqlLimitError(f"the statement ran over {seconds:g} s and was stopped (CatalogResource "
+                              "timeout_seconds / clipsieve query --timeout)") from None
+    finally:
+        timer.cancel()
+
+
 @dataclass
 class Catalog:
     """A DuckDB connection with the catalog views; `missing` names views that could not be
@@ -40,10 +74,17 @@ class Catalog:
     connection: duckdb.DuckDBPyConnection
     missing: dict[str, str] = field(default_factory=dict)
     snapshot: bool = False  # `scores` is an in-memory copy of the scored pool (open_catalog)
+    limits: SqlLimits = field(default_factory=SqlLimits)
+    temp_directory: str | None = None  # the connection's private spill folder, removed on close
 
     def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
         try:
-            return self.connection.execute(sql, parameters if parameters is not None else []).fetch_arrow_table()
+            with interrupt_after(self.connection, self.limits.timeout_seconds):
+                return self.connection.execute(sql, parameters if parameters is not None else []).fetch_arrow_table()
+        except duckdb.OutOfMemoryException as error:
+            raise SqlLimitError(f"the statement needed more than memory_limit {self.limits.memory_limit} and "
+                                  f"max_temp_directory_size {self.limits.max_temp_directory_size} allow: "
+                                  f"{str(error).splitlines()[0]}") from None
         except duckdb.CatalogException as error:
             if self.missing:
                 hints = "; ".join(f"{name}: {why}" for name, why in self.missing.items())
@@ -60,6 +101,8 @@ class Catalog:
 
     def close(self) -> None:
         self.connection.close()
+        if self.temp_directory:
+            shutil.rmtree(self.temp_directory, ignore_errors=True)
 
 
 class RefusedSQLError(ValueError):
@@ -85,16 +128,27 @@ def check_select(connection: duckdb.DuckDBPyConnection, sql: str, what: str = "q
     return statements
 
 
-def lockdown(connection: duckdb.DuckDBPyConnection, readable: list[str]) -> None:
-    """Let the connection read only under `readable` (folders or URL prefixes) from now on."""
+def lockdown(connection: duckdb.DuckDBPyConnection, readable: list[str], limits: SqlLimits = SqlLimits(),
+             temp_directory: str = "") -> None:
+    """Let the connection read only under `readable` (folders or URL prefixes) from now on,
+    within `limits`, spilling to `temp_directory` (a private folder; "": no spilling).
+
+    DuckDB lets a connection read its temp directory whatever allowed_directories says, so
+    the default `<cwd>/.tmp` would let `read_text('.tmp/...')` read files there: the temp
+    directory is always set, to a folder only DuckDB writes to, or to none."""
     allowed = "[" + ", ".join(_literal(folder.rstrip("/") + "/") for folder in readable) + "]"
-    connection.execute(read_sql("catalog/lockdown.sql").replace("{{allowed}}", allowed))
+    connection.execute(read_sql("catalog/lockdown.sql")
+                       .replace("{{allowed}}", allowed)
+                       .replace("{{temp_directory}}", _literal(temp_directory))
+                       .replace("{{memory_limit}}", _literal(limits.memory_limit))
+                       .replace("{{max_temp_directory_size}}", _literal(limits.max_temp_directory_size)))
 
 
-def locked_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory connection that can read no file at all (for evaluating policy parameters)."""
+def locked_connection(limits: SqlLimits = SqlLimits()) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection that can read no file at all and never spills (for evaluating
+    policy parameters)."""
     connection = duckdb.connect()
-    lockdown(connection, [])
+    lockdown(connection, [], limits)
     return connection
 
 
@@ -141,13 +195,14 @@ def _snapshot_scores(connection: duckdb.DuckDBPyConnection, lake_path: str, mode
             _pools[key] = (fingerprint, pool)
 
 
-def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snapshot_rows: int = 0) -> Catalog:
+def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snapshot_rows: int = 0,
+                 limits: SqlLimits = SqlLimits()) -> Catalog:
     """A catalog over the lake at `lake_path` (local folder or fsspec URL) for one model.
 
     `snapshot_rows` > 0: when the pool has at most that many embedded samples, the `scores`
     view is read once into memory (sql/catalog/snapshot_scores.sql) and queries read that;
     on a local lake the process keeps that copy for the next connection while the lake's
-    Parquet files stay as they were.
+    Parquet files stay as they were. `limits`: memory, spill space and statement time.
     """
     connection = duckdb.connect()
     if threads:
@@ -155,8 +210,9 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snap
     protocol = fsspec.core.split_protocol(lake_path)[0]
     if protocol not in (None, "file", "local"):
         connection.register_filesystem(fsspec.filesystem(protocol))
-    lockdown(connection, [lake_path])
-    catalog = Catalog(connection)
+    temp_directory = tempfile.mkdtemp(prefix="clipsieve-duckdb-")  # mode 0700: only this process writes there
+    lockdown(connection, [lake_path], limits, temp_directory)
+    catalog = Catalog(connection, limits=limits, temp_directory=temp_directory)
     lake_literal = _literal(lake_path.rstrip("/"))[1:-1]
     for view_file in sorted((SQL_DIR / "views").glob("*.sql")):
         sql = view_file.read_text().replace("{{lake}}", lake_literal).replace("{{model}}", model_id)
@@ -184,7 +240,15 @@ class CatalogResource(ConfigurableResource):
         "the lake's Parquet files are unchanged. 0: never.",
     )
 
+    memory_limit: str = Field(default=SqlLimits.memory_limit,
+                              description="DuckDB memory_limit per connection (policy SQL runs on it).")
+    max_temp_directory_size: str = Field(
+        default=SqlLimits.max_temp_directory_size,
+        description="Spill space per connection, in a private temporary folder removed when it closes.")
+    timeout_seconds: float = Field(default=SqlLimits.timeout_seconds,
+                                   description="A statement running longer is interrupted with an error.")
+
     def open(self, lake_path: str, model_id: str, snapshot: bool = False) -> Catalog:
         """A catalog connection; `snapshot`: with the scored pool in memory when it is small enough."""
-        return open_catalog(lake_path, model_id, self.threads or None,
-                            self.snapshot_max_rows if snapshot else 0)
+        return open_catalog(lake_path, model_id, self.threads or None, self.snapshot_max_rows if snapshot else 0,
+                            SqlLimits(self.memory_limit, self.max_temp_directory_size, self.timeout_seconds))

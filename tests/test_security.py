@@ -413,3 +413,41 @@ def test_ui_host_is_configurable():
 def test_security_doc_covers_exposing_the_ui():
     text = (REPO / "docs" / "security.md").read_text()
     assert "auth_basic" in text and "oauth2-proxy" in text and "UI_HOST" in text
+
+
+def test_duckdbs_temp_directory_is_not_a_way_out_of_the_lake(lake, tmp_path, monkeypatch):
+    """DuckDB may read its temp directory whatever allowed_directories says; its default is
+    <cwd>/.tmp. Catalog connections spill to a private folder instead, policy parameters to none."""
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret").write_text("SECRET")
+    monkeypatch.chdir(tmp_path)
+    catalog = open_catalog(lake.url, model_id(DEMO_MODEL, DEMO_CHECKPOINT))
+    try:
+        with pytest.raises(RefusedSQLError):
+            catalog.select("SELECT content FROM read_text('.tmp/secret')")
+        private = Path(catalog.temp_directory)
+        assert private.is_dir() and private != tmp_path / ".tmp" and oct(private.stat().st_mode)[-3:] == "700"
+    finally:
+        catalog.close()
+    assert not private.exists()
+    leaking = Policy("leak", "SET VARIABLE x = (SELECT content FROM read_text('.tmp/secret'));\n"
+                             "SELECT key, shard FROM scores WHERE getvariable('x') IS NOT NULL;\n")
+    with pytest.raises(ValueError, match="Permission|disabled"):
+        leaking.defaults()
+
+
+def test_untrusted_sql_is_stopped_by_time_and_memory_with_a_clear_error(lake):
+    from resources.catalog import SqlLimitError, SqlLimits
+
+    catalog = open_catalog(lake.url, model_id(DEMO_MODEL, DEMO_CHECKPOINT), limits=SqlLimits("100MB", "50MB", 1.0))
+    try:
+        with pytest.raises(SqlLimitError, match="ran over 1 s"):
+            catalog.select("SELECT count(*) FROM range(100000000) a, range(1000) b WHERE a.range * b.range = -1")
+        with pytest.raises(SqlLimitError, match="memory_limit 100MB"):
+            catalog.select("SELECT length(string_agg(repeat('x', 100), ',')) FROM range(10000000)")
+        assert catalog.select("SELECT count(*) AS n FROM samples").column("n")[0].as_py() > 0  # still usable
+    finally:
+        catalog.close()
+    slow = run_cli("query", "--lake", lake.url, "--timeout", "1",
+                   "SELECT count(*) FROM range(100000000) a, range(1000) b WHERE a.range * b.range = -1", check=False)
+    assert slow.returncode != 0 and "ran over 1 s and was stopped" in slow.stderr
