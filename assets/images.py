@@ -112,11 +112,14 @@ def check_image(data: bytes) -> str | None:
             image.draft("RGB", (64, 64))
             as_mode(image, "RGB")
     except Exception as error:  # noqa: BLE001 - any decoder failure is a property of the data
-        return str(error) if isinstance(error, ImageRefused) else image_error_text(error)
+        return image_error_text(error)
     return None
 
 
 def image_error_text(error: Exception) -> str:
     """A decoder error as recorded: Pillow names the buffer by its memory address, which
-    would make the recorded reason (and the Parquet file) change from run to run."""
+    would make the recorded reason (and the Parquet file) change from run to run. A refusal
+    is its own reason."""
+    if isinstance(error, ImageRefused):
+        return str(error)
     return f"{type(error).__name__}: " + _BUFFER.sub("the image bytes", str(error))

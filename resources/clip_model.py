@@ -25,7 +25,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.safe_weights import safe_pretrained
-from resources.versions import CACHE_PATH, file_digest, write_cache_file
+from resources.versions import CACHE_PATH, file_digest, text_digest, write_cache_file
 
 # The demo model and heads ship in the repository (models/demo, made by models/train_demo.py).
 DEMO_DIR = Path(os.environ.get("CLIPSIEVE_DEMO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "demo"))
@@ -62,9 +62,17 @@ class EmbedOptions:
 
 
 def model_id(model_name: str, pretrained: str) -> str:
-    """Filesystem-safe id of a model and its weights: name + tag, or name + file hash."""
+    """Filesystem-safe id of a model and its weights: name + tag, or name + file hash.
+
+    A local checkpoint's hash covers the `<model_name>.json` config beside it too, when there
+    is one (the network it describes): an edited config is another model, whose outputs must
+    not share a lake folder or a code version with the old one's."""
     if pretrained and os.path.isfile(pretrained):
-        weights = f"{Path(pretrained).stem}-{file_digest(pretrained)}"
+        digest = file_digest(pretrained)
+        config = Path(pretrained).with_name(f"{model_name}.json")
+        if config.is_file():
+            digest = text_digest(digest + file_digest(str(config)))
+        weights = f"{Path(pretrained).stem}-{digest}"
     else:
         weights = pretrained or "random"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{weights}")

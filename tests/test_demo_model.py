@@ -77,4 +77,22 @@ def test_unreadable_image_is_a_recorded_failure_not_a_crash():
     Image.new("RGB", (64, 64), (0, 0, 255)).save(good, format="JPEG")
     done, embeddings, failures = encode_images(clip, [("a", good.getvalue()), ("b", b"not an image")], 8)
     assert done == ["a"] and embeddings.shape == (1, 128)
-    assert failures[0][0] == "b" and "UnidentifiedImageError" in failures[0][1]
+    assert failures[0][0] == "b" and failures[0][1].startswith("unsupported format")
+
+
+def test_the_model_id_follows_the_config_beside_the_checkpoint(tmp_path):
+    import json
+    import shutil
+
+    from resources.clip_model import DEMO_DIR
+
+    shutil.copy(DEMO_CHECKPOINT, tmp_path / f"{DEMO_MODEL}.safetensors")
+    config = tmp_path / f"{DEMO_MODEL}.json"
+    shutil.copy(DEMO_DIR / f"{DEMO_MODEL}.json", config)
+    checkpoint = str(tmp_path / f"{DEMO_MODEL}.safetensors")
+    before = model_id(DEMO_MODEL, checkpoint)
+    assert before == model_id(DEMO_MODEL, DEMO_CHECKPOINT)  # same weights, same config: same model
+    edited = json.loads(config.read_text())
+    edited["vision_cfg"]["layers"] = 2  # another network over (part of) the same weights
+    config.write_text(json.dumps(edited))
+    assert model_id(DEMO_MODEL, checkpoint) != before

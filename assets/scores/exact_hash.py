@@ -17,7 +17,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult
 from PIL import Image
 
-from assets.images import ImageRefused, as_mode, image_error_text, open_image
+from assets.images import as_mode, image_error_text, open_image
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
@@ -83,7 +83,7 @@ def hash_images(images: Iterable[tuple[str, bytes]]) -> ImageHashes:
             grey, tiny = _thumbnails(data)
         except Exception as error:  # noqa: BLE001 - any decoder failure is a property of the data
             result.thumbnails.append(None)
-            result.errors.append(str(error) if isinstance(error, ImageRefused) else image_error_text(error))
+            result.errors.append(image_error_text(error))
             continue
         large.append(grey)
         result.thumbnails.append(tiny)
