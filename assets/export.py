@@ -39,14 +39,90 @@ def derive_uid(key: str) -> str:
     return hashlib.md5(key.encode()).hexdigest()
 
 
-def uid_array(uids: list[str | None], keys: list[str]) -> np.ndarray:
-    """DataComp's subset array: sorted (high, low) 64-bit halves of each 128-bit uid."""
-    pairs = []
-    for uid, key in zip(uids, keys):
-        hex_uid = uid if uid and _HEX32.match(uid) else derive_uid(key)
-        pairs.append((int(hex_uid[:16], 16), int(hex_uid[16:], 16)))
+def member_uids(uids: list[str | None], keys: list[str], shards: list[str]) -> list[str]:
+    """One distinct 32-hex uid per member: the crawl's uid, else md5(key); where two members
+    would share one (the same key in two merged crawls, a crawl that repeats a uid), the
+    later in (shard, key) order gets md5("<shard>/<key>") instead."""
+    chosen: dict[int, str] = {}
+    seen: set[str] = set()
+    for i in sorted(range(len(keys)), key=lambda i: (shards[i], keys[i])):
+        uid = uids[i] if uids[i] and _HEX32.match(uids[i]) else derive_uid(keys[i])
+        if uid.lower() in seen:
+            uid = derive_uid(f"{shards[i]}/{keys[i]}")
+        seen.add(uid.lower())
+        chosen[i] = uid
+    return [chosen[i] for i in range(len(keys))]
+
+
+def uid_array(uids: list[str | None], keys: list[str], shards: list[str]) -> np.ndarray:
+    """DataComp's subset array: sorted (high, low) 64-bit halves of each member's 128-bit uid."""
+    pairs = [(int(u[:16], 16), int(u[16:], 16)) for u in member_uids(uids, keys, shards)]
     array = np.array(pairs, dtype=UID_DTYPE)
     return np.sort(array, order=["f0", "f1"])
+
+
+def unique_stems(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The tar member name of each (shard, key): member_stem(key), shard-qualified where two
+    members would share one (the same key in two shards, or a key that equals another key's
+    `unsafe_` name), numbered if even that collides. Deterministic: (shard, key) order."""
+    plain = {pair: member_stem(pair[1]) for pair in pairs}
+    counts: dict[str, int] = {}
+    for stem in plain.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    stems: dict[tuple[str, str], str] = {}
+    used: set[str] = set()
+    for shard, key in sorted(pairs):
+        stem = plain[(shard, key)]
+        if counts[stem] > 1:
+            stem = member_stem(f"{shard}_{stem}")
+        base, n = stem, 1
+        while stem in used:
+            stem, n = f"{base}_{n}", n + 1
+        used.add(stem)
+        stems[(shard, key)] = stem
+    return stems
+
+
+MANIFEST = ".clipsieve-export.json"  # what an export wrote into its folder: --overwrite removes those
+
+
+def prepare_output(out: Path, overwrite: bool, protected: dict[str, str]) -> None:
+    """Check (and with `overwrite`, clear) the export folder before anything is written.
+
+    Refused: a folder inside `protected` ones (the crawl, the lake: an export never writes
+    there), and a folder that holds anything, unless `overwrite` and all of it is what an
+    earlier export wrote (its manifest lists it), which is then removed."""
+    resolved = out.resolve()
+    for what, folder in protected.items():
+        if "://" in folder:
+            continue
+        base = Path(folder).resolve()
+        if resolved == base or base in resolved.parents:
+            raise ValueError(f"--out {out} is inside the {what} ({base}): an export never writes there")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is not a folder")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        raise ValueError(f"--out {out} is not empty ({len(present)} entries, e.g. {present[:3]}): give --overwrite "
+                         "to replace an earlier export there, or an empty folder")
+    manifest = out / MANIFEST
+    ours = set(json.loads(manifest.read_text())["files"]) if manifest.is_file() else set()
+    foreign = [name for name in present if name not in ours and name != MANIFEST]
+    if foreign:
+        raise ValueError(f"--overwrite replaces only what an earlier export wrote; {out} also holds {foreign[:5]}")
+    for name in ours:
+        (out / check_member_name(name)).unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)
+
+
+def write_manifest(out: Path) -> None:
+    """List what the export wrote (the folder was empty before it), for a later --overwrite."""
+    files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    (out / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
 
 
 def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
@@ -54,7 +130,8 @@ def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
     members = lake.read_parquet(members_path(policy))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{policy}_uids.npy"
-    np.save(path, uid_array(members.column("uid").to_pylist(), members.column("key").to_pylist()))
+    np.save(path, uid_array(members.column("uid").to_pylist(), members.column("key").to_pylist(),
+                            members.column("shard").to_pylist()))
     return path
 
 
@@ -95,9 +172,10 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
     wanted_by_shard: dict[str, list[str]] = {}
     for key, shard in zip(members.column("key").to_pylist(), members.column("shard").to_pylist()):
         wanted_by_shard.setdefault(shard, []).append(key)
+    stems = unique_stems([(shard, key) for shard, keys in wanted_by_shard.items() for key in keys])
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    buffer: list[tuple[dict, dict[str, bytes]]] = []
+    buffer: list[tuple[dict, dict[str, bytes], str]] = []
 
     def flush() -> None:
         if buffer:
@@ -125,7 +203,7 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
         for key in sorted(rows):
             if not set(files[key]) & set(IMAGE_EXTENSIONS):
                 raise ValueError(f"shard {shard}: image of member {key} is no longer in the crawl's tar")
-            buffer.append((rows[key], files[key]))
+            buffer.append((rows[key], files[key], stems[(shard, key)]))
             if len(buffer) == samples_per_shard:
                 flush()
     flush()
@@ -137,28 +215,28 @@ def _image_extension(extension: str) -> str:
     return "jpg" if extension == "jpeg" else extension if extension in IMAGE_EXTENSIONS else "jpg"
 
 
-def _shard_row(row: dict) -> dict:
+def _shard_row(row: dict, stem: str) -> dict:
     """The exported parquet row: the crawl's columns, with the key the tar members carry."""
-    return {**{c: row.get(c) for c in _SHARD_COLUMNS}, "key": member_stem(row["key"])}
+    return {**{c: row.get(c) for c in _SHARD_COLUMNS}, "key": stem}
 
 
-def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, bytes]]]) -> Path:
+def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, bytes], str]]) -> Path:
     name = f"{index:05d}"
     tar_path = out / f"{name}.tar"
     with tarfile.open(tar_path.with_suffix(".tar.tmp"), "w", format=tarfile.USTAR_FORMAT) as tar:
-        for row, files in samples:
+        for row, files, stem in samples:
             image_extension = next(e for e in IMAGE_EXTENSIONS if e in files)
             # The caption as samples cleaned it (UTF-8, at most 4096 characters), as the model saw it.
             caption = (row.get("caption") or "").encode()
-            meta = files.get("json", json.dumps(_shard_row(row), default=str).encode())
+            meta = files.get("json", json.dumps(_shard_row(row, stem), default=str).encode())
             for extension, payload in ((image_extension, files[image_extension]), ("txt", caption), ("json", meta)):
                 # The key is the crawl's: the member name is its safe stem, checked once more.
-                info = tarfile.TarInfo(check_member_name(f"{member_stem(row['key'])}.{extension}"))
+                info = tarfile.TarInfo(check_member_name(f"{stem}.{extension}"))
                 info.size = len(payload)
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(payload))
     os.replace(tar_path.with_suffix(".tar.tmp"), tar_path)
-    table = pa.Table.from_pylist([_shard_row(row) for row, _ in samples])
+    table = pa.Table.from_pylist([_shard_row(row, stem) for row, _, stem in samples])
     pq.write_table(table, out / f"{name}.parquet")
     stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0, "failed_to_resize": 0,
              "status_dict": {"success": len(samples)}}

@@ -1,10 +1,16 @@
 """indices/<policy>: a faiss kNN index over the image embeddings of a subset's members.
 
-    indices/<policy>/<model>/image.index       faiss index, inner product over normalized
-                                               vectors (= cosine); row i is member i
-    indices/<policy>/<model>/keys.parquet      key, shard of each index row
-    indices/<policy>/<model>/index_info.json   factory, search_params, count, dim,
-                                               memory_bytes, build_seconds, recall_at_10
+    indices/<policy>/<model>/index_info.json          factory, search_params, count, dim,
+                                                      memory_bytes, build_seconds, recall_at_10,
+                                                      subset_version, and `version`: it commits
+    indices/<policy>/<model>/versions/<version>/image.index   faiss index, inner product over
+                                                      normalized vectors (= cosine); row i is member i
+    indices/<policy>/<model>/versions/<version>/keys.parquet  key, shard of each index row
+
+The index files are written into a folder named by their content, then index_info.json
+names it: a reader sees the old index or the new one, whole. `subset_version` is the
+subset version it covers; `clipsieve search` refuses an index that covers another version
+than the committed subset's.
 
 A new crawl shard grows the existing index (its members' vectors are added; an IVF keeps
 its trained quantizer) unless members left the subset, the index type changes with the
@@ -36,7 +42,7 @@ from pydantic import Field
 from assets import checks
 from assets.embeddings import encode_images, encode_texts, load_embeddings
 from resources.clip_model import LoadedClip
-from resources.lake import LakeResource, index_dir, members_path
+from resources.lake import LakeResource, committed_subset, index_dir, members_path, prune_versions
 
 CODE_VERSION = "3"
 
@@ -250,24 +256,36 @@ def held_out_queries(text: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
 
 
 def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Table, info: dict) -> None:
+    """Write the index and its keys into a version folder named by their content, then
+    index_info.json, which commits them: a reader sees the old index or the new one whole."""
     # faiss writes to a file name; go through a local temporary so any lake (or URL) works.
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "image.index")
         faiss.write_index(index, local)
         with open(local, "rb") as f:
-            lake.write_bytes(f"{folder}/image.index", f.read())
-    lake.write_parquet(f"{folder}/keys.parquet", keys)
-    lake.write_json(f"{folder}/index_info.json", info)
+            data = f.read()
+    rows = "\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
+                                                            keys.column("key").to_pylist()))
+    version = hashlib.sha256(data + rows.encode()).hexdigest()[:16]
+    lake.write_bytes(f"{folder}/versions/{version}/image.index", data)
+    lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
+    previous = lake.read_json(f"{folder}/index_info.json").get("version") \
+        if lake.exists(f"{folder}/index_info.json") else None
+    lake.write_json(f"{folder}/index_info.json", {**info, "version": version})
+    prune_versions(lake, f"{folder}/versions", {version, previous})
 
 
-def read_index(lake: LakeResource, folder: str) -> tuple[faiss.Index, pa.Table]:
-    """The index with its tuned search parameters applied, and its row keys."""
-    data = np.frombuffer(lake.read_bytes(f"{folder}/image.index"), dtype=np.uint8)
-    index = faiss.deserialize_index(data)
-    params = lake.read_json(f"{folder}/index_info.json").get("search_params")
-    if params:
-        faiss.ParameterSpace().set_index_parameters(index, params)
-    return index, lake.read_parquet(f"{folder}/keys.parquet")
+def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
+    """The committed index with its tuned search parameters applied, and its row keys (`info`:
+    its index_info.json, when the caller has read it already)."""
+    info = info if info is not None else lake.read_json(f"{folder}/index_info.json")
+    if "version" not in info:
+        raise ValueError(f"{lake.path(folder)} was written by an older clipsieve: materialize its index again")
+    files = f"{folder}/versions/{info['version']}"
+    index = faiss.deserialize_index(np.frombuffer(lake.read_bytes(f"{files}/image.index"), dtype=np.uint8))
+    if info.get("search_params"):
+        faiss.ParameterSpace().set_index_parameters(index, info["search_params"])
+    return index, lake.read_parquet(f"{files}/keys.parquet")
 
 
 def search(index: faiss.Index, keys: pa.Table, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -305,15 +323,17 @@ def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
     )
     def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
         members = lake.read_parquet(members_path(policy))
+        subset_version = (committed_subset(lake, policy) or {}).get("version")
         versions: dict[str, str] = {}
         keys, image, text = gather_embeddings(lake, model_id, members, versions)
         settings = indexing.settings()
         folder = index_dir(policy, model_id)
         previous = read_index(lake, folder) + (lake.read_json(f"{folder}/index_info.json"),) \
-            if lake.exists(f"{folder}/index_info.json") else None
+            if lake.exists(f"{folder}/index_info.json") and "version" in lake.read_json(f"{folder}/index_info.json") \
+            else None
         index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
                                          versions)
-        write_index(lake, folder, index, keys, info)
+        write_index(lake, folder, index, keys, {**info, "subset_version": subset_version})
         results = checks.evaluate(checks.INDEX_CHECKS, policy, {"recall_at_10": info["recall_at_10"]}, blocking)
         metadata = {k: v for k, v in info.items() if k != "shard_versions"}
         return MaterializeResult(check_results=results,

@@ -67,7 +67,7 @@ from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
-from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path
+from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path, with_metadata
 
 CODE_VERSION = "3"
 
@@ -307,7 +307,7 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
         result = read_shard(crawl, shard)
         table = result.table
         # The lake records where each shard came from (`clipsieve export` reads it back).
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CRAWL_METADATA_KEY: crawl.url})
+        table = with_metadata(table, {CRAWL_METADATA_KEY: crawl.url})
         lake.write_parquet(samples_path(shard), table)
         statuses = pc.value_counts(table.column("image_status")).to_pylist()
         for note in result.notes:

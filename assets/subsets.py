@@ -31,7 +31,17 @@ from resources.catalog import (
     locked_connection,
     read_sql,
 )
-from resources.lake import LakeResource, checks_path, members_path, uids_path
+from resources.lake import (
+    SUBSET_RECORD_KEY,
+    LakeResource,
+    checks_path,
+    committed_subset,
+    members_path,
+    prune_versions,
+    subset_versions_dir,
+    uids_path,
+    with_metadata,
+)
 from resources.versions import text_digest
 
 CODE_VERSION = "1"
@@ -151,6 +161,32 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> t
     return members, effective
 
 
+def subset_version(members: pa.Table, params: dict[str, str]) -> str:
+    """A candidate's version: a digest of its members and parameters, so the same subset
+    always gets the same version (and the same files) whichever run makes it."""
+    return text_digest(json.dumps([members.column("shard").to_pylist(), members.column("key").to_pylist(),
+                                   params], sort_keys=True))
+
+
+def candidate_figures(db: Catalog, policy: str, members: pa.Table) -> dict:
+    """The figures the subset checks read, for `members` before they are committed (the
+    connection's subset_members is the candidate from then on: close it after)."""
+    db.connection.register("candidate", members.select(["policy", "key", "shard"]))
+    db.connection.execute(read_sql("subsets/candidate_members.sql"))  # this connection's subset_members
+    return stage_figures(db, policy)
+
+
+def commit_subset(lake: LakeResource, policy: str, members: pa.Table, version: str, record: dict) -> None:
+    """Write the version's files, then the members file that commits them (it carries `record`)."""
+    lake.write_npy(uids_path(policy, version), uid_array(members.column("uid").to_pylist(),
+                                                         members.column("key").to_pylist(),
+                                                         members.column("shard").to_pylist()))
+    previous = (committed_subset(lake, policy) or {}).get("version")
+    lake.write_parquet(members_path(policy),
+                       with_metadata(members, {SUBSET_RECORD_KEY: json.dumps(record, sort_keys=True)}))
+    prune_versions(lake, subset_versions_dir(policy), {version, previous})
+
+
 class PolicyConfig(Config):
     params: dict[str, str] = Field(
         default_factory=dict,
@@ -170,6 +206,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         name=policy.name,
         key_prefix="subsets",
         deps=upstream,
+        output_required=False,  # a candidate that fails a blocking check is not materialized
         check_specs=checks.specs(key, checks.SUBSET_CHECKS, policy.name, blocking),
         group_name="subsets",
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
@@ -177,30 +214,33 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         description=f"Members kept by sql/policies/{policy.name}.sql.",
     )
     def subset(context: AssetExecutionContext, config: PolicyConfig, lake: LakeResource,
-               catalog: CatalogResource) -> MaterializeResult:
+               catalog: CatalogResource):
         db = catalog.open(lake.url, model_id, snapshot=True)
         try:
             pool = db.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
             members, effective = run_policy(db, policy, {**calibration, **config.params})
+            figures = candidate_figures(db, policy.name, members)  # the audit's rates and representation
         finally:
             db.close()
-        lake.write_parquet(members_path(policy.name), members)
-        # anew, so subset_members sees the file just written; no snapshot: its two queries
-        # take less time than copying the pool (measured on the sample crawl)
-        db = catalog.open(lake.url, model_id)
-        try:
-            figures = stage_figures(db, policy.name)  # the audit's rates and representation
-        finally:
-            db.close()
-        lake.write_npy(uids_path(policy.name), uid_array(members.column("uid").to_pylist(),
-                                                          members.column("key").to_pylist()))
         results = checks.evaluate(checks.SUBSET_CHECKS, policy.name, {
             "nsfw_rate": figures["after"].get("nsfw_rate"),
             "duplicate_rate": figures["after"].get("near_duplicate_rate"),
             "group_removal_ratio": figures["representation"]["max_removal_ratio"],
         }, blocking)
-        lake.write_json(checks_path(policy.name), checks.summary(results))
-        return MaterializeResult(check_results=results, metadata={
+        version = subset_version(members, effective)
+        lake.write_json(checks_path(policy.name, version), checks.summary(results))
+        if blocking and not all(r.passed for r in results):
+            # Not committed: the last good subset (members, uids, index) stays what readers
+            # and the UI see; Dagster fails the step on the blocking check and skips what is below.
+            context.log.error(f"subsets/{policy.name}: a blocking check failed; the candidate "
+                              f"({members.num_rows} members, {lake.path(checks_path(policy.name, version))}) "
+                              "is not committed and the last good subset stays in place")
+            yield from results
+            return
+        commit_subset(lake, policy.name, members, version, {
+            "version": version, "checks": checks.summary(results), "params": effective,
+            "uids": uids_path(policy.name, version)})
+        yield MaterializeResult(check_results=results, metadata={
             "members": members.num_rows,
             "shards": len(set(members.column("shard").to_pylist())),
             "pool": pool,
@@ -209,6 +249,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
             "sql_hash": text_digest(policy.sql),
             "params": MetadataValue.json(effective),
             "sql": MetadataValue.md(f"```sql\n{policy.sql.strip()}\n```"),
+            "version": version,
             "path": lake.path(members_path(policy.name)),
         })
 

@@ -124,6 +124,7 @@ def lake_counts(lake: str) -> dict:
     """Samples, statuses and embedding figures read back from the lake."""
     import pyarrow.compute as pc
 
+    from assets.embeddings import embedding_failures
     from resources.lake import LakeResource
 
     store = LakeResource(root=lake)
@@ -136,8 +137,8 @@ def lake_counts(lake: str) -> dict:
             statuses[entry["values"]] = statuses.get(entry["values"], 0) + entry["counts"]
     for path in store.glob("shards/*/embeddings/*/keys.parquet"):
         embedded += store.read_parquet(path, columns=["key"]).num_rows
-    for path in store.glob("shards/*/embeddings/*/failures.parquet"):
-        failures += store.read_parquet(path, columns=["key"]).num_rows
+        _, shard, _, model = path.split("/")[:4]
+        failures += embedding_failures(store, shard, model).num_rows
     return {"samples": rows, "image_status": dict(sorted(statuses.items())), "embedded": embedded,
             "embedding_failures": failures, "shards": len(store.glob("shards/*/samples.parquet"))}
 

@@ -200,23 +200,38 @@ def cmd_export(args: argparse.Namespace) -> None:
     from assets import export
     from resources.catalog import open_catalog
     from resources.crawl import CrawlResource
-    from resources.lake import LakeResource, checks_path, members_path
+    from resources.lake import LakeResource, committed_subset, subset_versions_dir
 
     lake = LakeResource(root=args.lake)
-    if not lake.exists(members_path(args.subset)):
-        raise ValueError(f"no subset {args.subset!r} in {args.lake}: materialize subsets/{args.subset} first")
-    failed = {name: result for name, result in (lake.read_json(checks_path(args.subset))
-                                                if lake.exists(checks_path(args.subset)) else {}).items()
-              if not result["passed"]}
-    # Records written before checks could warn carry no "blocking": they blocked.
+    record = committed_subset(lake, args.subset)
+    if record is None:
+        rejected = [r for path in lake.glob(f"{subset_versions_dir(args.subset)}/*/checks.json")
+                    for r in lake.read_json(path).items() if not r[1]["passed"] and r[1].get("blocking")]
+        why = ("; its candidates failed blocking checks: " + _check_reasons(dict(rejected))) if rejected else ""
+        raise ValueError(f"no committed subset {args.subset!r} in {args.lake}{why}")
+    if "checks" not in record:
+        raise ValueError(f"subset {args.subset!r} carries no check results (written by an older clipsieve): "
+                         f"materialize subsets/{args.subset} again before exporting it")
+    failed = {name: r for name, r in record["checks"].items() if not r["passed"]}
     blocking = {name: r for name, r in failed.items() if r.get("blocking", True)}
     if blocking:
-        reasons = "; ".join(f"{name} = {r['value']} ({r['kind']} {r['bound']})" for name, r in blocking.items())
-        raise ValueError(f"subset {args.subset!r} failed its blocking checks, not exporting: {reasons}")
+        raise ValueError(f"subset {args.subset!r} failed its blocking checks, not exporting: "
+                         f"{_check_reasons(blocking)}")
     for name, r in failed.items():
         print(f"warning: subset {args.subset!r} check {name} = {r['value']} ({r['kind']} {r['bound']}): "
               f"{r['what']}", file=sys.stderr)
     out = Path(args.out)
+    # The original files: from --crawl, else from the crawl the members' shards were read from
+    # (needed for webdataset; for any format, the export never writes into it).
+    crawl = args.crawl
+    if not crawl:
+        try:
+            crawl = export.recorded_crawl(lake, args.subset)
+        except ValueError:
+            if args.format == "webdataset":
+                raise
+    protected = {"lake": lake.url, **({"crawl": CrawlResource(root=crawl).url} if crawl else {})}
+    export.prepare_output(out, args.overwrite, protected)  # before anything is written
     if args.format == "uids":
         paths = [export.export_uids(lake, args.subset, out)]
     elif args.format == "parquet":
@@ -226,23 +241,26 @@ def cmd_export(args: argparse.Namespace) -> None:
         finally:
             catalog.close()
     else:
-        # The original files: from --crawl, else from the crawl the members' shards were read from.
-        crawl = args.crawl or export.recorded_crawl(lake, args.subset)
         paths = export.export_webdataset(lake, CrawlResource(root=crawl), args.subset, out, args.samples_per_shard)
+    export.write_manifest(out)
     for path in paths:
         print(path)
+
+
+def _check_reasons(results: dict[str, dict]) -> str:
+    return "; ".join(f"{name} = {r['value']} ({r['kind']} {r['bound']})" for name, r in results.items())
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     from assets.indices import encode_query, read_index, search
     from resources.catalog import open_catalog, read_sql
     from resources.clip_model import ClipModelResource
-    from resources.lake import LakeResource, index_dir
+    from resources.lake import LakeResource, committed_subset, index_dir
 
     lake = LakeResource(root=args.lake)
     clip = ClipModelResource(model_name=args.model, pretrained=_pretrained(args))
     folder = index_dir(args.subset, clip.model_id)
-    if not lake.exists(f"{folder}/image.index"):
+    if not lake.exists(f"{folder}/index_info.json"):
         raise ValueError(f"no index for subset {args.subset!r} and model {clip.model_id} in {args.lake}: "
                          f"materialize indices/{args.subset} first")
     if args.image:
@@ -251,7 +269,13 @@ def cmd_search(args: argparse.Namespace) -> None:
         query = encode_query(clip.load(), text=args.text)
     else:
         raise ValueError("give a text to search for, or --image PATH")
-    index, keys = read_index(lake, folder)
+    info = lake.read_json(f"{folder}/index_info.json")
+    committed = (committed_subset(lake, args.subset) or {}).get("version")
+    if info.get("subset_version") != committed:
+        raise ValueError(f"the index of {args.subset!r} covers another version of the subset "
+                         f"({info.get('subset_version')}) than the committed one ({committed}): "
+                         f"materialize indices/{args.subset}")
+    index, keys = read_index(lake, folder, info)
     (hits,) = search(index, keys, query, args.k)
     catalog = open_catalog(lake.url, clip.model_id)
     try:
@@ -383,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crawl", default=os.environ.get("CLIPSIEVE_CRAWL"),
                    help="the crawl (webdataset format; default: the one the lake recorded reading the members from)")
     p.add_argument("--samples-per-shard", type=int, default=10_000)
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier export: remove what it wrote first (anything else there is refused)")
     _model_args(p)
     p.set_defaults(func=cmd_export)
 

@@ -42,6 +42,12 @@ TEMPORARY = ".tmp-"  # between a final name and its writer's host-pid-random suf
 CRAWL_METADATA_KEY = "clipsieve.crawl"
 
 
+def with_metadata(table: pa.Table, extra: dict[str, str]) -> pa.Table:
+    """`table` with `extra` in its Parquet key-value metadata, replacing keys of the same name."""
+    metadata = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (table.schema.metadata or {}).items()}
+    return table.replace_schema_metadata({**metadata, **extra})
+
+
 def samples_path(shard: str) -> str:
     return f"shards/{check_shard_name(shard)}/samples.parquet"
 
@@ -62,18 +68,46 @@ def dedup_path(model_id: str) -> str:
     return f"dedup/{model_id}/clusters.parquet"
 
 
+# A subset is committed by writing its members.parquet, whose key-value metadata (under
+# this key) holds its version, check results and parameters; its other files sit in
+# versions/<version>/ and are written first. So a reader sees the old subset or the new
+# one whole, and a candidate that fails a blocking check is never committed.
+SUBSET_RECORD_KEY = "clipsieve.subset"
+
+
 def members_path(policy: str) -> str:
     return f"subsets/{check_policy_name(policy)}/members.parquet"
 
 
-def uids_path(policy: str) -> str:
-    """The subset as DataComp's uid file (see assets/export.py)."""
-    return f"subsets/{check_policy_name(policy)}/uids.npy"
+def subset_versions_dir(policy: str) -> str:
+    return f"subsets/{check_policy_name(policy)}/versions"
 
 
-def checks_path(policy: str) -> str:
-    """Results of the subset's asset checks, read by `clipsieve export`."""
-    return f"subsets/{check_policy_name(policy)}/checks.json"
+def uids_path(policy: str, version: str) -> str:
+    """The subset version as DataComp's uid file (see assets/export.py)."""
+    return f"{subset_versions_dir(policy)}/{check_shard_name(version)}/uids.npy"
+
+
+def checks_path(policy: str, version: str) -> str:
+    """Results of a candidate's asset checks (committed or not), for inspection."""
+    return f"{subset_versions_dir(policy)}/{check_shard_name(version)}/checks.json"
+
+
+def committed_subset(lake: "LakeResource", policy: str) -> dict | None:
+    """The committed subset's record (version, checks, params); None when there is no
+    subset, {} when its members file carries no record (written by an older clipsieve)."""
+    if not lake.exists(members_path(policy)):
+        return None
+    record = lake.parquet_metadata(members_path(policy)).get(SUBSET_RECORD_KEY)
+    return json.loads(record) if record else {}
+
+
+def prune_versions(lake: "LakeResource", folder: str, keep: set[str]) -> None:
+    """Remove the version folders under `folder` other than `keep` (the committed version and
+    the one before it, which a reader that opened it a moment ago may still be reading)."""
+    for path in lake.glob(f"{folder}/*"):
+        if path.rsplit("/", 1)[-1] not in keep:
+            lake.remove(path, recursive=True)
 
 
 def index_dir(policy: str, model_id: str) -> str:
@@ -140,12 +174,12 @@ class LakeResource(ConfigurableResource):
                 fs.rm(tmp)
             raise
 
-    def remove(self, relative: str) -> None:
-        """Delete a lake file if it exists."""
+    def remove(self, relative: str, recursive: bool = False) -> None:
+        """Delete a lake file (or with `recursive`, a folder) if it exists."""
         fs, root = self._fs()
         path = f"{root}/{check_relative(relative)}"
         if fs.exists(path):
-            fs.rm(path)
+            fs.rm(path, recursive=recursive)
 
     def read_bytes(self, relative: str) -> bytes:
         fs, root = self._fs()

@@ -203,7 +203,7 @@ def test_export_formats_read_back_with_their_libraries(materialized, lake, tmp_p
 
 
 def test_uids_are_derived_from_keys_where_the_crawl_has_none():
-    array = uid_array([None, "f" * 32], ["000010001", "000010002"])
+    array = uid_array([None, "f" * 32], ["000010001", "000010002"], ["00001", "00001"])
     derived = derive_uid("000010001")
     assert (int(derived[:16], 16), int(derived[16:], 16)) in set(array.tolist())
     assert (int("f" * 16, 16), int("f" * 16, 16)) == tuple(array[-1].tolist())

@@ -20,6 +20,7 @@ from PIL import Image
 from assets import checks, subsets
 from assets import samples as samples_module
 from assets.crawl_input import MAX_CAPTION_CHARS, coerce_column
+from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
 from assets.images import MAX_IMAGE_PIXELS, check_image
 from assets.samples import read_shard
@@ -351,7 +352,7 @@ def test_every_per_shard_asset_materialized_and_aligned_with_the_usable_samples(
     model_id = ClipModelResource().model_id
     keys = lake.read_parquet(f"{embeddings_dir(shard, model_id)}/keys.parquet").column("key").to_pylist()
     assert keys == usable and len(set(keys)) == len(keys)
-    assert lake.read_parquet(f"{embeddings_dir(shard, model_id)}/failures.parquet").num_rows == 0
+    assert embedding_failures(lake, shard, model_id).num_rows == 0
     for name in ("language", "quality", "exact_hash", "toxicity", "concepts"):
         assert lake.read_parquet(score_path(shard, name)).column("key").to_pylist() == usable, name
     for name in ("clip_similarity", "nsfw", "watermark", "aesthetic"):

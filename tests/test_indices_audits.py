@@ -207,10 +207,13 @@ def test_charts_are_well_formed_svg_with_round_ticks():
     assert len(list(line.iter(f"{svg}circle"))) == 3
 
 
-def test_a_failing_blocking_check_stops_index_and_export(tmp_path, materialized, monkeypatch):
+def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path, materialized, monkeypatch):
+    """The candidate that fails is not committed (no materialization, members, uids and index
+    unchanged), the index and audit are skipped, and export serves the last good subset."""
     lake_copy = tmp_path / "lake"
     shutil.copytree(materialized["lake"], lake_copy, ignore=shutil.ignore_patterns("_dagster"))
-    shutil.rmtree(lake_copy / "indices" / "safe")
+    good = {name: (lake_copy / name).read_bytes() for name in (
+        "subsets/safe/members.parquet", f"indices/safe/{MODEL_ID}/index_info.json")}
     tight = tmp_path / "checks.toml"
     tight.write_text("[default]\nblocking = true\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
     monkeypatch.setattr(checks, "CHECKS_PATH", tight)
@@ -219,15 +222,49 @@ def test_a_failing_blocking_check_stops_index_and_export(tmp_path, materialized,
     with DagsterInstance.ephemeral() as instance:
         result = materialize(list(defs.assets), instance=instance, resources=defs.resources, selection=selection,
                              raise_on_error=False)
-    assert not result.success
-    evaluations = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
-                   for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    assert not evaluations["group_removal_ratio"].passed and evaluations["group_removal_ratio"].metadata[
-        "bound"].value == 0.5
-    materialized_keys = {e.asset_key for e in result.get_asset_materialization_events()}
-    assert materialized_keys == {AssetKey(["subsets", "safe"])}  # index and audit did not run
-    assert not (lake_copy / "indices" / "safe").exists()
-    refused = run_cli("export", "--lake", str(lake_copy), "--subset", "safe", "--format", "uids",
-                      "--out", str(tmp_path / "out"), check=False)
-    assert refused.returncode != 0 and "failed its blocking checks" in refused.stderr
-    assert "group_removal_ratio" in refused.stderr
+        assert not result.success
+        evaluations = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+                       for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+        assert not evaluations["group_removal_ratio"].passed and evaluations["group_removal_ratio"].metadata[
+            "bound"].value == 0.5
+        assert result.get_asset_materialization_events() == []  # the UI's latest is still the last good one
+        assert not instance.fetch_materializations(AssetKey(["subsets", "safe"]), limit=1).records
+    assert {name: (lake_copy / name).read_bytes() for name in good} == good
+    rejected = list((lake_copy / "subsets" / "safe" / "versions").glob("*/checks.json"))
+    assert any(not json.loads(p.read_text())["group_removal_ratio"]["passed"] for p in rejected)
+    exported = run_cli("export", "--lake", str(lake_copy), "--subset", "safe", "--format", "uids",
+                       "--out", str(tmp_path / "out"))
+    assert exported.returncode == 0 and (tmp_path / "out" / "safe_uids.npy").exists()
+
+
+def test_a_subset_is_committed_whole_and_readers_never_mix_versions(tmp_path, materialized):
+    from assets.subsets import commit_subset
+    from resources.lake import LakeResource, checks_path, committed_subset, members_path, uids_path
+
+    copy = tmp_path / "lake"
+    shutil.copytree(materialized["lake"], copy, ignore=shutil.ignore_patterns("_dagster"))
+    lake = LakeResource(root=str(copy))
+    record = committed_subset(lake, "safe")
+    assert record["checks"] and all(c["passed"] for c in record["checks"].values())
+    assert lake.exists(record["uids"]) and record["uids"] == uids_path("safe", record["version"])
+    info = lake.read_json(f"{index_dir('safe', MODEL_ID)}/index_info.json")
+    assert info["subset_version"] == record["version"]
+
+    def export() -> object:
+        return run_cli("export", "--lake", str(copy), "--subset", "safe", "--format", "uids", "--out",
+                       str(tmp_path / "out"), check=False)
+
+    # A run killed between a candidate's files and its commit: readers still see the old subset whole.
+    lake.write_json(checks_path("safe", "killedcandidate"), {"nsfw_rate": {
+        "passed": False, "blocking": True, "value": 0.9, "bound": 0.005, "kind": "max", "what": "x"}})
+    assert export().returncode == 0 and committed_subset(lake, "safe")["version"] == record["version"]
+    # A new subset committed, its index not rebuilt yet: search refuses rather than serve the old members.
+    members = lake.read_parquet(members_path("safe")).slice(0, 10)
+    commit_subset(lake, "safe", members, "newer", {**record, "version": "newer", "uids": uids_path("safe", "newer")})
+    stale = run_cli("search", "--lake", str(copy), "--subset", "safe", "a red circle", check=False)
+    assert stale.returncode != 0 and "covers another version of the subset" in stale.stderr
+    assert lake.exists(record["uids"])  # the version before the committed one is kept for readers still on it
+    # A members file that carries no check results is not exportable.
+    lake.write_parquet(members_path("safe"), members.replace_schema_metadata({}))
+    refused = export()
+    assert refused.returncode != 0 and "carries no check results" in refused.stderr

@@ -9,6 +9,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
+from assets.embeddings import committed_version, load_embeddings
 from assets.indices import read_index, search
 from assets.subsets import calibrated_params
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
@@ -72,7 +73,8 @@ def test_samples_keep_every_crawl_row_with_a_status(lake, materialized, truth):
 def test_embeddings_are_fp16_normalized_and_row_aligned(lake):
     for shard in SHARD_NAMES:
         folder = embeddings_dir(shard, MODEL_ID)
-        image, text = lake.read_npy(f"{folder}/img_emb.npy"), lake.read_npy(f"{folder}/text_emb.npy")
+        files = f"{folder}/versions/{committed_version(lake, shard, MODEL_ID)}"
+        image, text = lake.read_npy(f"{files}/img_emb.npy"), lake.read_npy(f"{files}/text_emb.npy")
         keys = lake.read_parquet(f"{folder}/keys.parquet")
         samples = lake.read_parquet(f"shards/{shard}/samples.parquet")
         usable = samples.filter(pc.equal(samples.column("image_status"), "ok")).column("key").to_pylist()
@@ -85,9 +87,7 @@ def test_embeddings_are_fp16_normalized_and_row_aligned(lake):
 
 def test_scores_match_their_definitions(lake, truth):
     shard = SHARD_NAMES[0]
-    folder = embeddings_dir(shard, MODEL_ID)
-    image = lake.read_npy(f"{folder}/img_emb.npy").astype(np.float32)
-    text = lake.read_npy(f"{folder}/text_emb.npy").astype(np.float32)
+    _, image, text = load_embeddings(lake, shard, MODEL_ID)
     similarity = lake.read_parquet(score_path(shard, "clip_similarity", MODEL_ID)).column("similarity").to_numpy()
     np.testing.assert_allclose(similarity, (image * text).sum(1), atol=2e-3)
     for head, column in (("nsfw", "punsafe"), ("watermark", "pwatermark")):
@@ -145,8 +145,8 @@ def test_index_holds_the_members_and_finds_each_one_first(lake):
         assert {"factory", "memory_bytes", "build_seconds", "recall_at_10"} <= set(info)
         assert info["recall_at_10"] == 1.0  # flat search is exact
         shard = keys.column("shard")[0].as_py()
-        shard_keys = lake.read_parquet(f"{embeddings_dir(shard, MODEL_ID)}/keys.parquet").column("key").to_pylist()
-        vectors = lake.read_npy(f"{embeddings_dir(shard, MODEL_ID)}/img_emb.npy").astype(np.float32)
+        shard_keys_table, vectors, _ = load_embeddings(lake, shard, MODEL_ID)
+        shard_keys = shard_keys_table.column("key").to_pylist()
         probe = keys.column("key")[0].as_py()
         (hits,) = search(index, keys, vectors[[shard_keys.index(probe)]], k=5)
         assert hits[0][1] == pytest.approx(max(score for _, score in hits), abs=1e-6)
@@ -190,3 +190,54 @@ def test_a_second_run_does_no_per_shard_work(materialized):
                     env=materialized["env"])
     assert "with per-shard work: 0;" in again.stdout
     assert "cross-shard assets: 0;" in again.stdout
+
+
+def test_a_rewrite_of_a_shards_embeddings_never_hides_it_from_readers(lake, tmp_path):
+    """Arrays go into a version folder and keys.parquet commits them: a killed rewrite leaves
+    the old embeddings whole, and readers during rewrites always find the shard, consistent."""
+    import shutil
+    import threading
+
+    from assets.embeddings import ShardEmbeddings, write_embeddings
+    from resources.catalog import open_catalog
+    from resources.lake import LakeResource
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake.url, copy, ignore=shutil.ignore_patterns("_dagster"))
+    store = LakeResource(root=str(copy))
+    shard = SHARD_NAMES[0]
+    keys, image, text = load_embeddings(store, shard, MODEL_ID)
+    n = keys.num_rows
+    folder = embeddings_dir(shard, MODEL_ID)
+    store.write_npy(f"{folder}/versions/killedrewrite/img_emb.npy", image[:3].astype(np.float16))  # no commit
+    again, image_again, _ = load_embeddings(store, shard, MODEL_ID)
+    assert again.equals(keys) and np.array_equal(image_again, image)
+
+    flipped = ShardEmbeddings(keys.column("key").to_pylist(), (-image).astype(np.float16), text.astype(np.float16), [])
+    original = ShardEmbeddings(keys.column("key").to_pylist(), image.astype(np.float16), text.astype(np.float16), [])
+    errors: list[BaseException] = []
+
+    def rewrite() -> None:
+        try:
+            for i in range(12):
+                write_embeddings(store, shard, MODEL_ID, flipped if i % 2 else original)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    seen = 0
+    while writer.is_alive() or seen < 5:
+        catalog = open_catalog(store.url, MODEL_ID)
+        try:
+            count = catalog.query(f"SELECT count(*) AS n FROM embeddings_index WHERE shard = '{shard}'")
+        finally:
+            catalog.close()
+        assert count.column("n")[0].as_py() == n
+        read_keys, read_image, _ = load_embeddings(store, shard, MODEL_ID)
+        assert read_keys.num_rows == len(read_image) == n
+        assert abs(float((read_image * image).sum(1).mean())) == pytest.approx(1.0, abs=1e-2)  # one version whole
+        seen += 1
+    writer.join()
+    assert not errors and seen >= 5
+    assert len(list((copy / folder / "versions").iterdir())) <= 2  # older versions are removed

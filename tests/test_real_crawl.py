@@ -16,7 +16,7 @@ from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from resources.catalog import open_catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
-from resources.lake import LakeResource
+from resources.lake import LakeResource, committed_subset
 from tests.conftest import REPO, run_cli
 
 PUBLISHED = ("laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced")
@@ -78,7 +78,7 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
     result, lake = duplicated["result"], duplicated["lake"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for policy in PUBLISHED:
-        recorded = json.loads((lake / "subsets" / policy / "checks.json").read_text())
+        recorded = committed_subset(LakeResource(root=str(lake)), policy)["checks"]
         assert not recorded["duplicate_rate"]["passed"] and recorded["duplicate_rate"]["blocking"] is False, policy
         assert recorded["duplicate_rate"]["value"] > 0.2
         assert f"subsets/{policy}:duplicate_rate" in result.stdout
@@ -86,7 +86,7 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
         assert (lake / "audits" / policy / "metrics.json").exists()
         assert _materializations(duplicated["home"], AssetKey(["indices", policy]))
     assert "checks that warned" in result.stdout and "blocked by a failed blocking check: 0" in result.stdout
-    safe = json.loads((lake / "subsets" / "safe" / "checks.json").read_text())
+    safe = committed_subset(LakeResource(root=str(lake)), "safe")["checks"]
     assert all(check["passed"] and check["blocking"] for check in safe.values())
     catalog = open_catalog(LakeResource(root=str(lake)).url, model_id(DEMO_MODEL, DEMO_CHECKPOINT))
     try:
@@ -149,7 +149,8 @@ def test_exit_status_tells_a_blocked_subset_from_a_crashed_step(tmp_path):
     assert _materializations(tmp_path / "home", AssetKey("evaluation"))
     refused = run_cli("export", "--lake", str(lake), "--subset", "safe", "--format", "uids", "--out",
                       str(tmp_path / "out"), check=False)
-    assert refused.returncode != 0 and "failed its blocking checks" in refused.stderr
+    assert refused.returncode != 0 and "no committed subset 'safe'" in refused.stderr
+    assert "failed blocking checks: duplicate_rate" in refused.stderr
 
     (policies / "broken.sql").write_text("SELECT key, shard FROM no_such_view;\n")
     crashed = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env, check=False)

@@ -213,7 +213,7 @@ def test_shard_writer_never_writes_a_path_from_a_key(tmp_path, key):
     out = tmp_path / "a" / "b"
     out.mkdir(parents=True)
     row = {"key": key, "caption": "x", "status": "success"}
-    tar_path = _write_shard(out, 0, [(row, {"jpg": b"\xff\xd8 not really", "txt": b"x"})])
+    tar_path = _write_shard(out, 0, [(row, {"jpg": b"\xff\xd8 not really", "txt": b"x"}, member_stem(key))])
     assert {p.relative_to(out).as_posix() for p in _files_under(tmp_path)} == \
         {"00000.tar", "00000.parquet", "00000_stats.json"}
     with tarfile.open(tar_path) as tar:
@@ -451,3 +451,70 @@ def test_untrusted_sql_is_stopped_by_time_and_memory_with_a_clear_error(lake):
     slow = run_cli("query", "--lake", lake.url, "--timeout", "1",
                    "SELECT count(*) FROM range(100000000) a, range(1000) b WHERE a.range * b.range = -1", check=False)
     assert slow.returncode != 0 and "ran over 1 s and was stopped" in slow.stderr
+
+
+def test_unique_stems_qualify_colliding_names_by_shard():
+    from assets.export import unique_stems
+
+    pairs = [("00000", "a.b"), ("00000", member_stem("a.b")), ("00000", "000001"), ("00001", "000001")]
+    stems = unique_stems(pairs)
+    assert len(set(stems.values())) == 4
+    assert stems[("00000", "000001")] == "00000_000001" and stems[("00001", "000001")] == "00001_000001"
+    assert all(check_member_name(f"{s}.jpg") for s in stems.values())
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> dict:
+    """Two crawls merged into one: shard 00001 holds the same keys as shard 00000."""
+    root = tmp_path_factory.mktemp("merged")
+    crawl = root / "crawl"
+    write_sample_crawl(crawl, 1, 40, seed=4)
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        shutil.copy(crawl / f"00000{suffix}", crawl / f"00001{suffix}")
+    lake = LakeResource(root=str(root / "lake"))
+    rows = []
+    for shard in ("00000", "00001"):
+        samples = read_samples(CrawlResource(root=str(crawl)), shard)
+        lake.write_parquet(samples_path(shard), samples)
+        rows += [{"policy": "merged", "key": r["key"], "shard": shard, "uid": None}
+                 for r in samples.to_pylist() if r["image_status"] == "ok"]
+    lake.write_parquet(members_path("merged"), pa.Table.from_pylist(rows))
+    return {"root": root, "crawl": crawl, "lake": lake, "members": rows}
+
+
+def test_merged_crawls_export_one_member_name_and_one_uid_per_sample(merged, tmp_path):
+    from assets.export import export_uids
+
+    tars = export_webdataset(merged["lake"], CrawlResource(root=str(merged["crawl"])), "merged", tmp_path / "wds")
+    names = [n for t in tars for n in tarfile.open(t).getnames()]
+    assert len(names) == len(set(names)) == 3 * len(merged["members"])
+    keys = [k for t in tars for k in pq.read_table(t.with_suffix(".parquet")).column("key").to_pylist()]
+    assert len(keys) == len(set(keys)) == len(merged["members"])
+    uids = np.load(export_uids(merged["lake"], "merged", tmp_path / "uids"))
+    assert len(uids) == len(set(uids.tolist())) == len(merged["members"])
+
+
+def test_export_never_overwrites_foreign_files_or_writes_into_the_crawl(materialized, tmp_path):
+    lake = str(materialized["lake"])
+
+    def export(out, *extra, subset="laion400m", fmt="webdataset"):
+        return run_cli("export", "--lake", lake, "--subset", subset, "--format", fmt, "--out", str(out),
+                       "--samples-per-shard", "200", *extra, check=False)
+
+    out = tmp_path / "out"
+    assert export(out).returncode == 0
+    tars_before = sorted(p.name for p in out.glob("*.tar"))
+    refused = export(out, subset="safe")
+    assert refused.returncode != 0 and "is not empty" in refused.stderr and "--overwrite" in refused.stderr
+    assert export(out, "--overwrite", subset="safe").returncode == 0
+    safe_members = pq.read_table(materialized["lake"] / "subsets" / "safe" / "members.parquet").num_rows
+    exported = sum(pq.read_table(p).num_rows for p in out.glob("*.parquet"))
+    assert exported == safe_members  # no stale tar of the earlier, larger export is left in
+    assert len(list(out.glob("*.tar"))) < len(tars_before)
+    (out / "notes.txt").write_text("mine")
+    foreign = export(out, "--overwrite", subset="safe")
+    assert foreign.returncode != 0 and "notes.txt" in foreign.stderr and (out / "notes.txt").exists()
+    for inside in (materialized["crawl"], materialized["crawl"] / "sub", materialized["lake"] / "x"):
+        into = export(inside, "--overwrite", fmt="uids")
+        assert into.returncode != 0 and "an export never writes there" in into.stderr, into.stderr
+    assert not (materialized["crawl"] / "laion400m_uids.npy").exists()

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
-from resources.lake import LakeResource, samples_path, score_path
+from resources.lake import LakeResource, samples_path, score_path, with_metadata
 
 
 def score_asset(code_version: str, compute_kind: str, deps: tuple[str, ...] = ("samples",), **kwargs):
@@ -48,7 +48,7 @@ def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Tab
     if table.column_names[:2] != ["key", "shard"]:
         raise ValueError(f"{filter_name}: score tables start with key, shard; got {table.column_names}")
     if file_metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **file_metadata})
+        table = with_metadata(table, file_metadata)
     path = score_path(shard, filter_name, model_id)
     lake.write_parquet(path, table)
     metadata: dict = {"rows": table.num_rows, "path": lake.path(path)}
