@@ -66,7 +66,7 @@ from assets.crawl_input import (
 from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
-from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
+from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
 from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path, with_metadata
 
 CODE_VERSION = "3"
@@ -133,12 +133,12 @@ def scan_tar(crawl: CrawlResource, shard: str, keys: set[str], successes: set[st
                 continue
             if key not in keys:
                 found.orphans.setdefault(key, []).append(name)
-                if extension in IMAGE_EXTENSIONS and key not in found.orphan_images:
+                if extension in IMAGE_MEMBER_EXTENSIONS and key not in found.orphan_images:
                     found.orphan_images[key] = (name, info.size)
                 elif extension == "txt" and key not in found.orphan_texts:
                     found.orphan_texts[key] = _read_caption(handle, info.size, name)
                 continue
-            if extension in IMAGE_EXTENSIONS:
+            if extension in IMAGE_MEMBER_EXTENSIONS:
                 first = found.images.get(key) or found.unread_images.get(key)
                 if first is not None:
                     found.extra_rows.append({

@@ -10,6 +10,7 @@ from run config. Adding a policy is adding a file: the asset appears on reload.
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -82,12 +83,27 @@ class Policy:
         return text_digest(self.sql + json.dumps(params, sort_keys=True))
 
 
-def load_policies(folder: Path = POLICY_DIR) -> list[Policy]:
+def load_policies(folder: Path = POLICY_DIR, skipped: dict[str, str] | None = None) -> list[Policy]:
+    """The policies in `folder`. A file that cannot be one (a name that is not lower_snake_case,
+    a folder, a link, text that is not UTF-8) is skipped, with the reason in `skipped` and a
+    warning: one bad file never stops the others. A link is never followed, so no file outside
+    the folder is read (or quoted in an error)."""
     policies = []
     for path in sorted(folder.glob("*.sql")):
+        reason = None
         if not _NAME.match(path.stem):
-            raise ValueError(f"policy file names must be lower_snake_case: {path.name}")
-        policies.append(Policy(path.stem, path.read_text()))
+            reason = "policy file names must be lower_snake_case"
+        elif path.is_symlink() or not path.is_file():
+            reason = "not a regular file (links are not followed)"
+        else:
+            try:
+                policies.append(Policy(path.stem, path.read_bytes().decode("utf-8")))
+            except UnicodeDecodeError as error:
+                reason = f"not UTF-8 text ({error.reason} at byte {error.start})"
+        if reason:
+            warnings.warn(f"skipping policy file {path.name!r}: {reason}", stacklevel=2)
+            if skipped is not None:
+                skipped[path.name] = reason
     return policies
 
 

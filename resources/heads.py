@@ -90,9 +90,15 @@ class Head(torch.nn.Module):
         # Refuses pickles and anything that does not parse as safetensors, naming the file.
         state, metadata = load_safetensors(path, "head")
         count = len([k for k in state if k.endswith(".weight")])
-        sizes = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0] for i in range(count)]
-        head = cls(sizes, metadata.get("activation", "sigmoid"), metadata.get("hidden_activation", "relu"))
-        head.load_state_dict(state)
+        try:
+            sizes = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0]
+                                                             for i in range(count)]
+            head = cls(sizes, metadata.get("activation", "sigmoid"), metadata.get("hidden_activation", "relu"))
+            head.load_state_dict(state)
+        except (KeyError, IndexError, RuntimeError, ValueError) as error:
+            raise ValueError(f"head {path} is not a head of layers.<i>.weight / .bias tensors "
+                             f"({type(error).__name__}: {error}); convert a downloaded head with "
+                             "`clipsieve heads import`") from None
         return head.eval()
 
 

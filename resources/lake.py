@@ -1,13 +1,17 @@
 """The lake: where every output lives, and the one place that knows its layout.
 
     <lake>/shards/<shard>/samples.parquet
-    <lake>/shards/<shard>/embeddings/<model>/{img_emb.npy,text_emb.npy,keys.parquet,failures.parquet}
+    <lake>/shards/<shard>/embeddings/<model>/keys.parquet    commits versions/<v>/{img_emb,text_emb}.npy, failures
     <lake>/shards/<shard>/scores/<filter>.parquet            model-independent filters
     <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
     <lake>/dedup/<model>/clusters.parquet
-    <lake>/subsets/<policy>/{members.parquet,uids.npy,checks.json}
-    <lake>/indices/<policy>/<model>/{image.index,keys.parquet,index_info.json}
+    <lake>/subsets/<policy>/members.parquet                  commits versions/<v>/{uids.npy,checks.json}
+    <lake>/indices/<policy>/<model>/index_info.json          commits versions/<v>/{image.index,keys.parquet}
     <lake>/audits/<policy>/metrics.json
+
+Files that must change together are written into a version folder named by their content,
+then committed by one file written last that names the version (in its Parquet key-value
+metadata or its JSON): a reader sees the old set or the new one, whole.
 
 Every write goes to a temporary name first and is renamed into place, so a killed run
 never leaves a half-written file under its final name. The temporary name is

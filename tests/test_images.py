@@ -2,14 +2,25 @@
 img2dataset reads them (EXIF orientation, alpha on white, 16-bit scaled to 8 bits)."""
 
 import io
+import tarfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from assets.images import MAX_ASPECT_RATIO, MAX_JPEG_SCANS, as_mode, check_image, open_image
 from assets.pixels import decode
+from assets.sample_crawl import write_sample_crawl
+from assets.samples import read_shard
+from assets.scores.quality import quality_scores
+from assets.subsets import POLICY_DIR, load_policies
+from resources.crawl import CrawlResource
+from resources.heads import Head
 
 
 def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -117,3 +128,56 @@ def test_near_duplicates_leave_out_a_shard_without_hashes_and_name_it(lake, tmp_
     assert list(left_out) == ["00002"] and "exact_hash" in left_out["00002"]
     shards = set(samples.column("shard").to_pylist())
     assert "00002" not in shards and len(shards) == 7 and len(vectors) == samples.num_rows
+
+
+def test_gif_and_bmp_members_get_rows_of_their_own(tmp_path):
+    write_sample_crawl(tmp_path, 1, 40, seed=2)
+    rows = pq.read_table(tmp_path / "00000.parquet").to_pylist()
+    gif_key = next(r["key"] for r in rows if r["status"] == "success")
+    members = []
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            if member.name == f"{gif_key}.jpg":  # this sample's image is a GIF now
+                members.append((f"{gif_key}.gif", _encoded(_picture().convert("P"), "GIF")))
+            else:
+                members.append((member.name, data))
+    members.append(("stray.bmp", _encoded(_picture(), "BMP")))
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    table = read_shard(CrawlResource(root=str(tmp_path)), "00000").table.to_pylist()
+    gif = next(r for r in table if r["key"] == gif_key)
+    assert gif["image_status"] == "corrupt_image" and gif["image_error"].startswith("unsupported format: GIF")
+    assert any(r["tar_member"] == "stray.bmp" and r["image_status"] == "not_in_parquet" for r in table)
+
+
+def test_empty_or_blank_captions_have_no_words():
+    samples = pa.table({"key": ["a", "b", "c", "d"], "shard": ["0"] * 4, "caption": ["", "   ", None, " two words "],
+                        "width": [10] * 4, "height": [10] * 4})
+    assert quality_scores(samples).column("caption_words").to_pylist() == [0, 0, 0, 2]
+
+
+def test_a_bad_file_in_the_policy_folder_is_skipped_by_name_and_never_followed(tmp_path):
+    (tmp_path / "good.sql").write_text((POLICY_DIR / "laion400m.sql").read_text())
+    (tmp_path / "Bad-Name.sql").write_text("SELECT key, shard FROM scores")
+    (tmp_path / "folder.sql").mkdir()
+    (tmp_path / "latin1.sql").write_bytes("SELECT 'caf\xe9'".encode("latin-1"))
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+    secret.write_text("TOP SECRET first line")
+    (tmp_path / "linked.sql").symlink_to(secret)
+    skipped: dict[str, str] = {}
+    with pytest.warns(UserWarning, match="skipping policy file"):
+        policies = load_policies(tmp_path, skipped)
+    assert [p.name for p in policies] == ["good"]
+    assert set(skipped) == {"Bad-Name.sql", "folder.sql", "latin1.sql", "linked.sql"}
+    assert not any("SECRET" in reason for reason in skipped.values())
+
+
+def test_a_malformed_head_file_is_a_named_error(tmp_path):
+    path = tmp_path / "head.safetensors"
+    save_file({"layers.1.weight": torch.zeros(1, 4)}, str(path))
+    with pytest.raises(ValueError, match="head .*head.safetensors is not a head"):
+        Head.load(path)

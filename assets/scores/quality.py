@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, MaterializeResult
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 
 def _size_column(samples: pa.Table, name: str) -> pa.Array:
@@ -23,8 +23,9 @@ def _size_column(samples: pa.Table, name: str) -> pa.Array:
 
 def quality_scores(samples: pa.Table) -> pa.Table:
     """Caption and geometry measures of each sample, vectorized over the table."""
-    captions = pc.fill_null(samples.column("caption"), "")
-    words = pc.list_value_length(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(captions)))
+    captions = pc.utf8_trim_whitespace(pc.fill_null(samples.column("caption"), ""))
+    # splitting "" gives [""]: an empty or whitespace-only caption has no words
+    words = pc.if_else(pc.equal(captions, ""), 0, pc.list_value_length(pc.utf8_split_whitespace(captions)))
     width, height = _size_column(samples, "width"), _size_column(samples, "height")
     min_side = pc.min_element_wise(width, height)
     max_side = pc.max_element_wise(width, height)
