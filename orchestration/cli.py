@@ -11,6 +11,7 @@
     clipsieve explain --lake LAKE KEY
     clipsieve lineage --lake LAKE --subset POLICY
     clipsieve summary --lake LAKE
+    clipsieve gc --lake LAKE                      delete retired/: the outputs of shards that left the crawl
     clipsieve heads import {laion-aesthetic-v1,laion-aesthetic-v2,mlp} FILE --out HEAD.safetensors
     clipsieve heads show [--model NAME --pretrained TAG_OR_PATH]
 
@@ -94,6 +95,9 @@ def cmd_materialize(args: argparse.Namespace) -> None:
           f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
     print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
     print_summary(args.lake)
+    if report.removed_shards:
+        print(f"\nshards no longer in the crawl, now out of the pool: {', '.join(report.removed_shards)} "
+              "(their lake files are in retired/; `clipsieve gc` deletes them)")
     print(outcome_summary(report.warnings, report.blocked, report.failures))
     if report.failures:
         raise SystemExit(EXIT_CRASHED)
@@ -142,6 +146,15 @@ def print_summary(lake_root: str) -> None:
     if lake.exists(EVALUATION_PATH):
         print("\nAgainst the crawl's ground truth:\n")
         print(format_tables(lake.read_json(EVALUATION_PATH)))
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from resources.lake import LakeResource
+
+    lake = LakeResource(root=args.lake)
+    retired = lake.glob("retired/shards/*")
+    lake.remove("retired", recursive=True)
+    print(json.dumps({"deleted": retired}, indent=2))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -453,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--kind", default="auto", choices=["auto", "file", "zero_shot"])
     _model_args(h)
     h.set_defaults(func=cmd_heads_show)
+
+    p = commands.add_parser("gc", help="delete the lake files of shards that left the crawl (retired/)")
+    p.add_argument("--lake", required=True)
+    p.set_defaults(func=cmd_gc)
 
     p = commands.add_parser("summary", help="print each policy's subset, index and audit figures")
     p.add_argument("--lake", required=True)

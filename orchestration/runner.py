@@ -44,6 +44,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from orchestration.partitions import SHARDS_PER_RUN, shard_partitions
+from resources.crawl import CrawlResource
+from resources.lake import LakeResource
 from resources.processes import is_gone, this_process
 from resources.safe_paths import split_shard_names
 
@@ -63,6 +65,7 @@ class RunReport:
     shards: list[str]
     per_shard_runs: dict[str, list[str]] = field(default_factory=dict)  # shard -> asset keys materialized
     cross_shard_assets: list[str] = field(default_factory=list)
+    removed_shards: list[str] = field(default_factory=list)  # deleted from the crawl: out of the pool now
     failures: list[str] = field(default_factory=list)  # runs with a crashed step, one message per run
     blocked: list[str] = field(default_factory=list)  # failed blocking checks (their index, audit, export stop)
     warnings: list[str] = field(default_factory=list)  # failed checks that only warn
@@ -192,6 +195,20 @@ def register_shards(instance: DagsterInstance, shards: list[str], attempts: int 
             time.sleep(0.05 * 2**attempt)
 
 
+def remove_deleted_shards(instance: DagsterInstance, crawl: CrawlResource, lake: LakeResource,
+                          present: set[str]) -> list[str]:
+    """Partitions whose shard was deleted from the crawl (none of its files left): the partition
+    is removed and the shard's lake files are moved out of shards/, so it leaves every view,
+    subset, uid file and index on the cross-shard run that follows."""
+    removed = []
+    for shard in instance.get_dynamic_partitions(shard_partitions.name):
+        if shard not in present and crawl.is_deleted(shard):
+            lake.retire_shard(shard)
+            instance.delete_dynamic_partition(shard_partitions.name, shard)
+            removed.append(shard)
+    return removed
+
+
 def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the runs this host's killed `materialize` processes left STARTED.
 
@@ -285,6 +302,11 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     for run_id in report.orphaned_runs:
         log(f"run {run_id} of a killed process marked failed")
     register_shards(instance, shards)
+    if len(shards) == len(complete):  # a run over the whole crawl (not a slice) notices deleted shards
+        report.removed_shards = remove_deleted_shards(instance, crawl, lake, set(complete))
+        for shard in report.removed_shards:
+            log(f"shard {shard} is no longer in the crawl: its partition is removed and its lake files moved "
+                "to retired/ (clipsieve gc deletes them)")
     host, pid = this_process()
     tags = {HOST_TAG: host, PID_TAG: str(pid)}
 
@@ -349,8 +371,8 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     stale = {k for k in cross_shard_keys
              if not is_current(_latest_materialization(instance, k), code_versions[k], lake.url,
                                newer_than=newest_per_shard)}
-    if cross_shard and (report.per_shard_runs or stale):
-        todo = cross_shard_keys if report.per_shard_runs else \
+    if cross_shard and (report.per_shard_runs or report.removed_shards or stale):
+        todo = cross_shard_keys if report.per_shard_runs or report.removed_shards else \
             _downstream_closure(defs, _with_checked_parents(defs, stale, cross_shard_keys), cross_shard_keys)
         log(f"cross-shard: materializing {len(todo)} asset(s)")
         result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,

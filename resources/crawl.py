@@ -56,6 +56,12 @@ class CrawlResource(ConfigurableResource):
             if n.endswith(".tar") and f"{n[:-4]}.parquet" in names and f"{n[:-4]}_stats.json" in names
         )
 
+    def is_deleted(self, shard: str) -> bool:
+        """Whether none of the shard's files is in the crawl any more (a shard that is only
+        incomplete, being rewritten by img2dataset, is not deleted)."""
+        fs, _ = self._fs()
+        return not any(fs.exists(self.file(shard, suffix)) for suffix in (".tar", ".parquet", "_stats.json"))
+
     def fingerprint(self, shard: str) -> str:
         """Size and modification time of the shard's three files, hashed: it changes when
         img2dataset (or anyone) rewrites the shard under the same name."""

@@ -185,6 +185,19 @@ class LakeResource(ConfigurableResource):
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
 
+    def retire_shard(self, shard: str) -> str:
+        """Move a shard's outputs from shards/ to retired/shards/ (out of every view and glob),
+        replacing an earlier retired copy; `clipsieve gc` deletes retired/. Returns the new place."""
+        fs, root = self._fs()
+        source = f"{root}/shards/{check_shard_name(shard)}"
+        target = f"{root}/retired/shards/{check_shard_name(shard)}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+        if fs.exists(source):
+            fs.makedirs(f"{root}/retired/shards", exist_ok=True)
+            fs.mv(source, target, recursive=True)
+        return self.path(f"retired/shards/{shard}")
+
     def read_bytes(self, relative: str) -> bytes:
         fs, root = self._fs()
         with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:

@@ -156,3 +156,35 @@ def test_exit_status_tells_a_blocked_subset_from_a_crashed_step(tmp_path):
     crashed = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env, check=False)
     assert crashed.returncode == 1, crashed.stdout[-3000:] + crashed.stderr[-3000:]
     assert "runs with a crashed step: 1" in crashed.stdout and "subsets__broken" in crashed.stdout
+
+
+def test_a_shard_deleted_from_the_crawl_leaves_the_pool_and_gc_deletes_its_files(tmp_path):
+    crawl, lake, home = tmp_path / "crawl", tmp_path / "lake", tmp_path / "home"
+    write_sample_crawl(crawl, 3, 40, seed=8)
+    bounds = tmp_path / "checks.toml"
+    bounds.write_text("[default]\n")  # a 120-row crawl's rates would trip the default bounds
+    env = {"DAGSTER_HOME": str(home), "CLIPSIEVE_CHECKS": str(bounds)}
+    run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    members_before = pq.read_table(lake / "subsets" / "laion400m" / "members.parquet")
+    assert "00002" in set(members_before.column("shard").to_pylist())
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        (crawl / f"00002{suffix}").unlink()
+
+    again = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    assert "shards no longer in the crawl, now out of the pool: 00002" in again.stdout
+    assert "cross-shard: materializing" in again.stdout
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(instance.get_dynamic_partitions("shards")) == ["00000", "00001"]
+    for policy in ("laion400m", "safe"):
+        shards = set(pq.read_table(lake / "subsets" / policy / "members.parquet").column("shard").to_pylist())
+        assert "00002" not in shards, policy
+    rows = json.loads(run_cli("query", "--lake", str(lake), "--json",
+                              "SELECT DISTINCT shard FROM samples ORDER BY shard").stdout)
+    assert [r["shard"] for r in rows] == ["00000", "00001"]
+    run_cli("export", "--lake", str(lake), "--subset", "laion400m", "--format", "webdataset",
+            "--out", str(tmp_path / "export"), env={"CLIPSIEVE_CRAWL": ""})  # no missing tar
+    assert (lake / "retired" / "shards" / "00002" / "samples.parquet").exists()
+    collected = json.loads(run_cli("gc", "--lake", str(lake)).stdout)
+    assert collected["deleted"] == ["retired/shards/00002"] and not (lake / "retired").exists()
+    quiet = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    assert "no longer in the crawl" not in quiet.stdout
