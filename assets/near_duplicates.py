@@ -35,7 +35,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from assets.embeddings import load_embeddings
-from resources.lake import LakeResource, dedup_path
+from orchestration.partitions import shard_partitions
+from resources.lake import LakeResource, dedup_path, pool_shards
 
 CODE_VERSION = "1"
 
@@ -148,17 +149,16 @@ def find_duplicates(samples: pa.Table, vectors: np.ndarray, params: DedupParams)
     })
 
 
-def load_dedup_inputs(lake: LakeResource, model_id: str) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
-    """Every embedded sample's (key, shard, sha256, phash, thumbnail) and image embedding, and
-    the shards left out with the reason (no exact_hash file, or one that does not cover the
-    shard's embedded samples: its exact_hash step failed). One such shard never stops the others."""
-    tables, chunks, left_out = [], [], {}
-    for path in lake.glob(f"shards/*/embeddings/{model_id}/keys.parquet"):
-        shard = path.split("/")[1]
+def load_dedup_inputs(lake: LakeResource, model_id: str,
+                      registered: list[str] | None = None) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
+    """Every pooled sample's (key, shard, sha256, phash, thumbnail) and image embedding, and
+    the shards left out with the reason (a per-shard output missing, see pool_shards, or
+    hashes that do not cover the shard's embedded samples: its exact_hash step failed). One
+    such shard never stops the others."""
+    tables, chunks = [], []
+    complete, left_out = pool_shards(lake, model_id, registered)  # the catalog's scored pool
+    for shard in complete:
         hashes_path = f"shards/{shard}/scores/exact_hash.parquet"
-        if not lake.exists(hashes_path):
-            left_out[shard] = "no scores/exact_hash file (its exact_hash step has not succeeded)"
-            continue
         keys, image, _ = load_embeddings(lake, shard, model_id)
         hashes = lake.read_parquet(hashes_path)
         rows = pc.index_in(keys.column("key"), value_set=hashes.column("key"))
@@ -195,7 +195,9 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     )
     def near_duplicates(context: AssetExecutionContext, config: DedupConfig, lake: LakeResource) -> MaterializeResult:
         """Duplicate groups across all shards: SemDeDup clusters + exact and perceptual hashes."""
-        samples, vectors, left_out = load_dedup_inputs(lake, model_id)
+        # The registered partitions name the shards with no output at all (a failed `samples`).
+        samples, vectors, left_out = load_dedup_inputs(lake, model_id,
+                                                        context.instance.get_dynamic_partitions(shard_partitions.name))
         for shard, reason in left_out.items():
             context.log.warning(f"near_duplicates leaves out shard {shard}: {reason}")
         params = DedupParams(config.cluster_size, config.eps, config.min_thumbnail_correlation, config.seed)

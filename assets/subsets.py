@@ -232,6 +232,8 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
     def subset(context: AssetExecutionContext, config: PolicyConfig, lake: LakeResource,
                catalog: CatalogResource):
         db = catalog.open(lake.url, model_id, snapshot=True)
+        for shard, lacks in db.left_out.items():
+            context.log.warning(f"subsets/{policy.name} leaves out shard {shard}: {lacks}")
         try:
             pool = db.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
             members, effective = run_policy(db, policy, {**calibration, **config.params})
@@ -266,6 +268,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
             "params": MetadataValue.json(effective),
             "sql": MetadataValue.md(f"```sql\n{policy.sql.strip()}\n```"),
             "version": version,
+            "left_out_shards": MetadataValue.json(db.left_out),
             "path": lake.path(members_path(policy.name)),
         })
 

@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from orchestration.partitions import SHARDS_PER_RUN, shard_partitions
 from resources.crawl import CrawlResource
-from resources.lake import LakeResource
+from resources.lake import LakeResource, pool_shards
 from resources.processes import is_gone, this_process
 from resources.safe_paths import split_shard_names
 
@@ -388,6 +388,10 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
                                                       raise_on_error=False)).crashed
         report.blocked += outcome.blocked
         report.warnings += outcome.warnings
+        _, left_out = pool_shards(lake, resources["clip"].model_id,
+                                  instance.get_dynamic_partitions(shard_partitions.name))
+        report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
+                            for shard, lacks in left_out.items()]
         if outcome.crashed:
             report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(outcome))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)

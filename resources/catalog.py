@@ -24,6 +24,8 @@ import pyarrow as pa
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.lake import LakeResource, pool_shards
+
 SQL_DIR = Path(os.environ.get("CLIPSIEVE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
 
 
@@ -76,6 +78,7 @@ class Catalog:
     snapshot: bool = False  # `scores` is an in-memory copy of the scored pool (open_catalog)
     limits: SqlLimits = field(default_factory=SqlLimits)
     temp_directory: str | None = None  # the connection's private spill folder, removed on close
+    left_out: dict[str, str] = field(default_factory=dict)  # shards out of the scored pool -> what they lack
 
     def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
         try:
@@ -213,6 +216,9 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snap
     temp_directory = tempfile.mkdtemp(prefix="clipsieve-duckdb-")  # mode 0700: only this process writes there
     lockdown(connection, [lake_path], limits, temp_directory)
     catalog = Catalog(connection, limits=limits, temp_directory=temp_directory)
+    # The scored pool: shards with every per-shard output (sql/views/02_embeddings_index.sql).
+    complete, catalog.left_out = pool_shards(LakeResource(root=lake_path), model_id)
+    connection.register("pool_shards", pa.table({"shard": pa.array(complete, pa.string())}))
     lake_literal = _literal(lake_path.rstrip("/"))[1:-1]
     for view_file in sorted((SQL_DIR / "views").glob("*.sql")):
         sql = view_file.read_text().replace("{{lake}}", lake_literal).replace("{{model}}", model_id)

@@ -68,6 +68,29 @@ def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str
     return f"shards/{shard}/scores/{model_id}/{filter_name}.parquet"
 
 
+# The per-shard score files (scores/<name>.parquet, and scores/<model>/<name>.parquet for
+# those computed from embeddings).
+SHARD_SCORES = ("language", "quality", "exact_hash", "toxicity", "concepts")
+MODEL_SCORES = ("clip_similarity", "nsfw", "watermark", "aesthetic")
+
+
+def pool_shards(lake: "LakeResource", model_id: str,
+                registered: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(shards in the scored pool, shards left out -> what they lack): a shard is in the pool
+    when every per-shard output exists for the model (samples, embeddings, each score). A
+    shard whose per-shard step failed is left out of the cross-shard assets, and named;
+    `registered` (the instance's partitions) also names shards with no output at all."""
+    needed = {"samples": "samples.parquet", "embeddings": f"embeddings/{model_id}/keys.parquet",
+              **{f"scores/{n}": f"scores/{n}.parquet" for n in SHARD_SCORES},
+              **{f"scores/{n}": f"scores/{model_id}/{n}.parquet" for n in MODEL_SCORES}}
+    present = {what: {path.split("/")[1] for path in lake.glob(f"shards/*/{name}")} for what, name in needed.items()}
+    every = set().union(*present.values(), registered or [])
+    complete = sorted(s for s in every if all(s in shards for shards in present.values()))
+    left_out = {s: "no " + ", ".join(w for w, shards in present.items() if s not in shards)
+                for s in sorted(every - set(complete))}
+    return complete, left_out
+
+
 def dedup_path(model_id: str) -> str:
     return f"dedup/{model_id}/clusters.parquet"
 

@@ -19,6 +19,7 @@ from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_shard
 from assets.scores.quality import quality_scores
 from assets.subsets import POLICY_DIR, load_policies
+from resources.catalog import open_catalog
 from resources.crawl import CrawlResource
 from resources.heads import Head
 
@@ -125,9 +126,15 @@ def test_near_duplicates_leave_out_a_shard_without_hashes_and_name_it(lake, tmp_
     shutil.copytree(lake.url, copy, ignore=shutil.ignore_patterns("_dagster"))
     (copy / "shards" / "00002" / "scores" / "exact_hash.parquet").unlink()
     samples, vectors, left_out = load_dedup_inputs(LakeResource(root=str(copy)), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
-    assert list(left_out) == ["00002"] and "exact_hash" in left_out["00002"]
+    assert left_out == {"00002": "no scores/exact_hash"}
     shards = set(samples.column("shard").to_pylist())
     assert "00002" not in shards and len(shards) == 7 and len(vectors) == samples.num_rows
+    catalog = open_catalog(str(copy), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
+    try:  # the scored pool every subset and audit reads leaves it out too, and says so
+        pooled = catalog.query("SELECT DISTINCT shard FROM scores ORDER BY shard").column("shard").to_pylist()
+        assert pooled == [s for s in sorted(shards)] and catalog.left_out == left_out
+    finally:
+        catalog.close()
 
 
 def test_gif_and_bmp_members_get_rows_of_their_own(tmp_path):
