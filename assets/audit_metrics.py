@@ -1,4 +1,4 @@
-"""The audit formulas, as plain functions over numbers (FIELD.md names their sources).
+"""The audit formulas, as plain functions over numbers (each with its source below).
 
 wilson_interval    95% Wilson score interval of a rate k/n
 entropy_bits       Shannon entropy of a count distribution

@@ -1,6 +1,6 @@
 """The sample crawl: a deterministic img2dataset-format crawl with planted defects.
 
-Output, as img2dataset writes it in webdataset mode (FIELD.md):
+Output, as img2dataset writes it in webdataset mode:
     OUT/00000.tar            <key>.jpg, <key>.txt, <key>.json per downloaded sample, shuffled
     OUT/00000.parquet        one row per input URL, failed downloads included
     OUT/00000_stats.json     count, successes, failed_to_download, failed_to_resize, status_dict

@@ -42,7 +42,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "h
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 GROUPS = ("man", "woman")
 
-# Planted demographic skew (DESIGN.md): people appear in some captions; "woman" is the
+# Planted demographic skew, for the audits to find: people appear in some captions; "woman" is the
 # minority group, and each group's objects lean to different colours.
 PERSON_RATE = 0.35
 WOMAN_SHARE = 0.4

@@ -335,10 +335,9 @@ def cmd_heads_show(args: argparse.Namespace) -> None:
 def _existing_instance(lake: str):
     """The instance the runs were recorded in ($DAGSTER_HOME, else <lake>/_dagster), if any."""
     from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
 
     home = os.environ.get("DAGSTER_HOME") or str(Path(lake, "_dagster"))
-    return DagsterInstance.from_ref(InstanceRef.from_dir(home)) if os.path.isdir(home) else None
+    return DagsterInstance.from_config(home) if os.path.isdir(home) else None
 
 
 def cmd_explain(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ import faiss
 import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
-from dagster._core.instance.ref import InstanceRef
 
 from assets import audit_metrics as formulas
 from assets import checks
@@ -65,7 +64,7 @@ def test_recall_counts_ties_as_hits():
 def test_demo_indices_record_their_figures(lake, materialized):
     info = lake.read_json(f"{index_dir('safe', MODEL_ID)}/index_info.json")
     assert {"factory", "memory_bytes", "build_seconds", "recall_at_10"} <= set(info)
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(materialized["home"])))
+    instance = DagsterInstance.from_config(str(materialized["home"]))
     event = instance.get_latest_materialization_event(AssetKey(["indices", "safe"]))
     metadata = event.asset_materialization.metadata
     assert metadata["factory"].value == info["factory"] and metadata["recall_at_10"].value == info["recall_at_10"]

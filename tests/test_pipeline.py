@@ -7,7 +7,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-from dagster._core.instance.ref import InstanceRef
 
 from assets.embeddings import committed_version, load_embeddings
 from assets.indices import read_index, search
@@ -25,7 +24,7 @@ POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", 
 
 
 def test_every_asset_materialized_per_partition_in_the_instance(materialized):
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(materialized["home"])))
+    instance = DagsterInstance.from_config(str(materialized["home"]))
     assert sorted(instance.get_dynamic_partitions("shards")) == SHARD_NAMES
     for name in PER_SHARD:
         key = AssetKey.from_user_string(name)
@@ -44,7 +43,7 @@ def test_every_asset_materialized_per_partition_in_the_instance(materialized):
 def test_embeddings_record_where_their_time_went(materialized):
     """The model is loaded once per process and charged to the shard that loaded it; the
     forward is part of each shard's time."""
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(materialized["home"])))
+    instance = DagsterInstance.from_config(str(materialized["home"]))
     records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("embeddings")),
                                               limit=100).records
     metadata = {r.partition_key: r.asset_materialization.metadata for r in records}

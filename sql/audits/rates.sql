@@ -1,4 +1,4 @@
--- Rates per stage. Thresholds are LAION's recommended cut-offs (FIELD.md):
+-- Rates per stage. Thresholds are LAION's recommended cut-offs (LAION-5B paper):
 -- punsafe > 0.5 (and the stricter > 0.9), pwatermark > 0.8; toxic = toxicity > 0.5
 -- (Birhane et al. report 100 * mean(P > 0.5)). Exact duplicates: 1 - distinct sha256 /
 -- count; near duplicates: the near_duplicates asset's flag.
