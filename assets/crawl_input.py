@@ -9,6 +9,7 @@ that cannot give rows at all raises (ValueError, naming the file).
 """
 
 import codecs
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -156,6 +157,18 @@ def coerce_column(column: pa.ChunkedArray, target: pa.DataType,
     return pa.array(converted, target), notes, column_note
 
 
+def _is_nested(kind: pa.DataType) -> bool:
+    return pa.types.is_nested(kind) or (pa.types.is_dictionary(kind) and pa.types.is_nested(kind.value_type))
+
+
+def nested_as_json(column: pa.ChunkedArray) -> pa.Array:
+    """A crawl's own struct, list or map column as JSON text. The lake reads every shard's
+    samples together, and DuckDB can widen scalar types that differ between shards (to
+    text) but not a struct in one shard and a string or list in another."""
+    return pa.array([None if value is None else json.dumps(value, default=str, ensure_ascii=False)
+                     for value in column.to_pylist()], pa.string())
+
+
 def _valid_utf8(values: pa.ChunkedArray | pa.Array) -> bool:
     try:
         values.validate(full=True)
@@ -194,6 +207,11 @@ def normalize_crawl_table(table: pa.Table, path: str) -> CrawlRows:
         if target is None and (pa.types.is_string(table.schema.field(name).type)
                                or pa.types.is_large_string(table.schema.field(name).type)):
             target = pa.string()  # any other text column: DuckDB refuses the lake if it is not UTF-8
+        kind = table.schema.field(name).type
+        if target is None and _is_nested(kind):
+            table = table.set_column(table.column_names.index(name), name, nested_as_json(table.column(name)))
+            column_notes.append(f"column {name} is {kind}: stored as JSON text")
+            continue
         if target is None:
             continue
         values, notes, column_note = coerce_column(table.column(name), target, name)

@@ -38,7 +38,10 @@ per tar-only thing, so every parquet row and every tar member is accounted for:
 Captions come from the parquet's caption column, or the key's .txt member when the column
 is missing or the value null. img2dataset's columns (CRAWL_COLUMNS, assets/crawl_input.py) are always present
 with their usual types: a missing one is added as nulls and a mistyped one converted, as
-the materialization's metadata notes. A parquet that cannot give rows at all (unreadable,
+the materialization's metadata notes. The crawl's other columns are kept; a struct, list or
+map column is stored as JSON text, so shards that disagree on a column's type still read
+together (DuckDB widens differing scalar types to text, but cannot mix a struct with a
+string). A parquet that cannot give rows at all (unreadable,
 no `key` or `status` column, or either of them not text) fails the shard's run with the
 file and the problem named. Every image is decoded once here (at reduced size with JPEG
 draft mode) so corrupt bytes are found and named before any model work. Nothing read

@@ -188,3 +188,24 @@ def test_a_malformed_head_file_is_a_named_error(tmp_path):
     save_file({"layers.1.weight": torch.zeros(1, 4)}, str(path))
     with pytest.raises(ValueError, match="head .*head.safetensors is not a head"):
         Head.load(path)
+
+
+def test_a_crawl_column_whose_type_differs_between_shards_still_reads_as_one_samples_view(tmp_path):
+    from resources.lake import LakeResource, samples_path
+
+    crawl, lake = tmp_path / "crawl", LakeResource(root=str(tmp_path / "lake"))
+    write_sample_crawl(crawl, 3, 40, seed=4)
+    extra = {"00000": pa.array([{"source": "a", "rank": 1}] * 40),  # a struct here,
+             "00001": pa.array(["plain text"] * 40),  # text here,
+             "00002": pa.array([[1, 2]] * 40)}  # a list here
+    for shard, column in extra.items():
+        table = pq.read_table(crawl / f"{shard}.parquet")
+        pq.write_table(table.append_column("provenance", column), crawl / f"{shard}.parquet")
+        lake.write_parquet(samples_path(shard), read_shard(CrawlResource(root=str(crawl)), shard).table)
+    catalog = open_catalog(lake.url, "no-model")
+    try:
+        rows = catalog.query("SELECT shard, any_value(provenance) AS provenance FROM samples "
+                             "GROUP BY shard ORDER BY shard").to_pylist()
+    finally:
+        catalog.close()
+    assert [r["provenance"] for r in rows] == ['{"source": "a", "rank": 1}', "plain text", "[1, 2]"]
