@@ -16,10 +16,11 @@ per tar-only thing, so every parquet row and every tar member is accounted for:
                                            ("/", "\\", "..", control characters, not UTF-8)
                    "duplicate_key"         an earlier row has the same key (that one is matched)
                    "missing_image"         no image for the key in the tar (or the tar broke first)
-                   "corrupt_image"         the bytes are empty, do not decode, are larger than
-                                           MAX_IMAGE_BYTES, or claim more than MAX_IMAGE_PIXELS
-                                           pixels (Pillow's decompression-bomb limit, warning
-                                           range included; such an image is never decoded)
+                   "corrupt_image"         the bytes are empty, not JPEG, PNG or WebP, do not
+                                           decode, or cost more than assets/images.py allows
+                                           (bytes, pixels, aspect ratio, JPEG scans: never
+                                           decoded), or were not checked within the per-image
+                                           time budget (assets/image_worker.py)
                  for a tar-only row (parquet_row null):
                    "not_in_parquet"        a key with members in the tar but no valid row in the
                                            parquet (key = the member's key, one row per key)
@@ -49,6 +50,7 @@ from the crawl is ever used as a path: the tar is only streamed.
 """
 
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -66,6 +68,7 @@ from assets.crawl_input import (
     normalize_crawl_table,
     printable_name,
 )
+from assets.image_worker import ImageCheckWorker
 from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
@@ -110,8 +113,10 @@ def _read_caption(handle: IO[bytes], size: int, name: str) -> tuple[str, str | N
     return text, "; ".join(notes) or None
 
 
-def scan_tar(crawl: CrawlResource, shard: str, keys: set[str], successes: set[str]) -> TarContents:
-    """Stream the tar once: check the first image of each successful key in `keys`, read
+def scan_tar(crawl: CrawlResource, shard: str, keys: set[str], successes: set[str],
+             check: Callable[[bytes], str | None] = check_image) -> TarContents:
+    """Stream the tar once: check the first image of each successful key in `keys` (with
+    `check`: check_image, or the same in a worker under a time budget), read
     the captions of `keys`, and note everything else. Only bounded amounts are read: the
     first MAX_CAPTION_CHARS of a .txt, images up to MAX_IMAGE_BYTES, nothing of a .json."""
     found = TarContents()
@@ -154,7 +159,7 @@ def scan_tar(crawl: CrawlResource, shard: str, keys: set[str], successes: set[st
                                          f"image is {info.size} bytes, over the {MAX_IMAGE_BYTES}-byte limit; not read")
                 else:
                     data = handle.read()
-                    found.images[key] = (name, len(data), check_image(data))
+                    found.images[key] = (name, len(data), check(data))
             elif extension in ("txt", "json"):
                 if extension == "txt" and key not in found.texts:
                     found.texts[key] = _read_caption(handle, info.size, name)
@@ -200,7 +205,8 @@ def read_shard(crawl: CrawlResource, shard: str) -> ShardSamples:
             owner[key] = i
             key_states.append(None)
     successes = {k for k, i in owner.items() if statuses[i] == "success"}
-    tar = scan_tar(crawl, shard, set(owner), successes)
+    with ImageCheckWorker(crawl.image_check_seconds) as worker:
+        tar = scan_tar(crawl, shard, set(owner), successes, worker.check)
 
     out: dict[str, list] = {c: [] for c in ("tar_member", "image_bytes", "image_status", "image_error",
                                             "caption", "caption_error", "row_warnings")}

@@ -31,6 +31,12 @@ class CrawlResource(ConfigurableResource):
         default=os.environ.get("CLIPSIEVE_CRAWL", "data/sample_crawl"),
         description="Folder or fsspec URL of the img2dataset output ($CLIPSIEVE_CRAWL).",
     )
+    image_check_seconds: float = Field(
+        default=20.0,
+        description="Time budget for checking one crawl image (decoded in a worker process, which is "
+                    "replaced when an image takes longer; the image is recorded as not read). 0 checks "
+                    "in the step's own process with no budget.",
+    )
 
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.root)

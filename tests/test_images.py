@@ -209,3 +209,42 @@ def test_a_crawl_column_whose_type_differs_between_shards_still_reads_as_one_sam
     finally:
         catalog.close()
     assert [r["provenance"] for r in rows] == ['{"source": "a", "rank": 1}', "plain text", "[1, 2]"]
+
+
+def test_a_large_progressive_jpeg_with_many_scans_is_refused_by_its_scan_pixels():
+    from assets.images import MAX_JPEG_SCAN_PIXELS
+
+    progressive = _encoded(Image.new("RGB", (6000, 6000), (120, 80, 40)), "JPEG", progressive=True)
+    last_scan = progressive.rindex(b"\xff\xda")
+    scans = MAX_JPEG_SCAN_PIXELS // 6000**2 + 1 - progressive.count(b"\xff\xda")
+    bomb = progressive[:last_scan] + progressive[last_scan:-2] * (scans + 1) + b"\xff\xd9"
+    assert len(bomb) < 400_000 and bomb.count(b"\xff\xda") <= MAX_JPEG_SCANS
+    started = time.perf_counter()
+    error = check_image(bomb)
+    assert error is not None and "scan-pixel limit" in error and time.perf_counter() - started < 1.0
+
+
+def test_an_image_over_the_time_budget_is_refused_and_the_worker_replaced(monkeypatch):
+    from assets.image_worker import ImageCheckWorker
+
+    slow = _encoded(Image.new("RGB", (4000, 4000), (10, 200, 30)), "JPEG", progressive=True)
+    good = _encoded(_picture(), "JPEG")
+    with ImageCheckWorker(seconds=0.01) as worker:
+        assert "not checked within the 0.01 s per-image budget" in worker.check(slow)
+        worker.seconds = 30
+        assert worker.check(good) is None  # a fresh worker took over
+        assert worker.check(b"not an image").startswith("unsupported format")
+
+
+def test_a_decoder_crash_is_the_images_reason_not_a_failed_step():
+    import os
+    import signal
+
+    from assets.image_worker import ImageCheckWorker
+
+    good = _encoded(_picture(), "JPEG")
+    with ImageCheckWorker(seconds=30) as worker:
+        assert worker.check(good) is None
+        os.kill(worker.pid, signal.SIGSEGV)  # what a decoder bug does to its process
+        assert "decoder crashed" in worker.check(good)
+        assert worker.check(good) is None
