@@ -73,7 +73,13 @@ from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.scores.common import for_each_shard
 from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
-from resources.lake import CRAWL_METADATA_KEY, LakeResource, samples_path, with_metadata
+from resources.lake import (
+    CRAWL_METADATA_KEY,
+    FINGERPRINT_METADATA_KEY,
+    LakeResource,
+    samples_path,
+    with_metadata,
+)
 
 CODE_VERSION = "3"
 
@@ -293,6 +299,23 @@ def _orphan_row(tar: TarContents, key: str, names: list[str], shard: str) -> dic
     }
 
 
+def write_samples(crawl: CrawlResource, lake: LakeResource, shard: str,
+                  fingerprint: str) -> tuple[ShardSamples, str | None]:
+    """Read the shard and write its samples.parquet, recording the crawl it came from and
+    the crawl files' fingerprint. When the lake holds outputs of other crawl files under
+    the same shard name, they move to retired/ first (returned: where): a score or
+    embedding file of the old files never meets the new samples in the pool."""
+    result = read_shard(crawl, shard)
+    path, retired = samples_path(shard), None
+    if lake.exists(path):
+        previous = lake.parquet_metadata(path).get(FINGERPRINT_METADATA_KEY)
+        if previous is not None and previous != fingerprint:
+            retired = lake.retire_shard(shard)
+    table = with_metadata(result.table, {CRAWL_METADATA_KEY: crawl.url, FINGERPRINT_METADATA_KEY: fingerprint})
+    lake.write_parquet(path, table)
+    return ShardSamples(table, result.notes), retired
+
+
 def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
     """The shard's samples table (see read_shard)."""
     return read_shard(crawl, shard).table
@@ -313,11 +336,11 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
 
     def one(shard: str) -> dict:
         fingerprints[shard] = crawl.fingerprint(shard)
-        result = read_shard(crawl, shard)
+        result, retired = write_samples(crawl, lake, shard, fingerprints[shard])
+        if retired:
+            context.log.warning(f"{shard}: the crawl's files changed since its outputs were computed; "
+                                f"they moved to {retired} and the shard is out of the pool until they are rebuilt")
         table = result.table
-        # The lake records where each shard came from (`clipsieve export` reads it back).
-        table = with_metadata(table, {CRAWL_METADATA_KEY: crawl.url})
-        lake.write_parquet(samples_path(shard), table)
         statuses = pc.value_counts(table.column("image_status")).to_pylist()
         for note in result.notes:
             context.log.warning(f"{shard}: {note}")

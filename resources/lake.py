@@ -44,6 +44,8 @@ TEMPORARY = ".tmp-"  # between a final name and its writer's host-pid-random suf
 
 # Key of samples.parquet's key-value metadata that holds the crawl the shard was read from.
 CRAWL_METADATA_KEY = "clipsieve.crawl"
+# ... and the fingerprint of the crawl files it was read from (resources/crawl.py).
+FINGERPRINT_METADATA_KEY = "clipsieve.crawl_fingerprint"
 
 
 def with_metadata(table: pa.Table, extra: dict[str, str]) -> pa.Table:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -248,3 +249,30 @@ def test_a_decoder_crash_is_the_images_reason_not_a_failed_step():
         os.kill(worker.pid, signal.SIGSEGV)  # what a decoder bug does to its process
         assert "decoder crashed" in worker.check(good)
         assert worker.check(good) is None
+
+
+def test_outputs_of_a_shards_old_crawl_files_never_meet_its_new_samples(lake, crawl, tmp_path):
+    import shutil
+
+    from assets.samples import write_samples
+    from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+    from resources.lake import LakeResource, pool_shards
+
+    copy_crawl, copy_lake = tmp_path / "crawl", tmp_path / "lake"
+    shutil.copytree(crawl, copy_crawl)
+    shutil.copytree(lake.url, copy_lake, ignore=shutil.ignore_patterns("_dagster"))
+    crawl_resource, lake_resource = CrawlResource(root=str(copy_crawl)), LakeResource(root=str(copy_lake))
+    model = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
+    # The same files again: nothing moves.
+    _, retired = write_samples(crawl_resource, lake_resource, "00003", crawl_resource.fingerprint("00003"))
+    assert retired is None and "00003" in pool_shards(lake_resource, model)[0]
+    # The shard rewritten under its name (one row fewer): its embeddings and scores are of
+    # other images, so they leave before the new samples land, and the pool names the shard.
+    table = pq.read_table(copy_crawl / "00003.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), copy_crawl / "00003.parquet")
+    result, retired = write_samples(crawl_resource, lake_resource, "00003", crawl_resource.fingerprint("00003"))
+    assert retired is not None and (copy_lake / "retired/shards/00003/scores/exact_hash.parquet").exists()
+    assert pc.count(result.table.column("parquet_row")).as_py() == table.num_rows - 1
+    pooled, left_out = pool_shards(lake_resource, model)
+    assert "00003" not in pooled and left_out["00003"].startswith("no embeddings, scores/")
+    assert lake_resource.read_parquet("shards/00003/samples.parquet").equals(result.table)
