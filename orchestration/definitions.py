@@ -127,7 +127,7 @@ def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -
     return Definitions(
         assets=with_automation(build_assets(resources["clip"], resources["heads"], policy_dir)),
         jobs=[per_shard_job, cross_shard_job, sample_crawl_job],
-        sensors=[build_crawl_sensor(per_shard_job)],
+        sensors=[build_crawl_sensor(per_shard_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job)],
         executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
         resources=resources,

@@ -72,9 +72,10 @@ def test_workspace_loads_in_dagster():
 def test_sensor_registers_complete_shards_only(tmp_path):
     write_sample_crawl(tmp_path, shards=2, samples_per_shard=60, seed=1)
     (tmp_path / "00001_stats.json").unlink()  # shard 00001 still being written
-    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"))
+    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"), defs.resolve_job_def("cross_shard"))
     with DagsterInstance.ephemeral() as instance:
-        context = build_sensor_context(instance=instance, resources={"crawl": CrawlResource(root=str(tmp_path))})
+        context = build_sensor_context(instance=instance, resources={
+            "crawl": CrawlResource(root=str(tmp_path)), "lake": LakeResource(root=str(tmp_path / "lake"))})
         result = sensor(context)
         assert [r.partition_key for r in result.run_requests] == ["00000"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["00000"]

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, DeleteDynamicPartitionsRequest, build_sensor_context
 
 from assets import checks
 from assets.indices import IndexSettings, build_index, update_index
@@ -81,12 +81,12 @@ def test_shards_needing_the_same_work_share_a_run_in_partition_order():
     assert shard_batches(order, {}, size=16) == []
 
 
-def test_sensor_requests_new_and_rewritten_shards(tmp_path):
-    crawl, other = tmp_path / "crawl", tmp_path / "other"
+def test_sensor_requests_new_and_rewritten_shards_and_retires_deleted_ones(tmp_path):
+    crawl, other, lake = tmp_path / "crawl", tmp_path / "other", tmp_path / "lake"
     write_sample_crawl(crawl, shards=1, samples_per_shard=60, seed=5)
     write_sample_crawl(other, shards=2, samples_per_shard=60, seed=6)
-    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"))
-    resources = {"crawl": CrawlResource(root=str(crawl))}
+    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"), defs.resolve_job_def("cross_shard"))
+    resources = {"crawl": CrawlResource(root=str(crawl)), "lake": LakeResource(root=str(lake))}
     with DagsterInstance.ephemeral() as instance:
         first = sensor(build_sensor_context(instance=instance, resources=resources))
         assert [r.partition_key for r in first.run_requests] == ["00000"]
@@ -99,7 +99,23 @@ def test_sensor_requests_new_and_rewritten_shards(tmp_path):
         _copy_shard(other, crawl, "00001")
         later = sensor(build_sensor_context(instance=instance, resources=resources, cursor=idle.cursor))
         assert sorted(r.partition_key for r in later.run_requests) == ["00000", "00001"]
+        assert {r.job_name for r in later.run_requests} == {"per_shard"}
         assert json.loads(later.cursor)["00000"] != json.loads(cursor)["00000"]
+
+        # Shard 00001 leaves the crawl: its partition goes, its lake files retire, and the
+        # cross-shard assets run again without it. A shard only half-rewritten stays.
+        instance.add_dynamic_partitions("shards", ["00001"])
+        (lake / "shards/00001/scores").mkdir(parents=True)
+        (lake / "shards/00001/samples.parquet").write_bytes(b"")
+        for suffix in (".tar", ".parquet", "_stats.json"):
+            (crawl / f"00001{suffix}").unlink()
+        (crawl / "00000_stats.json").unlink()
+        gone = sensor(build_sensor_context(instance=instance, resources=resources, cursor=later.cursor))
+        (request,) = gone.run_requests
+        assert request.job_name == "cross_shard" and request.tags["clipsieve/removed_shards"] == "00001"
+        (delete,) = [r for r in gone.dynamic_partitions_requests if isinstance(r, DeleteDynamicPartitionsRequest)]
+        assert delete.partition_keys == ["00001"]
+        assert not (lake / "shards/00001").exists() and (lake / "retired/shards/00001/samples.parquet").exists()
 
 
 def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path, monkeypatch):
