@@ -182,9 +182,10 @@ class ShardSamples:
     notes: list[str]  # about the shard's files as a whole: converted columns, a broken tar
 
 
-def read_shard(crawl: CrawlResource, shard: str) -> ShardSamples:
+def read_shard(crawl: CrawlResource, shard: str, checker: ImageCheckWorker | None = None) -> ShardSamples:
     """The shard's parquet rows with their tar members, checked and statused, then the
-    tar-only rows (see the module docstring)."""
+    tar-only rows (see the module docstring). Images are checked by `checker`, else by a
+    worker of its own under the crawl's per-image time budget."""
     path = crawl.file(shard, ".parquet")
     try:
         raw = crawl.read_parquet(shard)
@@ -211,8 +212,11 @@ def read_shard(crawl: CrawlResource, shard: str) -> ShardSamples:
             owner[key] = i
             key_states.append(None)
     successes = {k for k, i in owner.items() if statuses[i] == "success"}
-    with ImageCheckWorker(crawl.image_check_seconds) as worker:
-        tar = scan_tar(crawl, shard, set(owner), successes, worker.check)
+    if checker is None:
+        with ImageCheckWorker(crawl.image_check_seconds) as own:
+            tar = scan_tar(crawl, shard, set(owner), successes, own.check)
+    else:
+        tar = scan_tar(crawl, shard, set(owner), successes, checker.check)
 
     out: dict[str, list] = {c: [] for c in ("tar_member", "image_bytes", "image_status", "image_error",
                                             "caption", "caption_error", "row_warnings")}
@@ -299,13 +303,13 @@ def _orphan_row(tar: TarContents, key: str, names: list[str], shard: str) -> dic
     }
 
 
-def write_samples(crawl: CrawlResource, lake: LakeResource, shard: str,
-                  fingerprint: str) -> tuple[ShardSamples, str | None]:
+def write_samples(crawl: CrawlResource, lake: LakeResource, shard: str, fingerprint: str,
+                  checker: ImageCheckWorker | None = None) -> tuple[ShardSamples, str | None]:
     """Read the shard and write its samples.parquet, recording the crawl it came from and
     the crawl files' fingerprint. When the lake holds outputs of other crawl files under
     the same shard name, they move to retired/ first (returned: where): a score or
     embedding file of the old files never meets the new samples in the pool."""
-    result = read_shard(crawl, shard)
+    result = read_shard(crawl, shard, checker)
     path, retired = samples_path(shard), None
     if lake.exists(path):
         previous = lake.parquet_metadata(path).get(FINGERPRINT_METADATA_KEY)
@@ -336,7 +340,7 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
 
     def one(shard: str) -> dict:
         fingerprints[shard] = crawl.fingerprint(shard)
-        result, retired = write_samples(crawl, lake, shard, fingerprints[shard])
+        result, retired = write_samples(crawl, lake, shard, fingerprints[shard], checker)
         if retired:
             context.log.warning(f"{shard}: the crawl's files changed since its outputs were computed; "
                                 f"they moved to {retired} and the shard is out of the pool until they are rebuilt")
@@ -357,7 +361,9 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
             "path": lake.path(samples_path(shard)),
         }
 
-    result = for_each_shard(context, one)
+    # One image-checking worker for every shard of the run.
+    with ImageCheckWorker(crawl.image_check_seconds) as checker:
+        result = for_each_shard(context, one)
     # The data version follows the crawl files, so a rewritten shard makes everything below
     # it stale (a batch of shards shares one version, made of all their fingerprints).
     version = "-".join(fingerprints[s] for s in sorted(fingerprints))

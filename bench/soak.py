@@ -9,6 +9,12 @@
 3. then `clipsieve materialize` over the whole crawl, which finds every shard done and
    runs only the cross-shard assets (dedup, subsets, indices, audits, evaluation).
 
+`--hostile N` replaces N successful images per shard with hostile ones (cycling through a
+PostScript file named .jpg, a progressive JPEG with a scan-pixel bomb, a 1 x 150,000 PNG,
+a LAB TIFF, a GIF, a truncated JPEG, zero bytes, a 16-bit PNG that must embed): the
+figures then say how each kind was recorded, and whether every parquet row and usable
+image is accounted for.
+
 Prints samples processed, failures (image statuses, embedding failures, failed runs),
 wall times, and memory: each process's VmRSS and VmHWM polled from /proc every
 `--poll` seconds, and each run's RSS after every shard, logged by the run itself, with
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -120,6 +127,81 @@ def run_stage(commands: dict[str, list[str]], env: dict, logs: Path, interval: f
     return codes, time.time() - started, poller.samples
 
 
+def hostile_images() -> dict[str, bytes]:
+    """Hostile images, generated: kind -> bytes (stored under the sample's .jpg name)."""
+    import io
+
+    from PIL import Image
+
+    def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format=fmt, **options)
+        return out.getvalue()
+
+    progressive = encoded(Image.new("RGB", (6000, 6000), (120, 80, 40)), "JPEG", progressive=True)
+    last = progressive.rindex(b"\xff\xda")
+    jpeg = encoded(Image.new("RGB", (64, 48), (30, 90, 200)), "JPEG")
+    grey16 = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+    return {
+        "postscript": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{ } loop\n",
+        "scan_bomb": progressive[:last] + progressive[last:-2] * 60 + b"\xff\xd9",
+        "banner_png": encoded(Image.new("L", (150_000, 1), 128), "PNG"),
+        "lab_tiff": encoded(Image.new("LAB", (32, 32)), "TIFF"),
+        "gif": encoded(Image.new("P", (32, 32)), "GIF"),
+        "truncated_jpeg": jpeg[: len(jpeg) // 2],
+        "zero_bytes": b"",
+        "png_16_bit": encoded(grey16, "PNG"),
+    }
+
+
+def plant_hostile(source: Path, target: Path, per_shard: int) -> dict[str, str]:
+    """A copy of the crawl at `source` in `target`, `per_shard` successful images of each
+    shard replaced by hostile ones; returns key -> kind."""
+    import io
+    import shutil
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    kinds = list(hostile_images().items())
+    planted: dict[str, str] = {}
+    target.mkdir(parents=True)
+    for path in source.glob("*.parquet"):
+        if not (source / f"{path.stem}.tar").exists():  # the sample crawl's ground truth
+            shutil.copy(path, target / path.name)
+    for path in sorted(source.glob("*.tar")):
+        shard = path.stem
+        for suffix in (".parquet", "_stats.json"):
+            shutil.copy(source / f"{shard}{suffix}", target / f"{shard}{suffix}")
+        rows = pq.read_table(source / f"{shard}.parquet", columns=["key", "status"]).to_pylist()
+        chosen = [r["key"] for r in rows if r["status"] == "success"][:per_shard]
+        with tarfile.open(path) as tar_in, tarfile.open(target / path.name, "w") as tar_out:
+            for member in tar_in.getmembers():
+                data = tar_in.extractfile(member).read()
+                key = member.name.rsplit(".", 1)[0]
+                if key in chosen and member.name.endswith(".jpg"):
+                    kind, data = kinds[(len(planted)) % len(kinds)]
+                    planted[key] = kind
+                    member.size = len(data)
+                tar_out.addfile(member, io.BytesIO(data))
+    return planted
+
+
+def hostile_outcomes(lake: str, planted: dict[str, str]) -> dict:
+    """How each planted kind was recorded: kind -> {status: reason's start -> count}."""
+    from resources.lake import LakeResource
+
+    store = LakeResource(root=lake)
+    outcomes: dict[str, dict[str, int]] = {}
+    for path in store.glob("shards/*/samples.parquet"):
+        for row in store.read_parquet(path, columns=["key", "image_status", "image_error"]).to_pylist():
+            kind = planted.get(row["key"])
+            if kind is not None:
+                said = f"{row['image_status']}: {(row['image_error'] or '')[:60]}"
+                outcomes.setdefault(kind, {})[said] = outcomes.setdefault(kind, {}).get(said, 0) + 1
+    return outcomes
+
+
 def lake_counts(lake: str) -> dict:
     """Samples, statuses and embedding figures read back from the lake."""
     import pyarrow.compute as pc
@@ -129,17 +211,19 @@ def lake_counts(lake: str) -> dict:
 
     store = LakeResource(root=lake)
     statuses: dict[str, int] = {}
-    rows = embedded = failures = 0
+    rows = embedded = failures = parquet_rows = 0
     for path in store.glob("shards/*/samples.parquet"):
-        table = store.read_parquet(path, columns=["image_status"])
+        table = store.read_parquet(path, columns=["image_status", "parquet_row"])
         rows += table.num_rows
+        parquet_rows += int(pc.count(table.column("parquet_row")).as_py())
         for entry in pc.value_counts(table.column("image_status")).to_pylist():
             statuses[entry["values"]] = statuses.get(entry["values"], 0) + entry["counts"]
     for path in store.glob("shards/*/embeddings/*/keys.parquet"):
         embedded += store.read_parquet(path, columns=["key"]).num_rows
         _, shard, _, model = path.split("/")[:4]
         failures += embedding_failures(store, shard, model).num_rows
-    return {"samples": rows, "image_status": dict(sorted(statuses.items())), "embedded": embedded,
+    return {"samples": rows, "parquet_rows_in_samples": parquet_rows,
+            "image_status": dict(sorted(statuses.items())), "embedded": embedded,
             "embedding_failures": failures, "shards": len(store.glob("shards/*/samples.parquet"))}
 
 
@@ -172,6 +256,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/clipsieve-soak")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--json-out", help="also write the figures here")
+    parser.add_argument("--hostile", type=int, default=0, metavar="N",
+                        help="replace N successful images per shard with hostile ones")
     parser.add_argument("--checks", help="check bounds file for the runs ($CLIPSIEVE_CHECKS; default: the project's)")
     parser.add_argument("--worker", nargs=4, metavar=("CRAWL", "LAKE", "SHARDS", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,6 +278,12 @@ def main() -> None:
     started = time.time()
     if not (crawl / "ground_truth.parquet").exists():
         write_sample_crawl(crawl, args.shards, args.samples_per_shard, args.seed)
+    planted: dict[str, str] = {}
+    if args.hostile:
+        hostile = workdir / f"{crawl.name}_hostile{args.hostile}"
+        subprocess.run(["rm", "-rf", str(hostile)], check=True)
+        planted = plant_hostile(crawl, hostile, args.hostile)
+        crawl = hostile
     crawl_seconds = time.time() - started
 
     shards = CrawlResource(root=str(crawl)).shards()
@@ -210,6 +302,7 @@ def main() -> None:
     memory.update(cross_memory)
 
     counts = lake_counts(str(lake))
+    crawl_parquet_rows = sum(pq.read_metadata(p).num_rows for p in crawl.glob("*.parquet") if p.stem.isdigit())
     runs = {}
     for name, samples in memory.items():
         rss, live, failed = per_shard_rss(logs / f"{name}.jsonl")
@@ -231,6 +324,11 @@ def main() -> None:
                   "written_seconds": round(crawl_seconds, 1)},
         "parallel_runs": len(slices), "threads_per_run": int(threads), "cpus": os.cpu_count(),
         "lake": counts,
+        "accounted": {"crawl_parquet_rows": crawl_parquet_rows,
+                      "every_parquet_row_in_samples": crawl_parquet_rows == counts["parquet_rows_in_samples"],
+                      "every_usable_image_embedded_or_a_failure_row":
+                          counts["image_status"].get("ok", 0) == counts["embedded"] + counts["embedding_failures"]},
+        "hostile": hostile_outcomes(str(lake), planted) if planted else {},
         "wall_seconds": {"per_shard_stage": round(per_shard_seconds, 1), "cross_shard_stage": round(cross_seconds, 1),
                          "total": round(per_shard_seconds + cross_seconds, 1)},
         "samples_per_second_per_shard_stage": round(counts["samples"] / per_shard_seconds, 1),
@@ -250,6 +348,9 @@ def print_figures(f: dict) -> None:
     print(f"samples processed: {lake['samples']} rows in {lake['shards']} shards; embedded {lake['embedded']}; "
           f"embedding failures {lake['embedding_failures']}")
     print(f"image_status: {json.dumps(lake['image_status'])}")
+    print(f"accounted: {json.dumps(f['accounted'])}")
+    for kind, said in f["hostile"].items():
+        print(f"hostile {kind}: {json.dumps(said)}")
     print(f"wall: per-shard stage {wall['per_shard_stage']} s ({f['samples_per_second_per_shard_stage']} samples/s), "
           f"cross-shard stage {wall['cross_shard_stage']} s, total {wall['total']} s; "
           f"cross-shard run redid per-shard work: {f['cross_shard_did_per_shard_work']}")
