@@ -9,7 +9,6 @@ exclusive file lock makes the first process create them and the others find them
 """
 
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,28 +17,16 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 LOCK_NAME = ".clipsieve-instance.lock"
-# Telemetry off; the event log keeps its SQLite engines open (orchestration/event_log.py)
-# and its files where Dagster's default storage would, in the home's history/runs.
-EVENT_LOG_DIR = Path("history", "runs")
-
-
-def default_config(home: str) -> str:
-    """dagster.yaml of a new instance folder `home` (an absolute path)."""
-    return f"""\
+# A new instance folder gets Dagster's default storage (SQLite in the folder) with telemetry off.
+DEFAULT_CONFIG = """\
 telemetry:
   enabled: false
-event_log_storage:
-  module: orchestration.event_log
-  class: PooledSqliteEventLogStorage
-  config:
-    base_dir: {json.dumps(str(Path(home, EVENT_LOG_DIR)))}
 """
 
 
 def write_default_config(home: str) -> None:
-    """A new instance folder: its dagster.yaml and its event log folder."""
-    Path(home, EVENT_LOG_DIR).mkdir(parents=True, exist_ok=True)
-    Path(home, "dagster.yaml").write_text(default_config(str(Path(home).resolve())))
+    """A new instance folder's dagster.yaml."""
+    Path(home, "dagster.yaml").write_text(DEFAULT_CONFIG)
 
 
 @contextmanager
@@ -54,7 +41,7 @@ def home_lock(home: str) -> Iterator[None]:
 
 
 def open_instance(home: str) -> DagsterInstance:
-    """The instance at `home`; a new folder gets clipsieve's dagster.yaml (default_config).
+    """The instance at `home`; a new folder gets clipsieve's dagster.yaml (DEFAULT_CONFIG).
     Sets DAGSTER_HOME for this process, as `DagsterInstance.get()` reads it."""
     home = str(Path(home).resolve())
     os.makedirs(home, exist_ok=True)

@@ -40,7 +40,6 @@ from dagster import (
     RunsFilter,
     materialize,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from orchestration.partitions import SHARDS_PER_RUN, shard_partitions
@@ -58,6 +57,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 HOST_TAG, PID_TAG = "clipsieve/host", "clipsieve/pid"
 SHARDS_TAG = "clipsieve/shards"  # the run's shards, comma-separated
 QUERY_CHUNK = 500  # partitions per staleness query (SQLite allows 32,766 bound parameters)
+
+# The run tags that make a run cover a range of partitions: what `dagster asset materialize
+# --partition-range` and Dagster's single-run backfills set (not exported as constants).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -335,7 +339,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
         if len(batch) == 1:
             partition = {"partition_key": batch[0], "tags": {SHARDS_TAG: batch[0], **tags}}
         else:
-            partition = {"tags": {ASSET_PARTITION_RANGE_START_TAG: batch[0], ASSET_PARTITION_RANGE_END_TAG: batch[-1],
+            partition = {"tags": {PARTITION_RANGE_START_TAG: batch[0], PARTITION_RANGE_END_TAG: batch[-1],
                                   SHARDS_TAG: ",".join(batch), **tags}}
         return materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
                            raise_on_error=False, **partition)
