@@ -35,7 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from assets.embeddings import load_embeddings
-from orchestration.partitions import shard_partitions
+from assets.partitions import shard_partitions
 from resources.lake import LakeResource, dedup_path, pool_shards
 
 CODE_VERSION = "1"

@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import Field
 
 from assets import synthetic
-from orchestration.partitions import shard_partitions
+from assets.partitions import shard_partitions
 
 DEFECTS = (
     "mismatched_caption",

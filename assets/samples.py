@@ -56,7 +56,7 @@ from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetSpec, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.crawl_input import (
     MAX_CAPTION_BYTES,
@@ -68,10 +68,11 @@ from assets.crawl_input import (
     normalize_crawl_table,
     printable_name,
 )
+from assets.crawl_shard import crawl_shard
 from assets.image_worker import ImageCheckWorker
 from assets.images import MAX_IMAGE_BYTES, check_image
+from assets.partitions import SHARD_BATCHES, shard_partitions
 from assets.scores.common import for_each_shard
-from orchestration.partitions import SHARD_BATCHES, shard_partitions
 from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
 from resources.lake import (
     CRAWL_METADATA_KEY,
@@ -82,15 +83,6 @@ from resources.lake import (
 )
 
 CODE_VERSION = "3"
-
-# The crawl shards themselves: files written by img2dataset, observed, never materialized here.
-crawl_shard = AssetSpec(
-    "crawl_shard",
-    partitions_def=shard_partitions,
-    group_name="crawl",
-    description="An img2dataset shard: NNNNN.tar, NNNNN.parquet and NNNNN_stats.json in the crawl folder.",
-)
-
 
 @dataclass
 class TarContents:
@@ -364,7 +356,6 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
     # One image-checking worker for every shard of the run.
     with ImageCheckWorker(crawl.image_check_seconds) as checker:
         result = for_each_shard(context, one)
-    # The data version follows the crawl files, so a rewritten shard makes everything below
-    # it stale (a batch of shards shares one version, made of all their fingerprints).
-    version = "-".join(fingerprints[s] for s in sorted(fingerprints))
-    return MaterializeResult(data_version=DataVersion(f"{CODE_VERSION}-{version}"), metadata=result.metadata)
+    # No data version is set here: Dagster's own, from the code version and each shard's
+    # observed crawl_shard version, differs per shard even when shards share a run.
+    return MaterializeResult(metadata=result.metadata)

@@ -24,10 +24,11 @@ from dagster import (
 )
 
 from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
+from assets.partitions import shard_partitions
 from assets.sample_crawl import sample_crawl
 from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
-from orchestration.partitions import shard_partitions
 from orchestration.schedules import CROSS_SHARD_AUTOMATION, PER_SHARD_AUTOMATION, build_refresh_schedule
 from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
@@ -63,7 +64,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
         ]
     return [
         sample_crawl,
-        samples.crawl_shard,
+        crawl_shard,
         samples.samples,
         embeddings.build_embeddings_asset(model_id, clip.precision),
         clip_similarity.build_clip_similarity_asset(model_id),
@@ -107,14 +108,21 @@ cross_shard_job = define_asset_job(
     selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
     description="Near-duplicate groups, then every policy's subset, index and audit, over all shards.",
 )
+OBSERVE_CRAWL_JOB = "observe_crawl"
+observe_crawl_job = define_asset_job(
+    OBSERVE_CRAWL_JOB,
+    selection=AssetSelection.assets(crawl_shard.key),
+    description="Observe every registered crawl shard: its files' fingerprint becomes crawl_shard's data version.",
+)
 sample_crawl_job = define_asset_job("demo_crawl", selection=AssetSelection.groups("demo"))
 
 
 def with_automation(assets: list) -> list:
-    """Per-shard assets below samples follow it eagerly; cross-shard assets refresh on the cron."""
+    """Per-shard assets follow their shard's observed crawl files eagerly; cross-shard assets
+    refresh on the cron (orchestration/schedules.py)."""
     automated = []
     for item in assets:
-        if isinstance(item, AssetsDefinition) and item.key not in (AssetKey("sample_crawl"), AssetKey("samples")):
+        if isinstance(item, AssetsDefinition) and item.key != AssetKey("sample_crawl"):
             node_partitioned = item.partitions_def is not None
             item = item.map_asset_specs(lambda spec, p=node_partitioned: spec.replace_attributes(
                 automation_condition=PER_SHARD_AUTOMATION if p else CROSS_SHARD_AUTOMATION))
@@ -126,8 +134,8 @@ def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -
     resources = build_resources(**overrides)
     return Definitions(
         assets=with_automation(build_assets(resources["clip"], resources["heads"], policy_dir)),
-        jobs=[per_shard_job, cross_shard_job, sample_crawl_job],
-        sensors=[build_crawl_sensor(per_shard_job, cross_shard_job)],
+        jobs=[per_shard_job, cross_shard_job, observe_crawl_job, sample_crawl_job],
+        sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job)],
         executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
         resources=resources,

@@ -42,7 +42,8 @@ from dagster import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from orchestration.partitions import SHARDS_PER_RUN, shard_partitions
+from assets.partitions import SHARDS_PER_RUN, shard_partitions
+from orchestration.definitions import OBSERVE_CRAWL_JOB
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, pool_shards
 from resources.processes import is_gone, this_process
@@ -313,9 +314,12 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
                 "to retired/ (clipsieve gc deletes them)")
     host, pid = this_process()
     tags = {HOST_TAG: host, PID_TAG: str(pid)}
+    # Dagster's view of the crawl: each registered shard's files observed (crawl_shard's data
+    # versions), so the UI's staleness and the automation conditions see what changed.
+    defs.resolve_job_def(OBSERVE_CRAWL_JOB).execute_in_process(instance=instance, tags=tags, run_config=QUIET)
 
     graph = defs.resolve_asset_graph()
-    nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_executable]
+    nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
     per_shard = {n.key for n in nodes if n.partitions_def is not None}
     # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
     skip = {"demo"} | (set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"})

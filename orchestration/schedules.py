@@ -1,13 +1,19 @@
 """The refresh schedule, and the declarative-automation conditions the assets carry.
 
-Two ways to keep a growing crawl curated, both visible in the UI and off until turned on:
-  * the `crawl_sensor` (orchestration/sensors.py) runs new and rewritten shards, and the
-    `refresh_schedule` reruns the cross-shard job (dedup, subsets, indices, audits) on a
-    cron ($CLIPSIEVE_REFRESH_CRON, default hourly);
-  * declarative automation: per-shard assets below `samples` follow it eagerly (a shard
-    materialized from the UI gets its embeddings and scores), and cross-shard assets refresh
-    on the same cron once their upstream has been updated since the last tick. It runs when
-    the "default_automation_condition_sensor" is switched on in the UI's Automation tab.
+One change detector, Dagster's: the crawl sensor (orchestration/sensors.py) registers new
+shards and requests an observation of `crawl_shard` whenever the crawl's listing changes;
+each shard's observed data version (its files' fingerprint) is what makes its assets
+stale. Declarative automation then does the rest, with the same conditions for every way
+in:
+  * per-shard assets: eagerly, when a shard is new, its crawl files changed (a new data
+    version of crawl_shard), a parent was updated, or the asset's code version changed;
+  * cross-shard assets (dedup, subsets, indices, audits) on a cron ($CLIPSIEVE_REFRESH_CRON,
+    default hourly) once their upstream has been updated since the last tick, or when their
+    code version changed (a policy's SQL), and only while every blocking check of their
+    parents passed (an index never follows a subset its check blocked).
+Automation runs when the "default_automation_condition_sensor" is on (the UI's Automation
+tab); the `refresh_schedule` reruns the cross-shard job on the same cron instead, for
+deployments without it. Both are off until turned on.
 """
 
 import os
@@ -16,8 +22,19 @@ from dagster import AutomationCondition, DefaultScheduleStatus, JobDefinition, S
 
 REFRESH_CRON = os.environ.get("CLIPSIEVE_REFRESH_CRON", "0 * * * *")
 
-PER_SHARD_AUTOMATION = AutomationCondition.eager()
-CROSS_SHARD_AUTOMATION = AutomationCondition.on_cron(REFRESH_CRON)
+# eager(), with a code version change as one more reason to run.
+PER_SHARD_AUTOMATION = (
+    (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()
+     | AutomationCondition.code_version_changed()).since_last_handled()
+    & ~AutomationCondition.any_deps_missing()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("eager, or a new code version")
+CROSS_SHARD_AUTOMATION = (
+    (AutomationCondition.on_cron(REFRESH_CRON) | AutomationCondition.code_version_changed().since_last_handled())
+    & ~AutomationCondition.any_deps_in_progress()
+    & AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("on the refresh cron or a new code version, blocking checks passed")
 
 
 def build_refresh_schedule(job: JobDefinition) -> ScheduleDefinition:

@@ -24,6 +24,16 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what img2dataset writes, an
 IMAGE_MEMBER_EXTENSIONS = IMAGE_EXTENSIONS + ("gif", "bmp", "tif", "tiff")
 
 
+SHARD_SUFFIXES = (".tar", ".parquet", "_stats.json")  # a shard's three files
+
+
+def _fingerprint(infos: list[dict]) -> str:
+    """Of a shard's three files' fsspec infos, in SHARD_SUFFIXES order."""
+    parts = [f"{suffix}:{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
+             for suffix, info in zip(SHARD_SUFFIXES, infos)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 class CrawlResource(ConfigurableResource):
     """Where the img2dataset crawl lives (a folder or an fsspec URL)."""
 
@@ -72,11 +82,18 @@ class CrawlResource(ConfigurableResource):
         """Size and modification time of the shard's three files, hashed: it changes when
         img2dataset (or anyone) rewrites the shard under the same name."""
         fs, _ = self._fs()
-        parts = []
-        for suffix in (".tar", ".parquet", "_stats.json"):
-            info = fs.info(self.file(shard, suffix))
-            parts.append(f"{suffix}:{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return _fingerprint([fs.info(self.file(shard, suffix)) for suffix in SHARD_SUFFIXES])
+
+    def fingerprints(self) -> dict[str, str]:
+        """fingerprint() of every complete shard, from one listing of the crawl folder (one
+        request on an object store, not three per shard)."""
+        fs, root = self._fs()
+        if not fs.exists(root):
+            return {}
+        listed = {os.path.basename(info["name"]): info for info in fs.ls(root, detail=True)}
+        return {shard: _fingerprint([listed[f"{shard}{suffix}"] for suffix in SHARD_SUFFIXES])
+                for shard in self.shards()
+                if all(f"{shard}{suffix}" in listed for suffix in SHARD_SUFFIXES)}
 
     def file(self, shard: str, suffix: str) -> str:
         """Path of a shard file, e.g. file("00000", ".tar")."""

@@ -72,12 +72,12 @@ def test_workspace_loads_in_dagster():
 def test_sensor_registers_complete_shards_only(tmp_path):
     write_sample_crawl(tmp_path, shards=2, samples_per_shard=60, seed=1)
     (tmp_path / "00001_stats.json").unlink()  # shard 00001 still being written
-    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"), defs.resolve_job_def("cross_shard"))
+    sensor = build_crawl_sensor(defs.resolve_job_def("observe_crawl"), defs.resolve_job_def("cross_shard"))
     with DagsterInstance.ephemeral() as instance:
         context = build_sensor_context(instance=instance, resources={
             "crawl": CrawlResource(root=str(tmp_path)), "lake": LakeResource(root=str(tmp_path / "lake"))})
         result = sensor(context)
-        assert [r.partition_key for r in result.run_requests] == ["00000"]
+        assert [r.job_name for r in result.run_requests] == ["observe_crawl"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["00000"]
 
 
@@ -103,8 +103,10 @@ def test_refresh_schedule_and_automation_are_defined():
     graph = defs.resolve_asset_graph()
     labels = {k.to_user_string(): graph.get(k).automation_condition.get_label()
               for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
-    assert labels["embeddings"] == "eager" and labels["scores/toxicity"] == "eager"
-    assert labels["subsets/safe"].startswith("on_cron(0 * * * *") and "samples" not in labels
+    eager = "eager, or a new code version"
+    assert labels["samples"] == labels["embeddings"] == labels["scores/toxicity"] == eager
+    assert labels["subsets/safe"] == labels["indices/safe"] == "on the refresh cron or a new code version, blocking checks passed"
+    assert "sample_crawl" not in labels and "crawl_shard" not in labels
 
 
 def test_the_command_exits_directly_with_its_output_whole_and_its_exit_code(tmp_path):

@@ -1,11 +1,17 @@
 """New and rewritten shards recompute alone; the sensor sees both."""
 
-import json
 import shutil
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetKey, DagsterInstance, DeleteDynamicPartitionsRequest, build_sensor_context
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    build_sensor_context,
+    evaluate_automation_conditions,
+)
 
 from assets import checks
 from assets.indices import IndexSettings, build_index, update_index
@@ -59,7 +65,26 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
         assert grown["build_mode"] == "grown" and grown["added"] > 0 and grown["recall_at_10"] == 1.0
         assert grown["count"] == len(lake.read_parquet("subsets/laion400m/members.parquet"))
 
+        # Dagster agrees, by its own conditions: nothing to do now; once the crawl sensor sees
+        # shard 00001 rewritten and its observation runs, automation asks for exactly that
+        # shard's per-shard assets.
+        sensor = build_crawl_sensor(definitions.resolve_job_def("observe_crawl"),
+                                    definitions.resolve_job_def("cross_shard"))
+        resources = {"crawl": CrawlResource(root=str(crawl)), "lake": lake}
+        tick = sensor(build_sensor_context(instance=instance, resources=resources))
+        per_shard = AssetSelection.keys(*[AssetKey.from_user_string(k) for k in PER_SHARD])
+        settled = evaluate_automation_conditions(definitions, instance, asset_selection=per_shard)
+        settled = evaluate_automation_conditions(definitions, instance, asset_selection=per_shard,
+                                                 cursor=settled.cursor)
+        assert settled.total_requested == 0
         _copy_shard(other, crawl, "00001")  # shard 00001 rewritten under the same name
+        tick = sensor(build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor))
+        assert [r.job_name for r in tick.run_requests] == ["observe_crawl"]
+        definitions.resolve_job_def("observe_crawl").execute_in_process(instance=instance)
+        wanted = evaluate_automation_conditions(definitions, instance, asset_selection=per_shard,
+                                                cursor=settled.cursor)
+        requested = {key: wanted.get_requested_partitions(AssetKey.from_user_string(key)) for key in PER_SHARD}
+        assert requested == {key: {"00001"} for key in PER_SHARD}
         third = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(third.per_shard_runs) == {"00001"} and set(third.per_shard_runs["00001"]) == PER_SHARD
         assert _index_info(lake, "laion400m")["build_mode"] == "rebuilt"
@@ -81,26 +106,28 @@ def test_shards_needing_the_same_work_share_a_run_in_partition_order():
     assert shard_batches(order, {}, size=16) == []
 
 
-def test_sensor_requests_new_and_rewritten_shards_and_retires_deleted_ones(tmp_path):
+def test_sensor_registers_new_shards_observes_changes_and_retires_deleted_ones(tmp_path):
     crawl, other, lake = tmp_path / "crawl", tmp_path / "other", tmp_path / "lake"
     write_sample_crawl(crawl, shards=1, samples_per_shard=60, seed=5)
     write_sample_crawl(other, shards=2, samples_per_shard=60, seed=6)
-    sensor = build_crawl_sensor(defs.resolve_job_def("per_shard"), defs.resolve_job_def("cross_shard"))
+    sensor = build_crawl_sensor(defs.resolve_job_def("observe_crawl"), defs.resolve_job_def("cross_shard"))
     resources = {"crawl": CrawlResource(root=str(crawl)), "lake": LakeResource(root=str(lake))}
     with DagsterInstance.ephemeral() as instance:
         first = sensor(build_sensor_context(instance=instance, resources=resources))
-        assert [r.partition_key for r in first.run_requests] == ["00000"]
+        assert first.dynamic_partitions_requests[0].partition_keys == ["00000"]
+        assert [r.job_name for r in first.run_requests] == ["observe_crawl"]
         instance.add_dynamic_partitions("shards", ["00000"])
-        cursor = first.cursor
-        idle = sensor(build_sensor_context(instance=instance, resources=resources, cursor=cursor))
-        assert idle.run_requests == []
+        idle = sensor(build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
+        assert idle.run_requests == [] and idle.dynamic_partitions_requests == []
 
-        _copy_shard(other, crawl, "00000")
-        _copy_shard(other, crawl, "00001")
-        later = sensor(build_sensor_context(instance=instance, resources=resources, cursor=idle.cursor))
-        assert sorted(r.partition_key for r in later.run_requests) == ["00000", "00001"]
-        assert {r.job_name for r in later.run_requests} == {"per_shard"}
-        assert json.loads(later.cursor)["00000"] != json.loads(cursor)["00000"]
+        _copy_shard(other, crawl, "00000")  # rewritten: observed again (no new partition)
+        changed = sensor(build_sensor_context(instance=instance, resources=resources, cursor=idle.cursor))
+        assert [r.job_name for r in changed.run_requests] == ["observe_crawl"]
+        assert changed.dynamic_partitions_requests == [] and changed.cursor != idle.cursor
+        _copy_shard(other, crawl, "00001")  # new: a partition, and observed
+        later = sensor(build_sensor_context(instance=instance, resources=resources, cursor=changed.cursor))
+        assert later.dynamic_partitions_requests[0].partition_keys == ["00001"]
+        assert [r.job_name for r in later.run_requests] == ["observe_crawl"]
 
         # Shard 00001 leaves the crawl: its partition goes, its lake files retire, and the
         # cross-shard assets run again without it. A shard only half-rewritten stays.
@@ -206,8 +233,8 @@ def test_one_run_can_handle_a_batch_of_shards(tmp_path, monkeypatch):
 def test_staleness_reads_the_newest_materialization_of_each_shard_in_batched_queries(monkeypatch):
     from dagster import MaterializeResult, asset, materialize
 
+    from assets.partitions import shard_partitions
     from orchestration import runner
-    from orchestration.partitions import shard_partitions
 
     @asset(partitions_def=shard_partitions)
     def numbered(context) -> MaterializeResult:

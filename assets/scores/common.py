@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from orchestration.partitions import SHARD_BATCHES, shard_partitions
+from assets.partitions import SHARD_BATCHES, shard_partitions
 from resources.lake import LakeResource, samples_path, score_path, with_metadata
 
 

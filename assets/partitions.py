@@ -9,8 +9,9 @@ import warnings
 
 from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
 
-# backfill_policy on @asset is a beta parameter; we rely on it knowingly.
+# backfill_policy on @asset and observable_source_asset are beta; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*(observable_source_asset|DataVersionsByPartition).*")
 
 shard_partitions = DynamicPartitionsDefinition(name="shards")
 SHARDS_PER_RUN = int(os.environ.get("CLIPSIEVE_SHARDS_PER_RUN", "16"))
