@@ -1,6 +1,6 @@
 -- scores: one row per embedded sample, one column per score, named as LAION and
--- DataComp name them (similarity, punsafe, pwatermark, language, ...). The README's
--- filter table says what each column means.
+-- DataComp name them (similarity, punsafe, pwatermark, language, ...). The filter table
+-- in docs/curation.md says what each column means.
 CREATE OR REPLACE VIEW scores AS
 SELECT
     e.key,
