@@ -16,7 +16,7 @@ drops out of the pool.
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,10 +113,12 @@ def encode_texts(clip: LoadedClip, captions: list[str], batch_size: int, trim: b
 @torch.inference_mode()
 def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_size: int,
                   decode_threads: int = 0, timings: dict[str, float] | None = None, decode_ahead: bool = False,
+                  progress: Callable[[int], None] | None = None,
                   ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """Normalized embeddings of (key, image bytes) pairs, streamed in batches.
 
     Returns (embedded keys, embeddings in that order, failures as (key, error)).
+    `progress(images read so far)` is called after each batch.
     """
     done, chunks, failures = [], [], []
     forward = 0.0
@@ -129,13 +131,14 @@ def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_s
     with _autocast(clip):
         for keys, pixels, failed in batches:
             failures.extend(failed)
-            if pixels is None:
-                continue
-            started = time.perf_counter()
-            batch = pixels.to(clip.device, dtype=clip.dtype, memory_format=memory_format, non_blocking=True)
-            chunks.append(_unit(clip.model.encode_image(batch)).cpu())
-            forward += time.perf_counter() - started
-            done.extend(keys)
+            if pixels is not None:
+                started = time.perf_counter()
+                batch = pixels.to(clip.device, dtype=clip.dtype, memory_format=memory_format, non_blocking=True)
+                chunks.append(_unit(clip.model.encode_image(batch)).cpu())
+                forward += time.perf_counter() - started
+                done.extend(keys)
+            if progress is not None:
+                progress(len(done) + len(failures))
     if timings is not None:
         timings["forward"] = timings.get("forward", 0.0) + forward
     embedded = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
@@ -143,11 +146,13 @@ def encode_images(clip: LoadedClip, images: Iterable[tuple[str, bytes]], batch_s
 
 
 def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
-                options: EmbedOptions | None = None) -> ShardEmbeddings:
+                options: EmbedOptions | None = None,
+                progress: Callable[[int, int], None] | None = None) -> ShardEmbeddings:
     """Embed every sample whose image_status is ok, in the samples' order.
 
     Images stream from the tar batch by batch (memory stays flat whatever the shard
-    size); captions are encoded for the images that embedded.
+    size); captions are encoded for the images that embedded. `progress(images read,
+    images to read)` is called after each batch.
     """
     options = options or EmbedOptions()
     started = time.perf_counter()
@@ -159,8 +164,9 @@ def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
     if keys:
         shard = usable.column("shard")[0].as_py()
         streamed = ((key_of[name], data) for name, data in crawl.iter_tar(shard, wanted=set(key_of)))
-    done, image_embeddings, failures = encode_images(clip, streamed, options.batch_size, options.decode_threads,
-                                                     timings, options.decode_ahead)
+    done, image_embeddings, failures = encode_images(
+        clip, streamed, options.batch_size, options.decode_threads, timings, options.decode_ahead,
+        None if progress is None else lambda read: progress(read, len(keys)))
     # Tar order is arbitrary: put rows back in the samples' order.
     position = {k: i for i, k in enumerate(keys)}
     order = np.argsort([position[k] for k in done], kind="stable")
@@ -181,6 +187,7 @@ def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
 
 
 EMBEDDINGS_VERSION_KEY = "clipsieve.embeddings_version"
+PROGRESS_SECONDS = 30.0  # how often a running embeddings step logs its progress
 
 
 def write_embeddings(lake: LakeResource, shard: str, model_id: str, result: ShardEmbeddings) -> None:
@@ -260,7 +267,17 @@ def build_embeddings_asset(model_id: str, precision: str = "fp32") -> AssetsDefi
         loading = [time.perf_counter() - started]  # charged to the first shard, then 0
 
         def one(shard: str) -> dict:
-            result = embed_shard(crawl, lake.read_parquet(samples_path(shard)), model, clip.embed_options())
+            began, last = time.perf_counter(), [time.perf_counter()]
+
+            def progress(read: int, total: int) -> None:  # a line every PROGRESS_SECONDS
+                now = time.perf_counter()
+                if now - last[0] >= PROGRESS_SECONDS or read == total:
+                    last[0] = now
+                    context.log.info(f"embeddings {shard}: {read}/{total} images "
+                                     f"({read / max(now - began, 1e-9):.1f}/s)")
+
+            result = embed_shard(crawl, lake.read_parquet(samples_path(shard)), model, clip.embed_options(),
+                                 progress)
             write_embeddings(lake, shard, model_id, result)
             total = result.timings["total"]
             load_seconds, loading[0] = loading[0], 0.0

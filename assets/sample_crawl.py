@@ -23,12 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import Config, MaterializeResult, asset
 from PIL import Image
-from pydantic import Field
 
 from assets import synthetic
-from assets.partitions import shard_partitions
 
 DEFECTS = (
     "mismatched_caption",
@@ -244,6 +241,22 @@ _PARQUET_SCHEMA = pa.schema([
 ])
 
 
+# Written first into a folder the sample crawl fills: its own folder, free to rewrite.
+MARKER = ".clipsieve-sample-crawl"
+
+
+def claim_folder(out: Path) -> None:
+    """Make `out` the sample crawl's folder, or refuse: a folder holding anything but an
+    earlier sample crawl (a real crawl, say) is never written into."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder for the sample crawl")
+    if out.is_dir() and not (out / MARKER).exists() and any(out.iterdir()):
+        raise ValueError(f"{out} holds files the sample crawl did not write (a real crawl?): refusing to write "
+                         "into it; give an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by clipsieve sample-crawl: it may rewrite this folder\n")
+
+
 def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, seed: int,
                        image_size: int | None = None, near_duplicate_share: float = DEFECT_RATE) -> dict:
     """Write the crawl to `out`; return a summary (shards, samples, defect counts).
@@ -254,7 +267,7 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
     if not 1 <= samples_per_shard <= 99_999:
         raise ValueError("samples_per_shard must be between 1 and 99999")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out)
     digits = max(4, len(str(samples_per_shard - 1)))
     plan = plan_crawl(shards, samples_per_shard, seed, near_duplicate_share)
     cache: dict[int, tuple[bytes, int, int]] = {}
@@ -320,33 +333,3 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
         "clean": sum(r["defect"] is None for r in truth_rows),
         "defects": defect_counts,
     }
-
-
-class SampleCrawlConfig(Config):
-    out: str = Field(
-        default=os.environ.get("CLIPSIEVE_CRAWL", "data/sample_crawl"),
-        description="Folder to write the crawl to (default: $CLIPSIEVE_CRAWL).",
-    )
-    shards: int = Field(default=8, description="Number of shards (tar + parquet + stats).")
-    samples_per_shard: int = Field(default=250, description="Input rows per shard.")
-    seed: int = Field(default=0, description="Seed; the same seed writes the same bytes.")
-    near_duplicate_share: float = Field(
-        default=DEFECT_RATE, description="Share of near-duplicate rows (0.03 like every defect; about 0.3 is "
-        "LAION-2B's, Webster et al. 2023).")
-
-
-@asset(group_name="demo", compute_kind="python")
-def sample_crawl(context, config: SampleCrawlConfig) -> MaterializeResult:
-    """A synthetic img2dataset crawl with planted defects and ground truth, for the demo
-    and for measuring filters. Registers its shards as partitions."""
-    summary = write_sample_crawl(config.out, config.shards, config.samples_per_shard, config.seed,
-                                 near_duplicate_share=config.near_duplicate_share)
-    shard_keys = [shard_name(s) for s in range(config.shards)]
-    context.instance.add_dynamic_partitions(shard_partitions.name, shard_keys)
-    return MaterializeResult(metadata={
-        "path": config.out,
-        "shards": summary["shards"],
-        "samples": summary["samples"],
-        "clean": summary["clean"],
-        **{f"defect/{k}": v for k, v in summary["defects"].items()},
-    })

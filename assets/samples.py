@@ -73,6 +73,7 @@ from assets.image_worker import ImageCheckWorker
 from assets.images import MAX_IMAGE_BYTES, check_image
 from assets.partitions import SHARD_BATCHES, shard_partitions
 from assets.scores.common import for_each_shard
+from assets.table_metadata import table_metadata
 from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
 from resources.lake import (
     CRAWL_METADATA_KEY,
@@ -351,6 +352,7 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
             "crawl_notes": MetadataValue.json(result.notes),
             "crawl": crawl.url,
             "path": lake.path(samples_path(shard)),
+            **table_metadata(table),
         }
 
     # One image-checking worker for every shard of the run.

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from assets import checks
 from assets.audits import stage_figures
 from assets.export import uid_array
+from assets.table_metadata import table_metadata
 from resources.catalog import (
     SQL_DIR,
     Catalog,
@@ -217,6 +219,10 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
 
     key = AssetKey(["subsets", policy.name])
     blocking = checks.is_blocking(policy.name)
+    try:
+        params = json.dumps({**policy.defaults(), **calibration}, sort_keys=True, default=str)
+    except ValueError as error:  # shown in the UI; the run fails with the same error
+        params = f"(parameters not evaluated: {error})"
 
     @asset(
         name=policy.name,
@@ -227,7 +233,9 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         group_name="subsets",
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
         compute_kind="duckdb",
-        description=f"Members kept by sql/policies/{policy.name}.sql.",
+        description=f"Members kept by policy {policy.name} ({policy.name}.sql in the policy folder) with "
+                    f"{params} "
+                    "(the file's values, calibrated for the model; a run's config may override them).",
     )
     def subset(context: AssetExecutionContext, config: PolicyConfig, lake: LakeResource,
                catalog: CatalogResource):
@@ -258,9 +266,13 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         commit_subset(lake, policy.name, members, version, {
             "version": version, "checks": checks.summary(results), "params": effective,
             "uids": uids_path(policy.name, version)})
+        per_shard = pc.value_counts(members.column("shard")).to_pylist()
         yield MaterializeResult(check_results=results, metadata={
+            **table_metadata(members),
             "members": members.num_rows,
-            "shards": len(set(members.column("shard").to_pylist())),
+            "shards": len(per_shard),
+            "members_per_shard": MetadataValue.json({e["values"]: e["counts"] for e in sorted(
+                per_shard, key=lambda e: e["values"])}),
             "pool": pool,
             "kept_share": members.num_rows / pool if pool else 0.0,
             "model_id": model_id,

@@ -20,6 +20,7 @@ from dagster import (
     AssetSpec,
     Definitions,
     define_asset_job,
+    in_process_executor,
     multiprocess_executor,
 )
 
@@ -27,8 +28,8 @@ from assets import audits, embeddings, evaluation, indices, near_duplicates, sam
 from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
 from assets.partitions import shard_partitions
-from assets.sample_crawl import sample_crawl
 from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
+from orchestration.demo_crawl import demo_crawl
 from orchestration.schedules import CROSS_SHARD_AUTOMATION, PER_SHARD_AUTOMATION, build_refresh_schedule
 from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
@@ -38,11 +39,11 @@ from resources.heads import HeadsResource
 from resources.lake import LakeResource
 from resources.versions import text_digest
 
-SCORE_ASSETS = ("clip_similarity", "nsfw", "watermark", "aesthetic", "language", "quality", "exact_hash",
-                "toxicity", "concepts")
 PER_SHARD_GROUPS = ("per_shard", "scores")
 CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
-# Steps of one run in parallel (UI and daemon runs; `clipsieve materialize` runs in process).
+# Cross-shard steps of one run in parallel (the cross_shard job's processes). Per-shard runs
+# execute their steps in the run's own process: each step as a process of its own cost
+# seconds of imports and model loading for a few seconds of work.
 MAX_CONCURRENT_STEPS = int(os.environ.get("CLIPSIEVE_MAX_CONCURRENT_STEPS", "2"))
 
 
@@ -51,8 +52,20 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
     """Every asset for one model: per-shard stages, then one subset, index and audit per policy
     file in `policy_dir` (default: sql/policies, or $CLIPSIEVE_POLICY_DIR)."""
     model_id = clip.model_id
-    upstream = [AssetKey("samples"), AssetKey("embeddings"), AssetKey("near_duplicates")] + [
-        AssetKey(["scores", s]) for s in SCORE_ASSETS]
+    per_shard = [
+        samples.samples,
+        embeddings.build_embeddings_asset(model_id, clip.precision),
+        clip_similarity.build_clip_similarity_asset(model_id),
+        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim),
+        language.language,
+        quality.quality,
+        exact_hash.exact_hash,
+        toxicity.toxicity,
+        concepts.concepts,
+    ]
+    dedup = near_duplicates.build_near_duplicates_asset(model_id)
+    # A subset reads every per-shard output and the duplicate groups.
+    upstream = [a.key for a in per_shard] + [dedup.key]
     calibration = subsets.calibrated_params(clip.pretrained)
     policies = subsets.load_policies(policy_dir or subsets.POLICY_DIR)
     per_policy = []
@@ -63,22 +76,19 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
             audits.build_audit_asset(policy.name, model_id),
         ]
     return [
-        sample_crawl,
         crawl_shard,
-        samples.samples,
-        embeddings.build_embeddings_asset(model_id, clip.precision),
-        clip_similarity.build_clip_similarity_asset(model_id),
-        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim),
-        language.language,
-        quality.quality,
-        exact_hash.exact_hash,
-        toxicity.toxicity,
-        concepts.concepts,
-        near_duplicates.build_near_duplicates_asset(model_id),
+        *per_shard,
+        dedup,
         *per_policy,
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
             [c.version for name in evaluation.HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
     ]
+
+
+def per_shard_keys(definitions: Definitions) -> list[AssetKey]:
+    """The per-shard assets of `definitions`: those materialized per crawl shard."""
+    return [spec.key for spec in definitions.resolve_all_asset_specs()
+            if spec.partitions_def is not None and spec.group_name in PER_SHARD_GROUPS]
 
 
 def build_resources(crawl: str | None = None, lake: str | None = None, model_name: str | None = None,
@@ -101,20 +111,24 @@ per_shard_job = define_asset_job(
     "per_shard",
     selection=AssetSelection.groups(*PER_SHARD_GROUPS),
     partitions_def=shard_partitions,
-    description="Samples, embeddings and every score of the selected shard(s).",
+    executor_def=in_process_executor,
+    description="Samples, embeddings and every score of the selected shard(s), in the run's process.",
 )
 cross_shard_job = define_asset_job(
     "cross_shard",
     selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
-    description="Near-duplicate groups, then every policy's subset, index and audit, over all shards.",
+    executor_def=multiprocess_executor,
+    config={"execution": {"config": {"max_concurrent": MAX_CONCURRENT_STEPS}}},
+    description="Near-duplicate groups, then every policy's subset, index and audit, over all shards "
+                "(steps in processes of their own, max_concurrent at a time).",
 )
 OBSERVE_CRAWL_JOB = "observe_crawl"
 observe_crawl_job = define_asset_job(
     OBSERVE_CRAWL_JOB,
     selection=AssetSelection.assets(crawl_shard.key),
+    executor_def=in_process_executor,
     description="Observe every registered crawl shard: its files' fingerprint becomes crawl_shard's data version.",
 )
-sample_crawl_job = define_asset_job("demo_crawl", selection=AssetSelection.groups("demo"))
 
 
 def with_automation(assets: list) -> list:
@@ -122,7 +136,7 @@ def with_automation(assets: list) -> list:
     refresh on the cron (orchestration/schedules.py)."""
     automated = []
     for item in assets:
-        if isinstance(item, AssetsDefinition) and item.key != AssetKey("sample_crawl"):
+        if isinstance(item, AssetsDefinition):
             node_partitioned = item.partitions_def is not None
             item = item.map_asset_specs(lambda spec, p=node_partitioned: spec.replace_attributes(
                 automation_condition=PER_SHARD_AUTOMATION if p else CROSS_SHARD_AUTOMATION))
@@ -134,10 +148,10 @@ def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -
     resources = build_resources(**overrides)
     return Definitions(
         assets=with_automation(build_assets(resources["clip"], resources["heads"], policy_dir)),
-        jobs=[per_shard_job, cross_shard_job, observe_crawl_job, sample_crawl_job],
+        jobs=[per_shard_job, cross_shard_job, observe_crawl_job, demo_crawl],
         sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job)],
-        executor=multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
+        executor=in_process_executor,  # what an asset launched from the graph runs with
         resources=resources,
     )
 

@@ -22,10 +22,6 @@ from resources.catalog import Catalog, read_sql
 from resources.heads import HEADS
 from resources.lake import LakeResource, score_path
 
-PER_SHARD_ASSETS = ("samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-                    "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash",
-                    "scores/toxicity", "scores/concepts")
-
 
 def where_clauses(catalog: Catalog, policy: Policy) -> list[tuple[str, str]]:
     """(clause, single-clause SELECT) for each top-level AND term of the policy's WHERE."""
@@ -132,8 +128,12 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
         decisions[policy.name] = policy_decision(catalog, policy, params, key, shard, policy.name in members)
     result["policies"] = decisions
     if instance is not None:
+        # Every asset the instance has materialized for this shard's partition.
+        per_shard = {key.to_user_string(): _materialization(instance, key.to_user_string(), shard)
+                     for key in sorted(instance.get_asset_keys(), key=lambda k: k.to_user_string())
+                     if not key.to_user_string().startswith(("subsets/", "indices/", "audits/"))}
         result["materializations"] = {
-            **{asset: _materialization(instance, asset, shard) for asset in PER_SHARD_ASSETS},
+            **{asset: found for asset, found in per_shard.items() if found is not None},
             **{f"subsets/{p}": _materialization(instance, f"subsets/{p}", None) for p in decisions},
         }
     return result

@@ -322,7 +322,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
     per_shard = {n.key for n in nodes if n.partitions_def is not None}
     # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
-    skip = {"demo"} | (set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"})
+    skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
     cross_shard_keys = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
     code_versions = {n.key: n.code_version for n in nodes}
     assets = list(defs.assets or [])

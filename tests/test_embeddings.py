@@ -54,7 +54,9 @@ def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
     crawl, samples = shard
     clip = ClipModelResource(precision="fp32").load()
     inline = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=64, decode_threads=0, trim_text=False))
-    threaded = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, trim_text=True))
+    reports = []
+    threaded = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, trim_text=True),
+                           progress=lambda read, total: reports.append((read, total)))
     ahead = embed_shard(crawl, samples, clip, EmbedOptions(batch_size=17, decode_threads=2, decode_ahead=True))
     assert inline.keys == threaded.keys == ahead.keys and len(inline.keys) > 100
     assert sorted(inline.failures) == sorted(threaded.failures) == sorted(ahead.failures)
@@ -62,6 +64,10 @@ def test_decode_threads_and_batch_size_do_not_change_embeddings(shard):
     assert np.array_equal(threaded.image, ahead.image)  # same batches, same numbers
     assert _cosines(inline.text, threaded.text).min() > 0.9999
     assert threaded.timings["forward"] > 0 and threaded.timings["total"] >= threaded.timings["forward"]
+    # Progress after every batch of 17, up to every usable image read.
+    usable = sum(s == "ok" for s in samples.column("image_status").to_pylist())
+    assert [read for read, _ in reports] == sorted({min(17 * i, usable) for i in range(1, -(-usable // 17) + 1)})
+    assert {total for _, total in reports} == {usable}
 
 
 def _test_images() -> list[Image.Image]:

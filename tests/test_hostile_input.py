@@ -24,7 +24,7 @@ from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
 from assets.images import MAX_IMAGE_PIXELS, check_image
 from assets.samples import read_shard
-from orchestration.definitions import build_definitions
+from orchestration.definitions import build_definitions, defs, per_shard_keys
 from orchestration.runner import run_pipeline
 from resources.catalog import open_catalog, read_sql
 from resources.clip_model import ClipModelResource
@@ -34,9 +34,7 @@ from tests import hostile_crawl
 from tests.hostile_crawl import CASES, HUGE_CAPTION_CHARS, base_shards, jpeg_claiming, png_claiming
 
 SAMPLES_PER_SHARD, SEED = 40, 7
-PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-             "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-             "scores/concepts"]
+PER_SHARD = [key.to_user_string() for key in per_shard_keys(defs)]
 CROSS_SHARD = ["near_duplicates", "subsets/safe", "indices/safe", "audits/safe"]
 # A parquet without a key column cannot give rows: its shard fails, the others go on.
 FAILING_SHARD = "no_key"

@@ -16,16 +16,14 @@ from dagster import (
 from assets import checks
 from assets.indices import IndexSettings, build_index, update_index
 from assets.sample_crawl import write_sample_crawl
-from orchestration.definitions import build_definitions, defs
+from orchestration.definitions import build_definitions, defs, per_shard_keys
 from orchestration.runner import SHARDS_TAG, run_pipeline, shard_batches
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, index_dir
 
-PER_SHARD = {"samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-             "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-             "scores/concepts"}
+PER_SHARD = {key.to_user_string() for key in per_shard_keys(defs)}
 
 
 def _index_info(lake: LakeResource, policy: str) -> dict:

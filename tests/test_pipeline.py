@@ -11,15 +11,14 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from assets.embeddings import committed_version, load_embeddings
 from assets.indices import read_index, search
 from assets.subsets import calibrated_params
+from orchestration.definitions import defs, per_shard_keys
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.lake import embeddings_dir, index_dir, score_path
 from tests.conftest import SHARDS, run_cli
 
 MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
 SHARD_NAMES = [f"{s:05d}" for s in range(SHARDS)]
-PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-             "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-             "scores/concepts"]
+PER_SHARD = [key.to_user_string() for key in per_shard_keys(defs)]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"]
 
 

@@ -45,6 +45,7 @@ def test_pipeline_on_postgres_instance(tmp_path, monkeypatch):
             # The skip decision reads materializations back from Postgres.
             again = run_pipeline(definitions, instance, log=lambda _: None)
             assert again.per_shard_runs == {} and again.cross_shard_assets == []
+            runs = instance.get_runs()  # the second one observed the crawl again
 
         # The history is in the database itself, not in files under DAGSTER_HOME.
         with psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], dbname=pg["db"]) as connection:

@@ -89,3 +89,37 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     for suffix in (".tar", ".parquet", "_stats.json"):
         assert (tmp_path / "a" / f"00000{suffix}").read_bytes() == (tmp_path / "b" / f"00000{suffix}").read_bytes()
     assert (tmp_path / "a" / "00000.tar").read_bytes() != (tmp_path / "c" / "00000.tar").read_bytes()
+
+
+def test_the_sample_crawl_never_writes_into_a_folder_it_did_not_write(tmp_path):
+    from assets.sample_crawl import MARKER
+
+    real = tmp_path / "real_crawl"
+    real.mkdir()
+    (real / "00000.tar").write_bytes(b"a crawl shard")
+    with pytest.raises(ValueError, match="did not write"):
+        write_sample_crawl(real, 1, 40, seed=1)
+    assert sorted(p.name for p in real.iterdir()) == ["00000.tar"]
+    ours = tmp_path / "sample"
+    write_sample_crawl(ours, 1, 40, seed=1)
+    assert (ours / MARKER).exists()
+    write_sample_crawl(ours, 1, 40, seed=2)  # its own folder: rewritten
+
+
+def test_the_demo_crawl_is_a_job_outside_the_asset_graph(tmp_path):
+    from dagster import DagsterInstance
+
+    from orchestration.definitions import defs
+
+    assert "sample_crawl" not in {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    with DagsterInstance.ephemeral() as instance:
+        config = {"ops": {"write_demo_crawl": {"config": {"out": str(tmp_path / "crawl"), "shards": 2,
+                                                          "samples_per_shard": 40}}}}
+        result = defs.resolve_job_def("demo_crawl").execute_in_process(run_config=config, instance=instance)
+        assert result.success and instance.get_dynamic_partitions("shards") == ["00000", "00001"]
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "00000.parquet").write_bytes(b"not ours")
+        config["ops"]["write_demo_crawl"]["config"]["out"] = str(tmp_path / "other")
+        refused = defs.resolve_job_def("demo_crawl").execute_in_process(run_config=config, instance=instance,
+                                                                        raise_on_error=False)
+        assert not refused.success

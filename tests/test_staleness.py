@@ -72,7 +72,7 @@ def _statuses(world: dict, **settings) -> dict[str, str]:
     env = {**os.environ, "DAGSTER_HOME": str(world["home"]), "CLIPSIEVE_CHECKS": str(world["root"] / "checks.toml"),
            "CLIPSIEVE_TEST_DEFS": json.dumps({**world["paths"], **{k: str(v) for k, v in settings.items()}})}
     specs = [spec for spec in build_definitions(**world["paths"]).resolve_all_asset_specs()
-             if spec.group_name not in ("demo", "evaluation", "crawl")]
+             if spec.group_name not in ("evaluation", "crawl")]
     variables = {"partitions": [SHARD],
                  "perShard": [{"path": spec.key.path} for spec in specs if spec.partitions_def is not None],
                  "crossShard": [{"path": spec.key.path} for spec in specs if spec.partitions_def is None]}

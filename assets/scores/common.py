@@ -7,6 +7,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets.partitions import SHARD_BATCHES, shard_partitions
+from assets.table_metadata import table_metadata
 from resources.lake import LakeResource, samples_path, score_path, with_metadata
 
 
@@ -51,7 +52,7 @@ def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Tab
         table = with_metadata(table, file_metadata)
     path = score_path(shard, filter_name, model_id)
     lake.write_parquet(path, table)
-    metadata: dict = {"rows": table.num_rows, "path": lake.path(path)}
+    metadata: dict = {"rows": table.num_rows, "path": lake.path(path), **table_metadata(table)}
     if model_id is not None:
         metadata["model_id"] = model_id
     for name in table.column_names[2:]:
