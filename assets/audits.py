@@ -18,7 +18,6 @@ report.html renders them with plots; the asset's metadata carries a summary tabl
 """
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,14 @@ from assets import checks
 from assets.audit_report import render_report
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, read_index, search
-from assets.scores.concepts import entries
+from assets.scores.concepts import METADATA_PATH, entries
 from assets.scores.text_match import TERMS_DIR
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
+from resources.curation_files import CurationFiles
 from resources.lake import LakeResource, audit_dir, index_dir
 
 CODE_VERSION = "2"
-PROMPTS_PATH = os.environ.get("CLIPSIEVE_NEUTRAL_PROMPTS", str(TERMS_DIR / "neutral_prompts.txt"))
-ASSOCIATION_PATH = os.environ.get("CLIPSIEVE_ASSOCIATION_TERMS", str(TERMS_DIR / "association.json"))
 RETRIEVAL_K = 50
 WEAT_SAMPLE = 500  # members per group in the cross-modal test
 
@@ -160,7 +158,7 @@ def stage_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
     return _rates_and_representation(catalog)
 
 
-def _table_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
+def _table_metrics(catalog: Catalog, policy: str, entries_path: str) -> dict[str, Any]:
     """The figures the SQL in sql/audits/ gives, read through the stage views."""
     crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
     figures = _rates_and_representation(catalog)
@@ -170,7 +168,7 @@ def _table_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
         languages[row["stage"]][row["language"]] = row["share"]
     quantiles = _stage_rows(catalog.query(read_sql("audits/quantiles.sql")))
     concept_rows = catalog.query(read_sql("audits/concepts.sql")).to_pylist()
-    total_entries = len(entries())
+    total_entries = len(entries(entries_path))
     concepts = {stage: concept_coverage([r for r in concept_rows if r["stage"] == stage], total_entries)
                 for stage in ("before", "after")}
     return {
@@ -188,20 +186,23 @@ def _table_metrics(catalog: Catalog, policy: str) -> dict[str, Any]:
 
 
 def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = None, model_id: str | None = None,
-                  clip: LoadedClip | None = None) -> dict[str, Any]:
+                  clip: LoadedClip | None = None, prompts_path: str = str(TERMS_DIR / "neutral_prompts.txt"),
+                  association_path: str = str(TERMS_DIR / "association.json"),
+                  entries_path: str = METADATA_PATH) -> dict[str, Any]:
     """Every audit figure of one policy's subset against the scored pool. With the lake,
-    model and clip given, also the retrieval-bias and association audits over its index."""
+    model and clip given, also the retrieval-bias audit over its index (with the neutral
+    prompts in `prompts_path`) and the association test (word sets in `association_path`)."""
     _create_stage_views(catalog, policy)
-    metrics = _table_metrics(catalog, policy)
+    metrics = _table_metrics(catalog, policy, entries_path)
     if lake is None or model_id is None or clip is None:
         return metrics
     labelled = catalog.query(read_sql("audits/group_labels.sql"))
     labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
     index, index_keys = read_index(lake, index_dir(policy, model_id))
-    prompts = [line.strip() for line in Path(PROMPTS_PATH).read_text().splitlines()
+    prompts = [line.strip() for line in Path(prompts_path).read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
-    metrics["association"] = association(clip, json.loads(Path(ASSOCIATION_PATH).read_text()),
+    metrics["association"] = association(clip, json.loads(Path(association_path).read_text()),
                                          _group_images(lake, model_id, labelled))
     return metrics
 
@@ -248,13 +249,14 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_audit_asset(policy: str, model_id: str) -> AssetsDefinition:
+def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
+    """The audits/<policy> asset; `limits`: the policy's check bounds (assets/checks.py)."""
     key = AssetKey(["audits", policy])
 
     @asset(
         name=policy,
         key_prefix="audits",
-        check_specs=checks.specs(key, checks.AUDIT_CHECKS, policy, blocking=False),
+        check_specs=checks.specs(key, checks.AUDIT_CHECKS, limits, blocking=False),
         deps=[AssetKey(["subsets", policy]), AssetKey(["indices", policy])],
         group_name="audits",
         code_version=f"{CODE_VERSION}+{model_id}",
@@ -263,16 +265,17 @@ def build_audit_asset(policy: str, model_id: str) -> AssetsDefinition:
                     "association, before vs after the policy, with an HTML report.",
     )
     def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
-              clip: ClipModelResource) -> MaterializeResult:
+              clip: ClipModelResource, files: CurationFiles) -> MaterializeResult:
         db = catalog.open(lake.url, model_id, snapshot=True)
         try:
-            metrics = {**audit_metrics(db, policy, lake, model_id, clip.load()), "model_id": model_id}
+            metrics = {**audit_metrics(db, policy, lake, model_id, clip.load(), files.neutral_prompts,
+                                       files.association_terms, files.metaclip_entries), "model_id": model_id}
         finally:
             db.close()
         folder = audit_dir(policy)
         lake.write_json(f"{folder}/metrics.json", metrics)
         lake.write_bytes(f"{folder}/report.html", render_report(metrics).encode())
-        results = checks.evaluate(checks.AUDIT_CHECKS, policy, {
+        results = checks.evaluate(checks.AUDIT_CHECKS, limits, {
             "retrieval_skew": metrics["retrieval_bias"]["mean_max_skew"]}, blocking=False)
         return MaterializeResult(check_results=results, metadata={
             "kept": metrics["after"]["samples"],

@@ -1,4 +1,5 @@
-"""Asset checks on subsets, indices and audits: bounds per policy from sql/policies/checks.toml.
+"""Asset checks on subsets, indices and audits: bounds per policy from a TOML file
+(CurationFiles.checks; shipped: sql/policies/checks.toml), read when the definitions are built.
 
 subset   nsfw_rate, duplicate_rate, group_removal_ratio
 index    recall_at_10
@@ -14,15 +15,10 @@ MetaCLIP) warn, as real crawls exceed the bounds (near duplicates are about 30% 
 LAION-2B) and the rule is what it is.
 """
 
-import os
 import tomllib
 from pathlib import Path
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
-
-from resources.catalog import SQL_DIR
-
-CHECKS_PATH = Path(os.environ.get("CLIPSIEVE_CHECKS", SQL_DIR / "policies" / "checks.toml"))
 
 # check name -> (bound name, "max" or "min", what the figure is)
 SUBSET_CHECKS = {
@@ -34,20 +30,20 @@ INDEX_CHECKS = {"recall_at_10": ("min_recall_at_10", "min", "recall@10 against e
 AUDIT_CHECKS = {"retrieval_skew": ("max_mean_max_skew", "max", "mean MaxSkew@k over the neutral prompts")}
 
 
-def bounds(policy: str, path: Path | None = None) -> dict[str, float | bool]:
-    """The check bounds of a policy, and its `blocking` flag: [default], replaced by its own table."""
-    path = path or CHECKS_PATH
+def bounds(policy: str, path: str | Path) -> dict[str, float | bool]:
+    """The check bounds of a policy, and its `blocking` flag: [default], replaced by its own
+    table. No file: no checks."""
+    path = Path(path)
     config = tomllib.loads(path.read_text()) if path.exists() else {}
     return {**config.get("default", {}), **config.get(policy, {})}
 
 
-def is_blocking(policy: str) -> bool:
-    """Whether the policy's subset and index checks stop its index, audit and export."""
-    return bool(bounds(policy).get("blocking", False))
+def is_blocking(limits: dict[str, float | bool]) -> bool:
+    """Whether a policy (by its bounds) has subset and index checks that stop its index, audit and export."""
+    return bool(limits.get("blocking", False))
 
 
-def specs(asset_key: AssetKey, checks: dict, policy: str, blocking: bool) -> list[AssetCheckSpec]:
-    limits = bounds(policy)
+def specs(asset_key: AssetKey, checks: dict, limits: dict[str, float | bool], blocking: bool) -> list[AssetCheckSpec]:
     return [
         AssetCheckSpec(name, asset=asset_key, blocking=blocking,
                        description=f"{what} {'at most' if kind == 'max' else 'at least'} {limits.get(bound)}"
@@ -56,10 +52,10 @@ def specs(asset_key: AssetKey, checks: dict, policy: str, blocking: bool) -> lis
     ]
 
 
-def evaluate(checks: dict, policy: str, figures: dict[str, float | None], blocking: bool) -> list[AssetCheckResult]:
+def evaluate(checks: dict, limits: dict[str, float | bool], figures: dict[str, float | None],
+             blocking: bool) -> list[AssetCheckResult]:
     """One result per configured check: passed when the figure is within its bound; a failed
     check has ERROR severity when `blocking`, else WARN."""
-    limits = bounds(policy)
     results = []
     for name, (bound, kind, what) in checks.items():
         if bound not in limits:

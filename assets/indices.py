@@ -307,14 +307,15 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
     return vectors
 
 
-def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
+def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
+    """The indices/<policy> asset; `limits`: the policy's check bounds (assets/checks.py)."""
     key = AssetKey(["indices", policy])
-    blocking = checks.is_blocking(policy)
+    blocking = checks.is_blocking(limits)
 
     @asset(
         name=policy,
         key_prefix="indices",
-        check_specs=checks.specs(key, checks.INDEX_CHECKS, policy, blocking),
+        check_specs=checks.specs(key, checks.INDEX_CHECKS, limits, blocking),
         deps=[AssetKey(["subsets", policy]), AssetKey("embeddings")],
         group_name="indices",
         code_version=f"{CODE_VERSION}+{model_id}",
@@ -334,7 +335,7 @@ def build_index_asset(policy: str, model_id: str) -> AssetsDefinition:
         index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
                                          versions)
         write_index(lake, folder, index, keys, {**info, "subset_version": subset_version})
-        results = checks.evaluate(checks.INDEX_CHECKS, policy, {"recall_at_10": info["recall_at_10"]}, blocking)
+        results = checks.evaluate(checks.INDEX_CHECKS, limits, {"recall_at_10": info["recall_at_10"]}, blocking)
         metadata = {k: v for k, v in info.items() if k != "shard_versions"}
         return MaterializeResult(check_results=results,
                                  metadata={**metadata, "model_id": model_id, "path": lake.path(folder)})

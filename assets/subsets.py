@@ -48,7 +48,7 @@ from resources.lake import (
 from resources.versions import text_digest
 
 CODE_VERSION = "1"
-POLICY_DIR = Path(os.environ.get("CLIPSIEVE_POLICY_DIR", SQL_DIR / "policies"))
+POLICY_DIR = SQL_DIR / "policies"  # the shipped policies (CurationFiles.policy_dir picks the folder)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SET_VARIABLE = re.compile(r"^\s*SET\s+VARIABLE\s+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.IGNORECASE)
 
@@ -214,11 +214,12 @@ class PolicyConfig(Config):
 
 
 def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
-                       upstream: list[AssetKey]) -> AssetsDefinition:
-    """The subsets/<policy> asset; `calibration` holds the model's parameter values."""
+                       upstream: list[AssetKey], limits: dict[str, float | bool]) -> AssetsDefinition:
+    """The subsets/<policy> asset; `calibration` holds the model's parameter values, `limits`
+    the policy's check bounds (assets/checks.py)."""
 
     key = AssetKey(["subsets", policy.name])
-    blocking = checks.is_blocking(policy.name)
+    blocking = checks.is_blocking(limits)
     try:
         params = json.dumps({**policy.defaults(), **calibration}, sort_keys=True, default=str)
     except ValueError as error:  # shown in the UI; the run fails with the same error
@@ -229,7 +230,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         key_prefix="subsets",
         deps=upstream,
         output_required=False,  # a candidate that fails a blocking check is not materialized
-        check_specs=checks.specs(key, checks.SUBSET_CHECKS, policy.name, blocking),
+        check_specs=checks.specs(key, checks.SUBSET_CHECKS, limits, blocking),
         group_name="subsets",
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
         compute_kind="duckdb",
@@ -248,7 +249,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
             figures = candidate_figures(db, policy.name, members)  # the audit's rates and representation
         finally:
             db.close()
-        results = checks.evaluate(checks.SUBSET_CHECKS, policy.name, {
+        results = checks.evaluate(checks.SUBSET_CHECKS, limits, {
             "nsfw_rate": figures["after"].get("nsfw_rate"),
             "duplicate_rate": figures["after"].get("near_duplicate_rate"),
             "group_removal_ratio": figures["representation"]["max_removal_ratio"],

@@ -24,7 +24,7 @@ from dagster import (
     multiprocess_executor,
 )
 
-from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets import audits, checks, embeddings, evaluation, indices, near_duplicates, samples, subsets
 from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
 from assets.partitions import shard_partitions
@@ -35,6 +35,7 @@ from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.curation_files import CurationFiles
 from resources.heads import HeadsResource
 from resources.lake import LakeResource
 from resources.versions import text_digest
@@ -48,9 +49,11 @@ MAX_CONCURRENT_STEPS = int(os.environ.get("CLIPSIEVE_MAX_CONCURRENT_STEPS", "2")
 
 
 def build_assets(clip: ClipModelResource, heads: HeadsResource,
-                 policy_dir: Path | None = None) -> list[AssetsDefinition | AssetSpec]:
+                 files: CurationFiles | None = None) -> list[AssetsDefinition | AssetSpec]:
     """Every asset for one model: per-shard stages, then one subset, index and audit per policy
-    file in `policy_dir` (default: sql/policies, or $CLIPSIEVE_POLICY_DIR)."""
+    file in `files.policy_dir`, checked against the bounds in `files.checks` (default: the
+    shipped files)."""
+    files = files or CurationFiles()
     model_id = clip.model_id
     per_shard = [
         samples.samples,
@@ -60,20 +63,21 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
         language.language,
         quality.quality,
         exact_hash.exact_hash,
-        toxicity.toxicity,
-        concepts.concepts,
+        toxicity.build_toxicity_asset(files.toxic_terms),
+        concepts.build_concepts_asset(files.metaclip_entries, files.group_terms),
     ]
     dedup = near_duplicates.build_near_duplicates_asset(model_id)
     # A subset reads every per-shard output and the duplicate groups.
     upstream = [a.key for a in per_shard] + [dedup.key]
     calibration = subsets.calibrated_params(clip.pretrained)
-    policies = subsets.load_policies(policy_dir or subsets.POLICY_DIR)
+    policies = subsets.load_policies(Path(files.policy_dir))
     per_policy = []
     for policy in policies:
+        limits = checks.bounds(policy.name, files.checks)
         per_policy += [
-            subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream),
-            indices.build_index_asset(policy.name, model_id),
-            audits.build_audit_asset(policy.name, model_id),
+            subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream, limits),
+            indices.build_index_asset(policy.name, model_id, limits),
+            audits.build_audit_asset(policy.name, model_id, limits),
         ]
     return [
         crawl_shard,
@@ -92,7 +96,8 @@ def per_shard_keys(definitions: Definitions) -> list[AssetKey]:
 
 
 def build_resources(crawl: str | None = None, lake: str | None = None, model_name: str | None = None,
-                    pretrained: str | None = None) -> dict:
+                    pretrained: str | None = None, policy_dir: str | Path | None = None,
+                    checks: str | Path | None = None) -> dict:
     """Resources with defaults from the environment; arguments override them."""
     clip = ClipModelResource()
     if model_name is not None or pretrained is not None:
@@ -104,6 +109,7 @@ def build_resources(crawl: str | None = None, lake: str | None = None, model_nam
         "heads": HeadsResource(),
         "catalog": CatalogResource(),
         "indexing": IndexResource(),
+        "files": CurationFiles.from_env(policy_dir=policy_dir, checks=checks),
     }
 
 
@@ -144,10 +150,13 @@ def with_automation(assets: list) -> list:
     return automated
 
 
-def build_definitions(policy_dir: Path | None = None, **overrides: str | None) -> Definitions:
-    resources = build_resources(**overrides)
+def build_definitions(policy_dir: str | Path | None = None, checks: str | Path | None = None,
+                      **overrides: str | None) -> Definitions:
+    """The code location. Settings come from the environment (each resource's descriptions
+    name its variables); arguments override them."""
+    resources = build_resources(policy_dir=policy_dir, checks=checks, **overrides)
     return Definitions(
-        assets=with_automation(build_assets(resources["clip"], resources["heads"], policy_dir)),
+        assets=with_automation(build_assets(resources["clip"], resources["heads"], resources["files"])),
         jobs=[per_shard_job, cross_shard_job, observe_crawl_job, demo_crawl],
         sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job)],

@@ -207,17 +207,17 @@ class ClipModelResource(ConfigurableResource):
     """The open_clip model that embeds images and captions."""
 
     model_name: str = Field(
-        default=os.environ.get("CLIPSIEVE_MODEL", DEMO_MODEL),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_MODEL", DEMO_MODEL),
         description="open_clip model name, e.g. ViT-B-32 ($CLIPSIEVE_MODEL; default: the demo model).",
     )
     pretrained: str = Field(
-        default=os.environ.get("CLIPSIEVE_PRETRAINED", DEMO_CHECKPOINT),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_PRETRAINED", DEMO_CHECKPOINT),
         description="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint path "
         "($CLIPSIEVE_PRETRAINED).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'.")
     precision: str = Field(
-        default=os.environ.get("CLIPSIEVE_PRECISION", "auto"),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_PRECISION", "auto"),
         description="open_clip precision ($CLIPSIEVE_PRECISION). auto (default): bf16 on CPUs with "
         "AVX512-BF16/AMX (weights converted once: 1.7-3.3x fp32, cosine >= 0.9999 to fp32), fp32 on other CPUs, "
         "amp on a GPU; each shard's metadata records what it ran. fp32: the same numbers on every worker, up "

@@ -38,7 +38,7 @@ class CrawlResource(ConfigurableResource):
     """Where the img2dataset crawl lives (a folder or an fsspec URL)."""
 
     root: str = Field(
-        default=os.environ.get("CLIPSIEVE_CRAWL", "data/sample_crawl"),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_CRAWL", "data/sample_crawl"),
         description="Folder or fsspec URL of the img2dataset output ($CLIPSIEVE_CRAWL).",
     )
     image_check_seconds: float = Field(

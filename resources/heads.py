@@ -148,15 +148,18 @@ class HeadsResource(ConfigurableResource):
         "file; file: always the head files (a size mismatch fails the step); zero_shot: always the prompts.",
     )
     nsfw_path: str = Field(
-        default=os.environ.get("CLIPSIEVE_NSFW_HEAD", str(DEMO_DIR / "nsfw_head.safetensors")),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_NSFW_HEAD",
+                                                str(DEMO_DIR / "nsfw_head.safetensors")),
         description="safetensors head producing punsafe ($CLIPSIEVE_NSFW_HEAD; default: the demo model's).",
     )
     watermark_path: str = Field(
-        default=os.environ.get("CLIPSIEVE_WATERMARK_HEAD", str(DEMO_DIR / "watermark_head.safetensors")),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_WATERMARK_HEAD",
+                                                str(DEMO_DIR / "watermark_head.safetensors")),
         description="safetensors head producing pwatermark ($CLIPSIEVE_WATERMARK_HEAD; default: the demo model's).",
     )
     aesthetic_path: str = Field(
-        default=os.environ.get("CLIPSIEVE_AESTHETIC_HEAD", str(DEMO_DIR / "aesthetic_head.safetensors")),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_AESTHETIC_HEAD",
+                                                str(DEMO_DIR / "aesthetic_head.safetensors")),
         description="safetensors regressor producing aesthetic ($CLIPSIEVE_AESTHETIC_HEAD; default: the demo "
         "model's). `clipsieve heads import` converts LAION's aesthetic predictors.",
     )

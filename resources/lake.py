@@ -151,7 +151,7 @@ class LakeResource(ConfigurableResource):
     """Output storage: a local folder or an fsspec URL (s3://, gs://, memory://)."""
 
     root: str = Field(
-        default=os.environ.get("CLIPSIEVE_LAKE", "data/lake"),
+        default_factory=lambda: os.environ.get("CLIPSIEVE_LAKE", "data/lake"),
         description="Root of the lake: a folder or an fsspec URL ($CLIPSIEVE_LAKE).",
     )
 

@@ -17,8 +17,8 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from PIL import Image
 
-from assets import checks, subsets
 from assets import samples as samples_module
+from assets import subsets
 from assets.crawl_input import MAX_CAPTION_CHARS, coerce_column
 from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
@@ -54,17 +54,16 @@ def hostile(tmp_path_factory) -> dict:
     hostile_crawl.write_unusable(bases[0], crawl, FAILING_SHARD, hostile_crawl.unusable_parquets(bases[0])["no_key"])
 
     instance = DagsterInstance.ephemeral()
-    with pytest.MonkeyPatch.context() as patch:
-        # A crawl this small holds a duplicate share the default checks would (rightly) block;
-        # the checks are declared when the definitions are built.
-        (root / "checks.toml").write_text("[default]\n")
-        patch.setattr(checks, "CHECKS_PATH", root / "checks.toml")
-        # One policy is enough to run subsets, indices and audits over these shards.
-        (root / "policies").mkdir()
-        shutil.copy(subsets.POLICY_DIR / "safe.sql", root / "policies")
-        definitions = build_definitions(root / "policies", crawl=str(crawl), lake=str(root / "lake"))
-        with pytest.raises(RuntimeError) as failure:
-            run_pipeline(definitions, instance, log=lambda _: None)
+    # A crawl this small holds a duplicate share the default checks would (rightly) block;
+    # the checks are declared when the definitions are built.
+    (root / "checks.toml").write_text("[default]\n")
+    # One policy is enough to run subsets, indices and audits over these shards.
+    (root / "policies").mkdir()
+    shutil.copy(subsets.POLICY_DIR / "safe.sql", root / "policies")
+    definitions = build_definitions(root / "policies", checks=root / "checks.toml", crawl=str(crawl),
+                                    lake=str(root / "lake"))
+    with pytest.raises(RuntimeError) as failure:
+        run_pipeline(definitions, instance, log=lambda _: None)
     yield {
         "root": root, "crawl": crawl, "shards": shards, "truth": truth, "instance": instance,
         "lake": LakeResource(root=str(root / "lake")), "failure": str(failure.value),

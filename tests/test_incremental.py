@@ -13,7 +13,6 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
-from assets import checks
 from assets.indices import IndexSettings, build_index, update_index
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions, defs, per_shard_keys
@@ -38,12 +37,11 @@ def _copy_shard(source, target, shard: str) -> None:
 def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
     # Tiny crawls hold a duplicate share that the default checks would (rightly) block.
     (tmp_path / "checks.toml").write_text("[default]\n")
-    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
     crawl, other = tmp_path / "crawl", tmp_path / "other"
     write_sample_crawl(crawl, shards=2, samples_per_shard=60, seed=5)
     write_sample_crawl(other, shards=3, samples_per_shard=60, seed=6)
     (crawl / "ground_truth.parquet").unlink()  # a real crawl has none: no evaluation asset
-    definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"))
+    definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"), checks=tmp_path / "checks.toml")
     lake = LakeResource(root=str(tmp_path / "lake"))
     with DagsterInstance.ephemeral() as instance:
         first = run_pipeline(definitions, instance, log=lambda _: None)
@@ -148,10 +146,9 @@ def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path, monkeypatch):
     import fsspec
 
     (tmp_path / "checks.toml").write_text("[default]\n")
-    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
     write_sample_crawl(tmp_path / "crawl", shards=1, samples_per_shard=60, seed=3)
     root = f"memory://lake-{tmp_path.name}"
-    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=root)
+    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=root, checks=tmp_path / "checks.toml")
     with DagsterInstance.ephemeral() as instance:
         first = run_pipeline(definitions, instance, log=lambda _: None)
         assert set(first.per_shard_runs) == {"00000"} and "evaluation" in first.cross_shard_assets
@@ -208,9 +205,9 @@ def test_one_run_can_handle_a_batch_of_shards(tmp_path, monkeypatch):
     from dagster import AssetSelection, materialize
 
     (tmp_path / "checks.toml").write_text("[default]\n")
-    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
     write_sample_crawl(tmp_path / "crawl", shards=3, samples_per_shard=40, seed=8)
-    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=str(tmp_path / "lake"))
+    definitions = build_definitions(crawl=str(tmp_path / "crawl"), lake=str(tmp_path / "lake"),
+                                    checks=tmp_path / "checks.toml")
     lake = LakeResource(root=str(tmp_path / "lake"))
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("shards", ["00000", "00001", "00002"])

@@ -11,7 +11,6 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets import audit_metrics as formulas
-from assets import checks
 from assets.indices import IndexSettings, build_index, choose_factory, recall_at_k
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
@@ -215,8 +214,7 @@ def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path,
         "subsets/safe/members.parquet", f"indices/safe/{MODEL_ID}/index_info.json")}
     tight = tmp_path / "checks.toml"
     tight.write_text("[default]\nblocking = true\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
-    monkeypatch.setattr(checks, "CHECKS_PATH", tight)
-    defs = build_definitions(crawl=str(materialized["crawl"]), lake=str(lake_copy))
+    defs = build_definitions(crawl=str(materialized["crawl"]), lake=str(lake_copy), checks=tight)
     selection = [AssetKey(["subsets", "safe"]), AssetKey(["indices", "safe"]), AssetKey(["audits", "safe"])]
     with DagsterInstance.ephemeral() as instance:
         result = materialize(list(defs.assets), instance=instance, resources=defs.resources, selection=selection,

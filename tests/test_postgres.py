@@ -11,7 +11,6 @@ import psycopg2
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
-from assets import checks
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from orchestration.runner import run_pipeline
@@ -23,13 +22,12 @@ DEPLOY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "dagster-postgr
 @pytest.mark.skipif(postgres_bin_dir() is None, reason="PostgreSQL server binaries (initdb) not installed")
 def test_pipeline_on_postgres_instance(tmp_path, monkeypatch):
     (tmp_path / "checks.toml").write_text("[default]\n")  # a tiny crawl's duplicate share would block
-    monkeypatch.setattr(checks, "CHECKS_PATH", tmp_path / "checks.toml")
     crawl = tmp_path / "crawl"
     write_sample_crawl(crawl, shards=2, samples_per_shard=40, seed=3)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(DEPLOY_CONFIG, home / "dagster.yaml")
-    definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"))
+    definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"), checks=tmp_path / "checks.toml")
 
     with postgres_server() as pg:
         for name, value in {"HOST": pg["host"], "PORT": str(pg["port"]), "USER": pg["user"],

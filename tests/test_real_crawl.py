@@ -104,7 +104,8 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
     # a failed check warns in the UI on a published policy and is an error on safe
     over = {"nsfw_rate": 0.5, "duplicate_rate": 0.5, "group_removal_ratio": 9.0}
     for policy, severity in (("laion400m", AssetCheckSeverity.WARN), ("safe", AssetCheckSeverity.ERROR)):
-        results = checks.evaluate(checks.SUBSET_CHECKS, policy, over, checks.is_blocking(policy))
+        limits = checks.bounds(policy, defs.resources["files"].checks)
+        results = checks.evaluate(checks.SUBSET_CHECKS, limits, over, checks.is_blocking(limits))
         assert {r.severity for r in results} == {severity} and not any(r.passed for r in results)
 
 

@@ -14,7 +14,6 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from safetensors.torch import load_file, save_file
 
-from assets import checks
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from orchestration.runner import run_pipeline
@@ -51,11 +50,9 @@ def world(tmp_path_factory):
     """One small shard materialized with the demo model, in an instance folder of its own."""
     root = tmp_path_factory.mktemp("staleness")
     (root / "checks.toml").write_text("[default]\n")  # a 60-row crawl would trip the duplicate bounds
-    patch = pytest.MonkeyPatch()
-    patch.setattr(checks, "CHECKS_PATH", root / "checks.toml")
     write_sample_crawl(root / "crawl", shards=1, samples_per_shard=60, seed=11)
     (root / "crawl" / "ground_truth.parquet").unlink()
-    paths = {"crawl": str(root / "crawl"), "lake": str(root / "lake")}
+    paths = {"crawl": str(root / "crawl"), "lake": str(root / "lake"), "checks": str(root / "checks.toml")}
     home = root / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -64,12 +61,11 @@ def world(tmp_path_factory):
     run_pipeline(build_definitions(**paths), instance, log=lambda _: None)
     yield {"root": root, "paths": paths, "instance": instance, "home": home}
     instance.dispose()
-    patch.undo()
 
 
 def _statuses(world: dict, **settings) -> dict[str, str]:
     """Asset key -> the UI's stale status (of the shard's partition for per-shard assets)."""
-    env = {**os.environ, "DAGSTER_HOME": str(world["home"]), "CLIPSIEVE_CHECKS": str(world["root"] / "checks.toml"),
+    env = {**os.environ, "DAGSTER_HOME": str(world["home"]),
            "CLIPSIEVE_TEST_DEFS": json.dumps({**world["paths"], **{k: str(v) for k, v in settings.items()}})}
     specs = [spec for spec in build_definitions(**world["paths"]).resolve_all_asset_specs()
              if spec.group_name not in ("evaluation", "crawl")]

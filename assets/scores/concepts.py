@@ -1,17 +1,17 @@
 """concepts: the MetaCLIP metadata entries each caption matches (input of MetaCLIP balancing).
 
 The project ships a modest entry list (resources/terms/metaclip_entries.txt: the sample
-domain's terms and common WordNet-style nouns); set $CLIPSIEVE_METADATA to MetaCLIP's
-500k-entry list for real crawls. Columns: concept_ids (entry ids: the entry's index in
-the file, comments excluded), concept_count, and caption_group: the group of
-resources/terms/demographic_groups.json ($CLIPSIEVE_GROUP_TERMS) whose terms the caption
+domain's terms and common WordNet-style nouns); point CurationFiles.metaclip_entries
+($CLIPSIEVE_METADATA) at MetaCLIP's 500k-entry list for real crawls. Columns: concept_ids
+(entry ids: the entry's index in the file, comments excluded), concept_count, and
+caption_group: the group of CurationFiles.group_terms (shipped:
+resources/terms/demographic_groups.json) whose terms the caption
 names when it names exactly one group's, which the audits' representation, retrieval-bias
 and association figures read. Computed here, once per shard, rather than by regular
 expressions over the whole pool in every subset's and audit's step.
 """
 
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -19,21 +19,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import TERMS_DIR, PhraseMatcher, read_terms
 from resources.lake import LakeResource
 from resources.versions import file_digest
 
-METADATA_PATH = os.environ.get("CLIPSIEVE_METADATA", str(TERMS_DIR / "metaclip_entries.txt"))
-GROUPS_PATH = os.environ.get("CLIPSIEVE_GROUP_TERMS", str(TERMS_DIR / "demographic_groups.json"))
-CODE_VERSION = f"2+{file_digest(METADATA_PATH)}+{file_digest(GROUPS_PATH)}"
+METADATA_PATH = str(TERMS_DIR / "metaclip_entries.txt")  # the shipped lists
+GROUPS_PATH = str(TERMS_DIR / "demographic_groups.json")
 
 
-@lru_cache(maxsize=1)
-def entries() -> list[str]:
-    return read_terms(METADATA_PATH)
+def code_version(metadata_path: str, groups_path: str) -> str:
+    return f"2+{file_digest(metadata_path)}+{file_digest(groups_path)}"
+
+
+@lru_cache(maxsize=4)
+def entries(path: str = METADATA_PATH) -> list[str]:
+    return read_terms(path)
 
 
 def group_patterns(path: str = GROUPS_PATH) -> dict[str, str]:
@@ -62,34 +65,40 @@ def caption_groups(captions: pa.ChunkedArray | pa.Array, patterns: dict[str, str
     return pa.array(np.where(only, labels, None), pa.string())
 
 
-def concept_scores(samples: pa.Table) -> pa.Table:
-    matches = _matcher().match_all(samples.column("caption"))
+def concept_scores(samples: pa.Table, metadata_path: str = METADATA_PATH, groups_path: str = GROUPS_PATH) -> pa.Table:
+    matches = _matcher(metadata_path).match_all(samples.column("caption"))
     return pa.table({
         "key": samples.column("key"),
         "shard": samples.column("shard"),
         "concept_ids": matches,
         "concept_count": pc.list_value_length(matches).cast(pa.int32()),
-        "caption_group": caption_groups(samples.column("caption"), group_patterns()),
+        "caption_group": caption_groups(samples.column("caption"), group_patterns(groups_path)),
     })
 
 
-@lru_cache(maxsize=1)
-def _matcher() -> PhraseMatcher:
-    return PhraseMatcher(entries())
+@lru_cache(maxsize=4)
+def _matcher(path: str) -> PhraseMatcher:
+    return PhraseMatcher(entries(path))
 
 
-@score_asset(CODE_VERSION, "python")
-def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    """MetaCLIP metadata entries matched by each usable sample's caption, and its caption group."""
+def build_concepts_asset(metadata_path: str = METADATA_PATH, groups_path: str = GROUPS_PATH) -> AssetsDefinition:
+    """scores/concepts, with the entry list and caption groups in these files."""
 
-    def one(shard: str) -> dict:
-        table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
-        metadata = write_scores(lake, shard, "concepts", table)
-        counts = table.column("concept_count").to_numpy()
-        metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
-        metadata["entries"] = len(entries())
-        groups = table.column("caption_group")
-        metadata["share/caption_group"] = 1 - groups.null_count / len(groups) if len(groups) else 0.0
-        return metadata
+    @score_asset(code_version(metadata_path, groups_path), "python")
+    def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        """MetaCLIP metadata entries matched by each usable sample's caption, and its caption group."""
 
-    return for_each_shard(context, one)
+        def one(shard: str) -> dict:
+            table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), metadata_path,
+                                   groups_path)
+            metadata = write_scores(lake, shard, "concepts", table)
+            counts = table.column("concept_count").to_numpy()
+            metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
+            metadata["entries"] = len(entries(metadata_path))
+            groups = table.column("caption_group")
+            metadata["share/caption_group"] = 1 - groups.null_count / len(groups) if len(groups) else 0.0
+            return metadata
+
+        return for_each_shard(context, one)
+
+    return concepts
