@@ -1,10 +1,12 @@
 """The Dagster code location: every asset, job, sensor and resource of clipsieve.
 
-Paths and the model come from environment variables, read when the code location loads:
-    CLIPSIEVE_CRAWL       the img2dataset crawl folder (or fsspec URL)
-    CLIPSIEVE_LAKE        where outputs go
-    CLIPSIEVE_MODEL       open_clip model name (default: the demo model)
-    CLIPSIEVE_PRETRAINED  open_clip pretrained tag or checkpoint path
+Settings are resources whose fields take their defaults from environment variables when
+the code location loads (each field's description names its variable):
+    CLIPSIEVE_CRAWL       the img2dataset crawl folder (or fsspec URL)      crawl
+    CLIPSIEVE_LAKE        where outputs go                                  lake
+    CLIPSIEVE_MODEL       open_clip model name (default: the demo model)    clip
+    CLIPSIEVE_PRETRAINED  open_clip pretrained tag or checkpoint path       clip
+    CLIPSIEVE_POLICY_DIR, CLIPSIEVE_CHECKS and the term lists               files
 The model id is part of the code version of every asset computed from embeddings, so a
 model change marks exactly those assets stale.
 """
