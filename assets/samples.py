@@ -83,7 +83,8 @@ from resources.lake import (
     with_metadata,
 )
 
-CODE_VERSION = "3"
+CODE_VERSION = "4"
+
 
 @dataclass
 class TarContents:
