@@ -32,10 +32,9 @@ from assets.audit_report import render_report
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, read_index, search
 from assets.scores.concepts import METADATA_PATH, entries
-from assets.scores.text_match import TERMS_DIR
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
-from resources.curation_files import CurationFiles
+from resources.curation_files import TERMS_DIR, CurationFiles
 from resources.lake import LakeResource, audit_dir, index_dir
 
 CODE_VERSION = "2"

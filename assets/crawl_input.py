@@ -203,11 +203,9 @@ def normalize_crawl_table(table: pa.Table, path: str) -> CrawlRows:
     row_notes: list[list[str]] = [[] for _ in range(n)]
     column_notes: list[str] = []
     for name in table.column_names:
-        target = CRAWL_COLUMNS.get(name)
-        if target is None and (pa.types.is_string(table.schema.field(name).type)
-                               or pa.types.is_large_string(table.schema.field(name).type)):
+        target, kind = CRAWL_COLUMNS.get(name), table.schema.field(name).type
+        if target is None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             target = pa.string()  # any other text column: DuckDB refuses the lake if it is not UTF-8
-        kind = table.schema.field(name).type
         if target is None and _is_nested(kind):
             table = table.set_column(table.column_names.index(name), name, nested_as_json(table.column(name)))
             column_notes.append(f"column {name} is {kind}: stored as JSON text")

@@ -330,11 +330,9 @@ def read_samples(crawl: CrawlResource, shard: str) -> pa.Table:
 def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
     """Every input row of the shard, with tar member and image status, then the tar's
     members no row claims; nothing dropped."""
-    fingerprints = {}
-
     def one(shard: str) -> dict:
-        fingerprints[shard] = crawl.fingerprint(shard)
-        result, retired = write_samples(crawl, lake, shard, fingerprints[shard], checker)
+        fingerprint = crawl.fingerprint(shard)
+        result, retired = write_samples(crawl, lake, shard, fingerprint, checker)
         if retired:
             context.log.warning(f"{shard}: the crawl's files changed since its outputs were computed; "
                                 f"they moved to {retired} and the shard is out of the pool until they are rebuilt")
@@ -343,7 +341,7 @@ def samples(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeReso
         for note in result.notes:
             context.log.warning(f"{shard}: {note}")
         return {
-            "crawl_fingerprint": fingerprints[shard],
+            "crawl_fingerprint": fingerprint,
             "rows": table.num_rows,
             "parquet_rows": int(pc.count(table.column("parquet_row")).as_py()),
             "usable_images": sum(s["counts"] for s in statuses if s["values"] == "ok"),

@@ -161,8 +161,6 @@ def plant_hostile(source: Path, target: Path, per_shard: int) -> dict[str, str]:
     import shutil
     import tarfile
 
-    import pyarrow.parquet as pq
-
     kinds = list(hostile_images().items())
     planted: dict[str, str] = {}
     target.mkdir(parents=True)
@@ -180,7 +178,7 @@ def plant_hostile(source: Path, target: Path, per_shard: int) -> dict[str, str]:
                 data = tar_in.extractfile(member).read()
                 key = member.name.rsplit(".", 1)[0]
                 if key in chosen and member.name.endswith(".jpg"):
-                    kind, data = kinds[(len(planted)) % len(kinds)]
+                    kind, data = kinds[len(planted) % len(kinds)]
                     planted[key] = kind
                     member.size = len(data)
                 tar_out.addfile(member, io.BytesIO(data))
@@ -198,7 +196,8 @@ def hostile_outcomes(lake: str, planted: dict[str, str]) -> dict:
             kind = planted.get(row["key"])
             if kind is not None:
                 said = f"{row['image_status']}: {(row['image_error'] or '')[:60]}"
-                outcomes.setdefault(kind, {})[said] = outcomes.setdefault(kind, {}).get(said, 0) + 1
+                counts = outcomes.setdefault(kind, {})
+                counts[said] = counts.get(said, 0) + 1
     return outcomes
 
 

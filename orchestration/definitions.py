@@ -26,7 +26,8 @@ from dagster import (
     multiprocess_executor,
 )
 
-from assets import audits, checks, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets.checks import bounds as check_bounds
 from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
 from assets.partitions import shard_partitions
@@ -75,7 +76,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource,
     policies = subsets.load_policies(Path(files.policy_dir))
     per_policy = []
     for policy in policies:
-        limits = checks.bounds(policy.name, files.checks)
+        limits = check_bounds(policy.name, files.checks)
         per_policy += [
             subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream, limits),
             indices.build_index_asset(policy.name, model_id, limits),

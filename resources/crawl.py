@@ -27,6 +27,12 @@ IMAGE_MEMBER_EXTENSIONS = IMAGE_EXTENSIONS + ("gif", "bmp", "tif", "tiff")
 SHARD_SUFFIXES = (".tar", ".parquet", "_stats.json")  # a shard's three files
 
 
+def _complete_shards(names: set[str]) -> list[str]:
+    """Shards whose three files are all among the file `names`, sorted."""
+    return sorted(n[: -len(".tar")] for n in names
+                  if n.endswith(".tar") and all(f"{n[:-4]}{suffix}" in names for suffix in SHARD_SUFFIXES))
+
+
 def _fingerprint(infos: list[dict]) -> str:
     """Of a shard's three files' fsspec infos, in SHARD_SUFFIXES order."""
     parts = [f"{suffix}:{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
@@ -65,12 +71,7 @@ class CrawlResource(ConfigurableResource):
         fs, root = self._fs()
         if not fs.exists(root):
             return []
-        names = {os.path.basename(p) for p in fs.ls(root, detail=False)}
-        return sorted(
-            n[: -len(".tar")]
-            for n in names
-            if n.endswith(".tar") and f"{n[:-4]}.parquet" in names and f"{n[:-4]}_stats.json" in names
-        )
+        return _complete_shards({os.path.basename(p) for p in fs.ls(root, detail=False)})
 
     def is_deleted(self, shard: str) -> bool:
         """Whether none of the shard's files is in the crawl any more (a shard that is only
@@ -92,8 +93,7 @@ class CrawlResource(ConfigurableResource):
             return {}
         listed = {os.path.basename(info["name"]): info for info in fs.ls(root, detail=True)}
         return {shard: _fingerprint([listed[f"{shard}{suffix}"] for suffix in SHARD_SUFFIXES])
-                for shard in self.shards()
-                if all(f"{shard}{suffix}" in listed for suffix in SHARD_SUFFIXES)}
+                for shard in _complete_shards(set(listed))}
 
     def file(self, shard: str, suffix: str) -> str:
         """Path of a shard file, e.g. file("00000", ".tar")."""

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from resources.clip_model import DEMO_DIR
+from resources.curation_files import TERMS_DIR
 from resources.safe_weights import UnsafeWeightsError, check_safetensors, load_safetensors
 from resources.versions import file_digest
 
@@ -38,7 +39,6 @@ ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
 }
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
-TERMS_DIR = Path(__file__).resolve().parent / "terms"
 # head -> (output column, the cut-off its score is read at: LAION's punsafe 0.5 and
 # pwatermark 0.8, LAION-Aesthetics' rating 7)
 HEADS = {"nsfw": ("punsafe", 0.5), "watermark": ("pwatermark", 0.8), "aesthetic": ("aesthetic", 7.0)}

@@ -225,7 +225,7 @@ def test_a_large_progressive_jpeg_with_many_scans_is_refused_by_its_scan_pixels(
     assert error is not None and "scan-pixel limit" in error and time.perf_counter() - started < 1.0
 
 
-def test_an_image_over_the_time_budget_is_refused_and_the_worker_replaced(monkeypatch):
+def test_an_image_over_the_time_budget_is_refused_and_the_worker_replaced():
     from assets.image_worker import ImageCheckWorker
 
     slow = _encoded(Image.new("RGB", (4000, 4000), (10, 200, 30)), "JPEG", progressive=True)

@@ -34,7 +34,7 @@ def _copy_shard(source, target, shard: str) -> None:
         shutil.copy(source / f"{shard}{suffix}", target / f"{shard}{suffix}")
 
 
-def test_only_new_and_rewritten_shards_recompute(tmp_path, monkeypatch):
+def test_only_new_and_rewritten_shards_recompute(tmp_path):
     # Tiny crawls hold a duplicate share that the default checks would (rightly) block.
     (tmp_path / "checks.toml").write_text("[default]\n")
     crawl, other = tmp_path / "crawl", tmp_path / "other"
@@ -141,7 +141,7 @@ def test_sensor_registers_new_shards_observes_changes_and_retires_deleted_ones(t
         assert not (lake / "shards/00001").exists() and (lake / "retired/shards/00001/samples.parquet").exists()
 
 
-def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path, monkeypatch):
+def test_the_whole_pipeline_runs_on_an_fsspec_url_lake(tmp_path):
     """memory:// goes through the same fsspec code path as s3://, DuckDB included."""
     import fsspec
 
@@ -199,7 +199,7 @@ def test_an_index_is_rebuilt_when_a_members_shard_changed():
     assert changed["build_mode"] == "rebuilt" and "00000" in changed["rebuild_reason"]
 
 
-def test_one_run_can_handle_a_batch_of_shards(tmp_path, monkeypatch):
+def test_one_run_can_handle_a_batch_of_shards(tmp_path):
     """A backfill under the BackfillPolicy runs a range of shards in one run; the runner
     then sees each of them as done."""
     from dagster import AssetSelection, materialize

@@ -205,7 +205,7 @@ def test_charts_are_well_formed_svg_with_round_ticks():
     assert len(list(line.iter(f"{svg}circle"))) == 3
 
 
-def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path, materialized, monkeypatch):
+def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path, materialized):
     """The candidate that fails is not committed (no materialization, members, uids and index
     unchanged), the index and audit are skipped, and export serves the last good subset."""
     lake_copy = tmp_path / "lake"

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
-from assets.scores.text_match import TERMS_DIR, PhraseMatcher, read_terms
+from assets.scores.text_match import PhraseMatcher, read_terms
+from resources.curation_files import TERMS_DIR
 from resources.lake import LakeResource
 from resources.versions import file_digest
 

@@ -15,9 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# The term files the project ships (each replaceable through its own environment variable).
-TERMS_DIR = Path(__file__).resolve().parents[2] / "resources" / "terms"
-
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
 _PUNCTUATION_RE2 = r"[^\p{L}\p{N}_\s]"
 
