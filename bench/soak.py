@@ -66,7 +66,8 @@ def live_memory_mb() -> float:
 
 def worker(crawl: str, lake: str, shards: list[str], log_path: str) -> None:
     """One parallel run: the per-shard assets of `shards`, one line of JSON per event."""
-    from orchestration.definitions import build_definitions
+    from orchestration.dagster_server import DagsterServer
+    from orchestration.definitions import build_definitions, location_env
     from orchestration.instance import open_instance
     from orchestration.runner import run_pipeline
 
@@ -80,8 +81,10 @@ def worker(crawl: str, lake: str, shards: list[str], log_path: str) -> None:
             out.flush()
 
         try:
-            report = run_pipeline(build_definitions(crawl=crawl, lake=lake), open_instance(os.environ["DAGSTER_HOME"]),
-                                  log=log, shards=shards, cross_shard=False)
+            home = os.environ["DAGSTER_HOME"]
+            with DagsterServer(home, location_env(crawl=crawl, lake=lake), log=log) as server:
+                report = run_pipeline(build_definitions(crawl=crawl, lake=lake), open_instance(home), server,
+                                      in_process=True, log=log, shards=shards, cross_shard=False)
             log(f"done: {len(report.per_shard_runs)} shard run(s)")
         except RuntimeError as error:  # failed shard runs: the others went on
             log(f"done with failures: {error}")

@@ -4,6 +4,7 @@
                            [--near-duplicate-share 0.3]
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
                           [--shards 00000,00001 --no-cross-shard]   (parallel runs: disjoint shards)
+                          [--in-process]     (runs in this process, not through the run launcher)
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
@@ -53,15 +54,12 @@ def _pretrained(args: argparse.Namespace) -> str:
 
 def _instance(lake: str):
     """The Dagster instance at $DAGSTER_HOME, else one kept in <lake>/_dagster."""
-    from dagster import DagsterInstance
-
     from orchestration.instance import open_instance
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         if "://" in lake:
-            print("DAGSTER_HOME is not set and the lake is remote: runs are not kept", file=sys.stderr)
-            return DagsterInstance.ephemeral()
+            raise SystemExit("the lake is remote: set DAGSTER_HOME to the Dagster instance folder to record runs in")
         home = str(Path(lake, "_dagster").resolve())
     return open_instance(home)  # under a lock: parallel first opens would corrupt a SQLite instance
 
@@ -80,20 +78,24 @@ EXIT_BLOCKED = 3  # every step ran or was skipped below a blocking check that fa
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    from orchestration.definitions import build_definitions
+    from orchestration.dagster_server import DagsterServer
+    from orchestration.definitions import build_definitions, location_env
     from orchestration.runner import PipelineFailed, run_pipeline
 
-    defs = build_definitions(crawl=args.crawl, lake=args.lake, model_name=args.model, pretrained=_pretrained(args))
+    settings = {"crawl": args.crawl, "lake": args.lake, "model_name": args.model, "pretrained": _pretrained(args)}
+    defs = build_definitions(**settings)
     instance = _instance(args.lake)
     shards = [s.strip() for s in args.shards.split(",") if s.strip()] if args.shards else None
-    try:
-        report = run_pipeline(defs, instance, log=lambda m: print(m, flush=True), shards=shards,
-                              cross_shard=not args.no_cross_shard)
-    except PipelineFailed as failure:
-        report = failure.report
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    with DagsterServer(instance.root_directory, location_env(**settings), log=log) as server:
+        try:
+            report = run_pipeline(defs, instance, server, in_process=args.in_process, log=log, shards=shards,
+                                  cross_shard=not args.no_cross_shard)
+        except PipelineFailed as failure:
+            report = failure.report
     print(f"shards: {len(report.shards)}; with per-shard work: {len(report.per_shard_runs)}; "
           f"cross-shard assets: {len(report.cross_shard_assets)}; {report.seconds:.1f}s")
-    print(f"runs recorded in {os.environ.get('DAGSTER_HOME', 'an ephemeral instance')}")
+    print(f"runs recorded in {instance.root_directory}")
     print_summary(args.lake)
     if report.removed_shards:
         print(f"\nshards no longer in the crawl, now out of the pool: {', '.join(report.removed_shards)} "
@@ -391,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "complete shard); processes given disjoint shards may share a lake and instance")
     p.add_argument("--no-cross-shard", action="store_true",
                    help="only the per-shard assets; a later materialize runs the cross-shard ones")
+    p.add_argument("--in-process", action="store_true",
+                   help="execute the runs in this process instead of launching them through the instance's "
+                        "run launcher (what a laptop or a test needs; Dagster still decides what is stale)")
     _model_args(p)
     p.set_defaults(func=cmd_materialize)
 

@@ -12,7 +12,6 @@ model change marks exactly those assets stale.
 """
 
 import json
-import os
 from pathlib import Path
 
 from dagster import (
@@ -23,7 +22,7 @@ from dagster import (
     Definitions,
     define_asset_job,
     in_process_executor,
-    multiprocess_executor,
+    multi_or_in_process_executor,
 )
 
 from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
@@ -45,10 +44,11 @@ from resources.versions import text_digest
 
 PER_SHARD_GROUPS = ("per_shard", "scores")
 CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
-# Cross-shard steps of one run in parallel (the cross_shard job's processes). Per-shard runs
-# execute their steps in the run's own process: each step as a process of its own cost
-# seconds of imports and model loading for a few seconds of work.
-MAX_CONCURRENT_STEPS = int(os.environ.get("CLIPSIEVE_MAX_CONCURRENT_STEPS", "2"))
+# Runs execute their steps in the run's own process: a step in a process of its own costs
+# seconds of imports and model loading, for steps of seconds on a crawl of thousands of
+# samples (a launched cross_shard run of 3 x 40 samples: 76 s with a process per step,
+# 17 s in process). The cross_shard job's launchpad can switch to a process per step.
+CROSS_SHARD_EXECUTION = {"execution": {"config": {"in_process": {}}}}
 
 
 def build_assets(clip: ClipModelResource, heads: HeadsResource,
@@ -98,16 +98,16 @@ def per_shard_keys(definitions: Definitions) -> list[AssetKey]:
             if spec.partitions_def is not None and spec.group_name in PER_SHARD_GROUPS]
 
 
-def build_resources(crawl: str | None = None, lake: str | None = None, model_name: str | None = None,
-                    pretrained: str | None = None, policy_dir: str | Path | None = None,
+def build_resources(crawl: str | Path | None = None, lake: str | Path | None = None, model_name: str | None = None,
+                    pretrained: str | Path | None = None, policy_dir: str | Path | None = None,
                     checks: str | Path | None = None) -> dict:
     """Resources with defaults from the environment; arguments override them."""
     clip = ClipModelResource()
     if model_name is not None or pretrained is not None:
-        clip = ClipModelResource(model_name=model_name or clip.model_name, pretrained=pretrained or "")
+        clip = ClipModelResource(model_name=model_name or clip.model_name, pretrained=str(pretrained or ""))
     return {
-        "crawl": CrawlResource(root=crawl) if crawl else CrawlResource(),
-        "lake": LakeResource(root=lake) if lake else LakeResource(),
+        "crawl": CrawlResource(root=str(crawl)) if crawl else CrawlResource(),
+        "lake": LakeResource(root=str(lake)) if lake else LakeResource(),
         "clip": clip,
         "heads": HeadsResource(),
         "catalog": CatalogResource(),
@@ -116,22 +116,22 @@ def build_resources(crawl: str | None = None, lake: str | None = None, model_nam
     }
 
 
+PER_SHARD_JOB, CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "observe_crawl"
 per_shard_job = define_asset_job(
-    "per_shard",
+    PER_SHARD_JOB,
     selection=AssetSelection.groups(*PER_SHARD_GROUPS),
     partitions_def=shard_partitions,
     executor_def=in_process_executor,
     description="Samples, embeddings and every score of the selected shard(s), in the run's process.",
 )
 cross_shard_job = define_asset_job(
-    "cross_shard",
+    CROSS_SHARD_JOB,
     selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
-    executor_def=multiprocess_executor,
-    config={"execution": {"config": {"max_concurrent": MAX_CONCURRENT_STEPS}}},
+    executor_def=multi_or_in_process_executor,
+    config=CROSS_SHARD_EXECUTION,
     description="Near-duplicate groups, then every policy's subset, index and audit, over all shards "
-                "(steps in processes of their own, max_concurrent at a time).",
+                "(in the run's process; `execution: {config: {multiprocess: {}}}` runs a process per step).",
 )
-OBSERVE_CRAWL_JOB = "observe_crawl"
 observe_crawl_job = define_asset_job(
     OBSERVE_CRAWL_JOB,
     selection=AssetSelection.assets(crawl_shard.key),
@@ -153,8 +153,29 @@ def with_automation(assets: list) -> list:
     return automated
 
 
+# build_definitions' settings -> the variables the code location reads them from.
+SETTING_VARIABLES = {"crawl": "CLIPSIEVE_CRAWL", "lake": "CLIPSIEVE_LAKE", "model_name": "CLIPSIEVE_MODEL",
+                     "pretrained": "CLIPSIEVE_PRETRAINED", "policy_dir": "CLIPSIEVE_POLICY_DIR",
+                     "checks": "CLIPSIEVE_CHECKS"}
+
+
+def location_env(**settings: str | Path | None) -> dict[str, str]:
+    """The environment in which this module's `defs` equal `build_definitions(**settings)`:
+    what a webserver or code server started for those settings needs. Local paths are made
+    absolute, as the server's working directory is another."""
+    env = {}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        value = str(value)
+        if "://" not in value and (Path(value).exists() or name in ("crawl", "lake")):
+            value = str(Path(value).resolve())
+        env[SETTING_VARIABLES[name]] = value
+    return env
+
+
 def build_definitions(policy_dir: str | Path | None = None, checks: str | Path | None = None,
-                      **overrides: str | None) -> Definitions:
+                      **overrides: str | Path | None) -> Definitions:
     """The code location. Settings come from the environment (each resource's descriptions
     name its variables); arguments override them."""
     resources = build_resources(policy_dir=policy_dir, checks=checks, **overrides)

@@ -17,10 +17,16 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 LOCK_NAME = ".clipsieve-instance.lock"
-# A new instance folder gets Dagster's default storage (SQLite in the folder) with telemetry off.
+# A new instance folder gets Dagster's default storage (SQLite in the folder) with telemetry
+# off, and runs start as soon as they are launched: Dagster's default run coordinator queues
+# them for a dagster-daemon, which a laptop or a CI machine does not run. A deployment with
+# a daemon sets the QueuedRunCoordinator (deploy/dagster.yaml) for its concurrency limits.
 DEFAULT_CONFIG = """\
 telemetry:
   enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
 """
 
 

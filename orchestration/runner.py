@@ -1,29 +1,31 @@
-"""`clipsieve materialize`: register the crawl's shards and materialize what is out of date.
+"""`clipsieve materialize`: register the crawl's shards and have Dagster bring them up to date.
 
-Every run goes through Dagster (`dagster.materialize`) and is recorded in the instance, so
-the UI shows it. Shards that need the same assets and sit next to each other in the
-partition order share a run (a partition range of up to $CLIPSIEVE_SHARDS_PER_RUN, as a
-UI backfill batches them): creating a run (with its planned-materialization events) took
-about 0.9 s on the 2-core machine, whatever its size, and every step has its own overhead.
-A batch that fails is redone shard by shard, so one bad shard fails alone.
+1. The crawl's complete shards become partitions (deleted ones are retired), and the
+   `observe_crawl` job records each shard's file fingerprint as `crawl_shard`'s data version.
+2. Dagster says what is out of date: the UI's own stale status (FRESH, STALE or MISSING)
+   of every per-shard asset in every shard, from the webserver's GraphQL API. A shard's
+   work is what Dagster reports STALE or MISSING there plus everything below it (Dagster
+   marks only the direct children of a change stale).
+3. Shards needing the same assets, neighbours in the partition order, share a run, as many
+   as the assets' `BackfillPolicy` allows (a partition-range run, as a UI backfill makes).
+   Runs are launched through the webserver, so the instance's run coordinator and launcher
+   (and the job's executor) run them, as for a run launched from the UI; `in_process=True`
+   executes them in this process instead (tests, laptops). A batch that fails is redone
+   shard by shard, so one bad shard fails alone.
+4. Cross-shard assets run after any per-shard work or retired shard, when Dagster reports
+   them STALE or MISSING, or when a per-shard asset has a materialization newer than theirs
+   (per-shard work by another process: Dagster's own staleness stops following
+   partitioned parents above 100 partitions). Evaluation runs only when the crawl has a
+   ground_truth.parquet.
 
-Per-shard work is skipped for a (shard, asset) whose latest materialization has the
-current code version (model id included), whose output file is still in this lake and, for
-`samples`, whose crawl files have not changed (size and mtime fingerprint); whatever is
-downstream of redone work is redone too. Cross-shard assets run when any per-shard
-materialization in the instance is newer than theirs (so per-shard work done by another
-process, or by a run killed before its cross-shard stage, counts) or when they are
-themselves out of date; the evaluation asset only when the crawl has a
-ground_truth.parquet.
-
-Killed and parallel runs: what is skipped is decided from materialization records and lake
-files only, never from run status, so a run left STARTED by a killed process is no
-obstacle; it is marked failed on the next start on the same host (its pid is in its tags).
-Several processes may run disjoint shards over one lake and one instance at once
-(`run_pipeline(..., shards=[...], cross_shard=False)`), then one cross-shard run.
+Killed runs: what to do is decided from materializations and data versions only, never
+from run status. A run executing in a killed `materialize --in-process` is marked failed on
+the next start on the same host (its pid is in its tags); launched runs are watched by the
+deployment's run monitoring (dagster-daemon).
 """
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -31,36 +33,39 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetRecordsFilter,
+    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
-    EventLogRecord,
-    ExecuteInProcessResult,
     RunsFilter,
-    materialize,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from assets.partitions import SHARDS_PER_RUN, shard_partitions
-from orchestration.definitions import OBSERVE_CRAWL_JOB
+from assets.partitions import shard_partitions
+from orchestration.dagster_server import DagsterServer
+from orchestration.definitions import CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB, PER_SHARD_JOB
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, pool_shards
 from resources.processes import is_gone, this_process
 from resources.safe_paths import split_shard_names
 
-CODE_VERSION_TAG = "dagster/code_version"
-SAMPLES = AssetKey("samples")
 EVALUATION = AssetKey("evaluation")
-# Runs log to the instance (the UI shows everything); the terminal gets warnings only.
+# In-process runs log to the instance (the UI shows everything); the terminal gets warnings only.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# Who runs a run: lets a later start tell a killed process's run from a live one's.
+# Who runs an in-process run: lets a later start tell a killed process's run from a live one's.
 HOST_TAG, PID_TAG = "clipsieve/host", "clipsieve/pid"
 SHARDS_TAG = "clipsieve/shards"  # the run's shards, comma-separated
-QUERY_CHUNK = 500  # partitions per staleness query (SQLite allows 32,766 bound parameters)
+STALE_CHUNK = 500  # partitions per staleness query
+POLL_SECONDS = 0.5
+PROGRESS_SECONDS = 30.0  # how often a launched run that is still going is reported
+QUEUED_SECONDS = 60.0  # a run queued this long: say that a dagster-daemon dequeues queued runs
+DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+OUT_OF_DATE = {"STALE", "MISSING"}
 
-# The run tags that make a run cover a range of partitions: what `dagster asset materialize
-# --partition-range` and Dagster's single-run backfills set (not exported as constants).
+# The run tags of a run over one partition or a range of partitions: what the UI's launchpad
+# and Dagster's single-run backfills set (not exported as constants).
+PARTITION_TAG = "dagster/partition"
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -93,18 +98,23 @@ CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"  # how Dagster stops a step 
 class RunOutcome:
     """One run's events sorted into what the summary and the exit status need."""
 
+    success: bool = True
+    materialized: set[AssetKey] = field(default_factory=set)
     crashed: list[str] = field(default_factory=list)  # steps that failed with an error of their own
     blocked: list[str] = field(default_factory=list)  # failed ERROR checks
     warnings: list[str] = field(default_factory=list)  # failed WARN checks
     skipped: list[str] = field(default_factory=list)  # steps not run (an upstream step or blocking check failed)
 
 
-def run_outcome(result: ExecuteInProcessResult) -> RunOutcome:
+def run_outcome(events: Iterable[DagsterEvent], success: bool) -> RunOutcome:
     """Failed checks (by severity), crashed and skipped steps of a run, one line each."""
-    outcome = RunOutcome()
-    for event in result.all_events:
+    outcome = RunOutcome(success=success)
+    steps_failed = False
+    for event in events:
         evaluation = event.event_specific_data if event.event_type_value == "ASSET_CHECK_EVALUATION" else None
-        if evaluation is not None and not evaluation.passed:
+        if event.is_step_materialization:
+            outcome.materialized.add(event.asset_key)
+        elif evaluation is not None and not evaluation.passed:
             values = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
             value = values.get("value")
             line = (f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}: {values.get('what')} = "
@@ -112,6 +122,7 @@ def run_outcome(result: ExecuteInProcessResult) -> RunOutcome:
                     f"({values.get('kind')} {values.get('bound')})")
             (outcome.blocked if evaluation.severity == AssetCheckSeverity.ERROR else outcome.warnings).append(line)
         elif event.is_step_failure:
+            steps_failed = True
             error = event.step_failure_data.error
             if error is not None and error.cls_name == CHECK_FAILED_ERROR:
                 continue  # the failed check itself is listed as blocked
@@ -120,52 +131,9 @@ def run_outcome(result: ExecuteInProcessResult) -> RunOutcome:
             outcome.crashed.append(f"step {event.step_key} failed: {error.message.strip() if error else '?'}")
         elif event.is_step_skipped:
             outcome.skipped.append(event.step_key)
+        elif event.is_run_failure and not steps_failed:  # no step to blame: the run's worker failed
+            outcome.crashed.append(f"run failed: {event.message}")
     return outcome
-
-
-def latest_materializations(instance: DagsterInstance, key: AssetKey,
-                            partitions: list[str]) -> dict[str, EventLogRecord]:
-    """The newest materialization record of `key` in each of `partitions` that has one.
-
-    Two queries per asset key, whatever the number of shards: the latest storage id per
-    partition, then those records. One query per (shard, asset) took about 5 ms on the
-    2-core machine, which for 1,000 shards and 13 per-shard assets is a minute of deciding.
-    """
-    latest: dict[str, EventLogRecord] = {}
-    for start in range(0, len(partitions), QUERY_CHUNK):
-        chunk = partitions[start:start + QUERY_CHUNK]
-        ids = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION, set(chunk))
-        if ids:
-            records = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())), limit=len(ids)).records
-            latest.update({r.partition_key: r for r in records if r.partition_key is not None})
-    return latest
-
-
-def _latest_materialization(instance: DagsterInstance, key: AssetKey) -> EventLogRecord | None:
-    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
-    return records[0] if records else None
-
-
-def is_current(record: EventLogRecord | None, code_version: str | None, lake_url: str,
-               fingerprint: str | None = None, newer_than: int = 0) -> bool:
-    """The materialization `record` has this code version, its output is in this lake, and it
-    is newer than storage id `newer_than` (for samples: the crawl shard is unchanged)."""
-    if record is None or record.storage_id < newer_than:
-        return False
-    event = record.asset_materialization
-    if event is None or event.tags.get(CODE_VERSION_TAG) != code_version:
-        return False
-    # samples: the crawl shard must not have changed since
-    if fingerprint is not None and _value(event, "crawl_fingerprint") != fingerprint:
-        return False
-    path = _value(event, "path")
-    return isinstance(path, str) and path.startswith(lake_url + "/") and _exists(path)
-
-
-def _value(event, name: str):
-    value = event.metadata.get(name)
-    return getattr(value, "value", value)
 
 
 def _failures(outcome: RunOutcome) -> str:
@@ -176,10 +144,65 @@ def _failures(outcome: RunOutcome) -> str:
                         for step in outcome.skipped])
 
 
+def partition_tags(shards: list[str]) -> dict[str, str]:
+    """The tags of a run over `shards` (neighbours in the partition order)."""
+    if len(shards) == 1:
+        return {PARTITION_TAG: shards[0], SHARDS_TAG: shards[0]}
+    return {PARTITION_RANGE_START_TAG: shards[0], PARTITION_RANGE_END_TAG: shards[-1], SHARDS_TAG: ",".join(shards)}
+
+
+class InstanceRuns:
+    """Runs launched through the webserver: the instance's run coordinator and launcher run
+    them (a process of their own by default, a cluster task where dagster.yaml says so)."""
+
+    def __init__(self, server: DagsterServer, instance: DagsterInstance, log: Callable[[str], None]):
+        self.server, self.instance, self.log = server, instance, log
+
+    def run(self, job: str, keys: set[AssetKey] | None, tags: dict[str, str]) -> tuple[str, RunOutcome]:
+        run_id = self.server.launch_run(job, None if keys is None else [k.path for k in sorted(keys)], tags)
+        started = last_report = time.time()
+        said_queued = False
+        while (run := self.instance.get_run_by_id(run_id)).status not in DONE:
+            time.sleep(POLL_SECONDS)
+            waited = time.time() - started
+            if run.status == DagsterRunStatus.QUEUED and waited > QUEUED_SECONDS and not said_queued:
+                said_queued = True
+                self.log(f"  run {run_id} is still queued: the instance's run coordinator queues runs for a "
+                         "dagster-daemon to start (is one running for this DAGSTER_HOME? `make ui` starts one; "
+                         "or use --in-process)")
+            elif time.time() - last_report > PROGRESS_SECONDS:
+                last_report = time.time()
+                done = len(self.instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION))
+                self.log(f"  run {run_id} ({job}): {run.status.value.lower()} for {waited:.0f} s, "
+                         f"{done} materialization(s) so far")
+        events = [entry.dagster_event for entry in self.instance.all_logs(run_id) if entry.dagster_event]
+        return run_id, run_outcome(events, run.status == DagsterRunStatus.SUCCESS)
+
+
+class InProcessRuns:
+    """Runs executed in this process, each job with the in-process executor."""
+
+    def __init__(self, defs: Definitions, instance: DagsterInstance):
+        self.defs, self.instance = defs, instance
+        host, pid = this_process()
+        self.tags = {HOST_TAG: host, PID_TAG: str(pid)}
+
+    def run(self, job: str, keys: set[AssetKey] | None, tags: dict[str, str]) -> tuple[str, RunOutcome]:
+        tags = {**tags, **self.tags}
+        partition = tags.pop(PARTITION_TAG, None)
+        result = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, asset_selection=None if keys is None else sorted(keys), partition_key=partition,
+            tags=tags, run_config=QUIET, raise_on_error=False)
+        return result.run_id, run_outcome(result.all_events, result.success)
+
+
 def _latest_storage_id(instance: DagsterInstance, keys: set[AssetKey]) -> int:
     """Storage id of the newest materialization of any of `keys`, any partition (0: none)."""
-    records = [_latest_materialization(instance, key) for key in keys]
-    return max((r.storage_id for r in records if r is not None), default=0)
+    ids = []
+    for key in keys:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
+        ids += [r.storage_id for r in records]
+    return max(ids, default=0)
 
 
 def register_shards(instance: DagsterInstance, shards: list[str], attempts: int = 8) -> None:
@@ -215,7 +238,7 @@ def remove_deleted_shards(instance: DagsterInstance, crawl: CrawlResource, lake:
 
 
 def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
-    """Mark failed the runs this host's killed `materialize` processes left STARTED.
+    """Mark failed the runs this host's killed in-process `materialize` left STARTED.
 
     Only runs tagged with a pid of this host that is no longer running are touched: a run
     of a live process beside this one (parallel runs) keeps going.
@@ -234,32 +257,18 @@ def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
     return orphaned
 
 
-def _with_checked_parents(defs: Definitions, keys: set[AssetKey], within: set[AssetKey]) -> set[AssetKey]:
-    """`keys` plus their ancestors in `within` that carry asset checks: an index is never
-    redone without its subset, so the subset's blocking checks gate it in the same run."""
+def _relatives(defs: Definitions, keys: set[AssetKey], within: set[AssetKey], down: bool,
+               only_checked: bool = False) -> set[AssetKey]:
+    """`keys` plus their descendants (`down`) or ancestors in `within`; `only_checked`: only
+    ancestors that carry asset checks."""
     graph = defs.resolve_asset_graph()
     result, frontier = set(keys), list(keys)
     while frontier:
-        for parent in graph.get(frontier.pop()).parent_keys:
-            if parent in within and parent not in result and graph.get(parent).check_keys:
-                result.add(parent)
-                frontier.append(parent)
-    return result
-
-
-def _exists(path: str) -> bool:
-    fs, stripped = fsspec.core.url_to_fs(path)
-    return fs.exists(stripped)
-
-
-def _downstream_closure(defs: Definitions, keys: set[AssetKey], within: set[AssetKey]) -> set[AssetKey]:
-    graph = defs.resolve_asset_graph()
-    result, frontier = set(keys), list(keys)
-    while frontier:
-        for child in graph.get(frontier.pop()).child_keys:
-            if child in within and child not in result:
-                result.add(child)
-                frontier.append(child)
+        node = graph.get(frontier.pop())
+        for other in node.child_keys if down else node.parent_keys:
+            if other in within and other not in result and (not only_checked or graph.get(other).check_keys):
+                result.add(other)
+                frontier.append(other)
     return result
 
 
@@ -284,10 +293,17 @@ def _shards(batch: list[str]) -> str:
     return f"shard {batch[0]}" if len(batch) == 1 else f"shards {batch[0]}..{batch[-1]} ({len(batch)})"
 
 
-def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards: list[str] | None = None,
-                 cross_shard: bool = True) -> RunReport:
-    """Register the crawl's complete shards, then materialize everything out of date.
+def _exists(path: str) -> bool:
+    fs, stripped = fsspec.core.url_to_fs(path)
+    return fs.exists(stripped)
 
+
+def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterServer, in_process: bool = False,
+                 log: Callable[[str], None] = print, shards: list[str] | None = None,
+                 cross_shard: bool = True) -> RunReport:
+    """Register the crawl's complete shards, then materialize what Dagster reports out of date.
+
+    `defs` must be the definitions `server`'s code location builds (the same settings).
     `shards` limits the per-shard work to those shards (parallel processes take disjoint
     slices); `cross_shard=False` leaves the cross-shard assets to a later call.
     """
@@ -303,7 +319,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     if unknown:
         raise ValueError(f"not complete shards of {crawl.root}: {unknown[:10]}")
     shards = [s for s in complete if shards is None or s in shards]
-    report = RunReport(shards=shards, orphaned_runs=fail_orphaned_runs(instance))
+    report = RunReport(shards=shards, orphaned_runs=fail_orphaned_runs(instance) if in_process else [])
     for run_id in report.orphaned_runs:
         log(f"run {run_id} of a killed process marked failed")
     register_shards(instance, shards)
@@ -312,11 +328,13 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
         for shard in report.removed_shards:
             log(f"shard {shard} is no longer in the crawl: its partition is removed and its lake files moved "
                 "to retired/ (clipsieve gc deletes them)")
-    host, pid = this_process()
-    tags = {HOST_TAG: host, PID_TAG: str(pid)}
+    runs = InProcessRuns(defs, instance) if in_process else InstanceRuns(server, instance, log)
     # Dagster's view of the crawl: each registered shard's files observed (crawl_shard's data
-    # versions), so the UI's staleness and the automation conditions see what changed.
-    defs.resolve_job_def(OBSERVE_CRAWL_JOB).execute_in_process(instance=instance, tags=tags, run_config=QUIET)
+    # versions), so its staleness, the UI's and the automation conditions' see what changed.
+    run_id, observed = runs.run(OBSERVE_CRAWL_JOB, None, {})
+    if not observed.success:
+        report.failures.append(f"run {run_id} observing the crawl failed:\n{_failures(observed)}")
+        raise PipelineFailed(report)
 
     graph = defs.resolve_asset_graph()
     nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
@@ -324,76 +342,68 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
     # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
     skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
     cross_shard_keys = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
-    code_versions = {n.key: n.code_version for n in nodes}
-    assets = list(defs.assets or [])
+    batch_size = min(n.backfill_policy.max_partitions_per_run or len(shards) for n in nodes
+                     if n.key in per_shard and n.backfill_policy is not None)
 
     def stale_work(of_shards: list[str]) -> dict[str, set[AssetKey]]:
         """shard -> the per-shard assets to redo there (shards with nothing to redo left out)."""
-        latest = {key: latest_materializations(instance, key, of_shards) for key in per_shard}
         work = {}
-        for shard in of_shards:
-            fingerprint = crawl.fingerprint(shard)
-            stale = {k for k in per_shard if not is_current(latest[k].get(shard), code_versions[k], lake.url,
-                                                             fingerprint if k == SAMPLES else None)}
-            if stale:
-                work[shard] = _downstream_closure(defs, stale, per_shard)
+        for start in range(0, len(of_shards), STALE_CHUNK):
+            chunk = of_shards[start:start + STALE_CHUNK]
+            statuses = server.stale_by_partition([k.path for k in per_shard], chunk)
+            for shard in chunk:
+                out_of_date = {k for k in per_shard if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
+                if out_of_date:
+                    work[shard] = _relatives(defs, out_of_date, per_shard, down=True)
         return work
 
-    def run(batch: list[str], todo: set[AssetKey]):
-        if len(batch) == 1:
-            partition = {"partition_key": batch[0], "tags": {SHARDS_TAG: batch[0], **tags}}
-        else:
-            partition = {"tags": {PARTITION_RANGE_START_TAG: batch[0], PARTITION_RANGE_END_TAG: batch[-1],
-                                  SHARDS_TAG: ",".join(batch), **tags}}
-        return materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
-                           raise_on_error=False, **partition)
-
-    def failed(result, batch: list[str]) -> None:  # the other shards go on; failures are raised at the end
-        report.failures.append(f"run {result.run_id} for {_shards(batch)} failed:\n"
-                               + _failures(run_outcome(result)))
+    def failed(run_id: str, outcome: RunOutcome, batch: list[str]) -> None:  # the others go on; raised at the end
+        report.failures.append(f"run {run_id} for {_shards(batch)} failed:\n" + _failures(outcome))
         log(report.failures[-1])
 
     work = stale_work(shards)
     order = instance.get_dynamic_partitions(shard_partitions.name)
-    for batch, todo in shard_batches(order, work, SHARDS_PER_RUN):
+    for batch, todo in shard_batches(order, work, batch_size):
         log(f"{_shards(batch)}: materializing {len(todo)} asset(s)")
-        result = run(batch, todo)
-        if result.success:
+        run_id, outcome = runs.run(PER_SHARD_JOB, todo, partition_tags(batch))
+        if outcome.success:
             report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
             continue
         retry = stale_work(batch) if len(batch) > 1 else {}
         if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
-            failed(result, batch)
+            failed(run_id, outcome, batch)
             continue
-        log(f"run {result.run_id} for {_shards(batch)} failed; redoing them one by one to find the bad ones")
+        log(f"run {run_id} for {_shards(batch)} failed; redoing them one by one to find the bad ones")
         for shard, again in retry.items():
-            alone = run([shard], again)
+            run_id, alone = runs.run(PER_SHARD_JOB, again, partition_tags([shard]))
             if alone.success:
                 report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
             else:
-                failed(alone, [shard])
+                failed(run_id, alone, [shard])
 
-    # Any per-shard materialization newer than a cross-shard asset's, whichever process made
-    # it (a parallel run, a run killed before this stage), makes that asset stale.
+    if not cross_shard:
+        report.seconds = time.time() - started
+        if report.failures:
+            raise PipelineFailed(report)
+        return report
+    statuses = server.stale([k.path for k in cross_shard_keys])
+    out_of_date = {k for k in cross_shard_keys if statuses[k.to_user_string()] in OUT_OF_DATE}
+    # Per-shard work of another process (a parallel slice, a killed run) counts too.
     newest_per_shard = _latest_storage_id(instance, per_shard)
-    stale = {k for k in cross_shard_keys
-             if not is_current(_latest_materialization(instance, k), code_versions[k], lake.url,
-                               newer_than=newest_per_shard)}
-    if cross_shard and (report.per_shard_runs or report.removed_shards or stale):
-        todo = cross_shard_keys if report.per_shard_runs or report.removed_shards else \
-            _downstream_closure(defs, _with_checked_parents(defs, stale, cross_shard_keys), cross_shard_keys)
+    out_of_date |= {k for k in cross_shard_keys if _latest_storage_id(instance, {k}) < newest_per_shard}
+    if report.per_shard_runs or report.removed_shards:
+        todo = cross_shard_keys
+    else:  # an index is never redone without its subset: the subset's blocking checks gate it in the same run
+        todo = _relatives(defs, _relatives(defs, out_of_date, cross_shard_keys, down=False, only_checked=True),
+                          cross_shard_keys, down=True) if out_of_date else set()
+    if todo:
         log(f"cross-shard: materializing {len(todo)} asset(s)")
-        result = materialize(assets, instance=instance, selection=list(todo), resources=resources, run_config=QUIET,
-                             tags=tags, raise_on_error=False)
-        outcome = run_outcome(result)
-        done = {event.asset_key for event in result.get_asset_materialization_events()}
-        if EVALUATION in todo and EVALUATION not in done and outcome.blocked and not outcome.crashed:
+        run_id, outcome = runs.run(CROSS_SHARD_JOB, todo, {})
+        if EVALUATION in todo and EVALUATION not in outcome.materialized and outcome.blocked and not outcome.crashed:
             # A blocked subset stops everything below it in the run, evaluation included;
             # evaluation measures what exists, so it runs on its own.
             log("evaluation did not run below a blocked subset: materializing it on its own")
-            outcome.crashed += run_outcome(materialize(assets, instance=instance, selection=[EVALUATION],
-                                                      resources=resources, run_config=QUIET, tags=tags,
-                                                      raise_on_error=False)).crashed
+            outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
         report.blocked += outcome.blocked
         report.warnings += outcome.warnings
         _, left_out = pool_shards(lake, resources["clip"].model_id,
@@ -401,7 +411,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, log=print, shards
         report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
                             for shard, lacks in left_out.items()]
         if outcome.crashed:
-            report.failures.append(f"cross-shard run {result.run_id} failed:\n" + _failures(outcome))
+            report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
         report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
     report.seconds = time.time() - started
     if report.failures:

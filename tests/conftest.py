@@ -3,11 +3,19 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance, Definitions
 
 from assets.sample_crawl import write_sample_crawl
+from orchestration.dagster_server import DagsterServer
+from orchestration.definitions import build_definitions, location_env
+from orchestration.instance import write_default_config
+from orchestration.runner import RunReport, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPSIEVE = [sys.executable, "-m", "orchestration.cli"]
@@ -21,6 +29,32 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"clipsieve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@dataclass
+class Pipeline:
+    """What `clipsieve materialize --in-process` sets up: an instance, a Dagster webserver
+    over it (Dagster's staleness) and the same definitions in this process."""
+
+    instance: DagsterInstance
+    defs: Definitions
+    server: DagsterServer
+
+    def run(self, **options) -> RunReport:
+        return run_pipeline(self.defs, self.instance, self.server, in_process=True, log=lambda _: None, **options)
+
+
+@contextmanager
+def pipeline(home: Path, **settings) -> Iterator[Pipeline]:
+    """A Pipeline over the instance folder `home` for `build_definitions(**settings)`."""
+    home.mkdir(parents=True, exist_ok=True)
+    write_default_config(str(home))
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        with DagsterServer(str(home), location_env(**settings), log=lambda _: None) as server:
+            yield Pipeline(instance, build_definitions(**settings), server)
+    finally:
+        instance.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,13 @@ from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
 from assets.images import MAX_IMAGE_PIXELS, check_image
 from assets.samples import read_shard
-from orchestration.definitions import build_definitions, defs, per_shard_keys
-from orchestration.runner import run_pipeline
+from orchestration.definitions import defs, per_shard_keys
 from resources.catalog import open_catalog, read_sql
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, score_path
 from tests import hostile_crawl
+from tests.conftest import pipeline
 from tests.hostile_crawl import CASES, HUGE_CAPTION_CHARS, base_shards, jpeg_claiming, png_claiming
 
 SAMPLES_PER_SHARD, SEED = 40, 7
@@ -53,17 +53,16 @@ def hostile(tmp_path_factory) -> dict:
         base_of[name] = base.name
     hostile_crawl.write_unusable(bases[0], crawl, FAILING_SHARD, hostile_crawl.unusable_parquets(bases[0])["no_key"])
 
-    instance = DagsterInstance.ephemeral()
     # A crawl this small holds a duplicate share the default checks would (rightly) block;
     # the checks are declared when the definitions are built.
     (root / "checks.toml").write_text("[default]\n")
     # One policy is enough to run subsets, indices and audits over these shards.
     (root / "policies").mkdir()
     shutil.copy(subsets.POLICY_DIR / "safe.sql", root / "policies")
-    definitions = build_definitions(root / "policies", checks=root / "checks.toml", crawl=str(crawl),
-                                    lake=str(root / "lake"))
-    with pytest.raises(RuntimeError) as failure:
-        run_pipeline(definitions, instance, log=lambda _: None)
+    with (pipeline(root / "home", policy_dir=root / "policies", checks=root / "checks.toml", crawl=crawl,
+                   lake=root / "lake") as run, pytest.raises(RuntimeError) as failure):
+        run.run()
+    instance = DagsterInstance.from_config(str(root / "home"))
     yield {
         "root": root, "crawl": crawl, "shards": shards, "truth": truth, "instance": instance,
         "lake": LakeResource(root=str(root / "lake")), "failure": str(failure.value),

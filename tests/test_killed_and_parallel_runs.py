@@ -2,7 +2,8 @@
 re-materialization, and four shard runs at once over one lake and one SQLite instance.
 
 Every run here is a real `clipsieve materialize` process over a small sample
-crawl; the outputs are compared file by file against one uninterrupted run.
+crawl; the outputs are compared file by file against one uninterrupted run, whose runs
+were launched through the instance (the killed and parallel ones run in process).
 """
 
 import io
@@ -50,8 +51,8 @@ def setup(tmp_path_factory) -> dict:
         "CLIPSIEVE_CHECKS": str(root / "checks.toml"), "CLIPSIEVE_POLICY_DIR": str(root / "policies")}}
 
 
-def _materialize(setup: dict, lake: Path, home: Path) -> subprocess.CompletedProcess:
-    return run_cli("materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake),
+def _materialize(setup: dict, lake: Path, home: Path, *options: str) -> subprocess.CompletedProcess:
+    return run_cli("materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake), *options,
                    env={**setup["env"], "DAGSTER_HOME": str(home)})
 
 
@@ -164,7 +165,8 @@ def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, 
     shard, k, delay = f"{rng.randrange(SHARDS):05d}", 1 + rng.randrange(STAGE_STEPS[stage]), rng.uniform(0, 0.02)
     lake, home = tmp_path / "lake", tmp_path / "home"
     env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
-    command = [*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake)]
+    # In process: the killed command is the run's worker (a launched run would outlive it).
+    command = [*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake), "--in-process"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -184,7 +186,7 @@ def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, 
     assert "STARTED" in run_statuses(home)  # what a SIGKILL leaves in the instance
     assert_complete(lake)
 
-    rerun = _materialize(setup, lake, home)  # the same command again
+    rerun = _materialize(setup, lake, home, "--in-process")  # the same command again
     assert "of a killed process marked failed" in rerun.stdout
     assert "STARTED" not in run_statuses(home)
     assert re.search(r"^shards? \S+.*: materializing", rerun.stdout, re.M), rerun.stdout  # the per-shard work again
@@ -198,7 +200,7 @@ def test_four_shard_runs_at_once_share_a_lake_and_an_instance(setup, reference, 
     env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
     # Each process runs one shard's per-shard assets; the cross-shard ones follow in one later run.
     processes = [subprocess.Popen([*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake),
-                                   "--shards", f"{shard:05d}", "--no-cross-shard"],
+                                   "--shards", f"{shard:05d}", "--no-cross-shard", "--in-process"],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for shard in range(SHARDS)]
     outputs = [p.communicate(timeout=300) for p in processes]

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
 from assets.embeddings import committed_version, load_embeddings
 from assets.indices import read_index, search
@@ -37,6 +37,22 @@ def test_every_asset_materialized_per_partition_in_the_instance(materialized):
             assert instance.get_latest_materialization_event(AssetKey([group, policy])) is not None
     for key in ("near_duplicates", "evaluation"):
         assert instance.get_latest_materialization_event(AssetKey(key)) is not None
+
+
+def test_the_command_launches_the_jobs_through_the_instance_with_their_partitions(materialized):
+    """As a UI backfill's runs: the per_shard job over a partition range, then cross_shard,
+    each launched through the instance's run launcher (its own process, not the command's)."""
+    from orchestration.runner import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG, PID_TAG
+
+    instance = DagsterInstance.from_config(str(materialized["home"]))
+    runs = sorted(instance.get_runs(), key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp)
+    runs = runs[:3]  # the fixture's command (later tests run it again)
+    assert [run.job_name for run in runs] == ["observe_crawl", "per_shard", "cross_shard"]
+    assert all(run.status == DagsterRunStatus.SUCCESS and PID_TAG not in run.tags for run in runs)
+    per_shard = runs[1]
+    assert (per_shard.tags[PARTITION_RANGE_START_TAG], per_shard.tags[PARTITION_RANGE_END_TAG]) == \
+        (SHARD_NAMES[0], SHARD_NAMES[-1])
+    assert set(per_shard.asset_selection) == {AssetKey.from_user_string(name) for name in PER_SHARD}
 
 
 def test_embeddings_record_where_their_time_went(materialized):

@@ -12,7 +12,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from assets.sample_crawl import write_sample_crawl
-from orchestration.definitions import build_definitions
+from orchestration.dagster_server import DagsterServer
+from orchestration.definitions import build_definitions, location_env
 from orchestration.runner import run_pipeline
 from tests.postgres_server import postgres_bin_dir, postgres_server
 
@@ -27,21 +28,23 @@ def test_pipeline_on_postgres_instance(tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(DEPLOY_CONFIG, home / "dagster.yaml")
-    definitions = build_definitions(crawl=str(crawl), lake=str(tmp_path / "lake"), checks=tmp_path / "checks.toml")
 
     with postgres_server() as pg:
         for name, value in {"HOST": pg["host"], "PORT": str(pg["port"]), "USER": pg["user"],
                             "PASSWORD": "", "DB": pg["db"]}.items():
             monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
-        with DagsterInstance.from_config(str(home)) as instance:
+        settings = {"crawl": crawl, "lake": tmp_path / "lake", "checks": tmp_path / "checks.toml"}
+        with (DagsterInstance.from_config(str(home)) as instance,
+              DagsterServer(str(home), location_env(**settings), log=lambda _: None) as server):
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            first = run_pipeline(definitions, instance, log=lambda _: None)
+            definitions = build_definitions(**settings)
+            first = run_pipeline(definitions, instance, server, in_process=True, log=lambda _: None)
             assert set(first.per_shard_runs) == {"00000", "00001"}
             runs = instance.get_runs()
             assert runs and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
             assert set(instance.get_materialized_partitions(AssetKey("embeddings"))) == {"00000", "00001"}
             # The skip decision reads materializations back from Postgres.
-            again = run_pipeline(definitions, instance, log=lambda _: None)
+            again = run_pipeline(definitions, instance, server, in_process=True, log=lambda _: None)
             assert again.per_shard_runs == {} and again.cross_shard_assets == []
             runs = instance.get_runs()  # the second one observed the crawl again
 

@@ -32,7 +32,7 @@ def test_vit_b_32_with_no_head_settings_materializes_every_asset(tmp_path, vit_b
     crawl, lake, home = tmp_path / "crawl", tmp_path / "lake", tmp_path / "home"
     write_sample_crawl(crawl, 2, 40, seed=5, image_size=256)  # img2dataset's default image size
     model = ["--model", "ViT-B-32", "--pretrained", vit_b_32_checkpoint]
-    result = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), *model,
+    result = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), "--in-process", *model,
                      env={"DAGSTER_HOME": str(home)}, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -69,7 +69,7 @@ def duplicated(tmp_path_factory) -> dict:
     """The demo model over a crawl in which 30% of the rows are near duplicates, as in LAION-2B."""
     root = tmp_path_factory.mktemp("duplicated")
     write_sample_crawl(root / "crawl", 3, 120, seed=3, near_duplicate_share=0.3)
-    result = run_cli("materialize", "--crawl", str(root / "crawl"), "--lake", str(root / "lake"),
+    result = run_cli("materialize", "--crawl", str(root / "crawl"), "--lake", str(root / "lake"), "--in-process",
                      env={"DAGSTER_HOME": str(root / "home")}, check=False)
     return {"root": root, "lake": root / "lake", "home": root / "home", "result": result}
 
@@ -165,13 +165,13 @@ def test_a_shard_deleted_from_the_crawl_leaves_the_pool_and_gc_deletes_its_files
     bounds = tmp_path / "checks.toml"
     bounds.write_text("[default]\n")  # a 120-row crawl's rates would trip the default bounds
     env = {"DAGSTER_HOME": str(home), "CLIPSIEVE_CHECKS": str(bounds)}
-    run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), "--in-process", env=env)
     members_before = pq.read_table(lake / "subsets" / "laion400m" / "members.parquet")
     assert "00002" in set(members_before.column("shard").to_pylist())
     for suffix in (".tar", ".parquet", "_stats.json"):
         (crawl / f"00002{suffix}").unlink()
 
-    again = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    again = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), "--in-process", env=env)
     assert "shards no longer in the crawl, now out of the pool: 00002" in again.stdout
     assert "cross-shard: materializing" in again.stdout
     with DagsterInstance.from_config(str(home)) as instance:
@@ -187,5 +187,5 @@ def test_a_shard_deleted_from_the_crawl_leaves_the_pool_and_gc_deletes_its_files
     assert (lake / "retired" / "shards" / "00002" / "samples.parquet").exists()
     collected = json.loads(run_cli("gc", "--lake", str(lake)).stdout)
     assert collected["deleted"] == ["retired/shards/00002"] and not (lake / "retired").exists()
-    quiet = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env)
+    quiet = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), "--in-process", env=env)
     assert "no longer in the crawl" not in quiet.stdout

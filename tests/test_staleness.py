@@ -1,48 +1,23 @@
 """A model change or a policy change makes exactly the dependent assets stale, as the
-Dagster UI shows it: the UI's own GraphQL query (`staleStatus` of each asset node), run by
-Dagster's `dagster-graphql` tool against the instance and a code location built with the
-test's settings."""
+Dagster UI shows it: the UI's own GraphQL query (`staleStatus` of each asset node), asked of
+a Dagster webserver over the instance and a code location built with the test's settings."""
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
 from safetensors.torch import load_file, save_file
 
 from assets.sample_crawl import write_sample_crawl
-from orchestration.definitions import build_definitions
-from orchestration.runner import run_pipeline
+from orchestration.dagster_server import DagsterServer
+from orchestration.definitions import build_definitions, location_env
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_DIR, DEMO_MODEL
+from tests.conftest import pipeline
 
 SHARD = "00000"
 PER_SHARD_MODEL = ["embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic"]
 PER_SHARD_TEXT = ["samples", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
                   "scores/concepts"]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"]
-REPO = Path(__file__).resolve().parents[1]
-# What the UI asks for each asset node (its stale badge).
-STALE_QUERY = """
-query Stale($perShard: [AssetKeyInput!], $crossShard: [AssetKeyInput!], $partitions: [String!]) {
-  perShard: assetNodes(assetKeys: $perShard) { assetKey { path } staleStatusByPartition(partitions: $partitions) }
-  crossShard: assetNodes(assetKeys: $crossShard) { assetKey { path } staleStatus }
-}"""
-# A code location: the definitions built with the settings in the CLIPSIEVE_TEST_DEFS variable.
-LOCATION = """\
-import json
-import os
-from pathlib import Path
-
-from orchestration.definitions import build_definitions
-
-settings = json.loads(os.environ["CLIPSIEVE_TEST_DEFS"])
-policies = settings.pop("policy_dir", None)
-defs = build_definitions(Path(policies) if policies else None, **settings)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +27,21 @@ def world(tmp_path_factory):
     (root / "checks.toml").write_text("[default]\n")  # a 60-row crawl would trip the duplicate bounds
     write_sample_crawl(root / "crawl", shards=1, samples_per_shard=60, seed=11)
     (root / "crawl" / "ground_truth.parquet").unlink()
-    paths = {"crawl": str(root / "crawl"), "lake": str(root / "lake"), "checks": str(root / "checks.toml")}
-    home = root / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (root / "location.py").write_text(LOCATION)
-    instance = DagsterInstance.from_config(str(home))
-    run_pipeline(build_definitions(**paths), instance, log=lambda _: None)
-    yield {"root": root, "paths": paths, "instance": instance, "home": home}
-    instance.dispose()
+    paths = {"crawl": root / "crawl", "lake": root / "lake", "checks": root / "checks.toml"}
+    with pipeline(root / "dagster_home", **paths) as run:
+        run.run()
+    yield {"root": root, "paths": paths, "home": root / "dagster_home"}
 
 
 def _statuses(world: dict, **settings) -> dict[str, str]:
     """Asset key -> the UI's stale status (of the shard's partition for per-shard assets)."""
-    env = {**os.environ, "DAGSTER_HOME": str(world["home"]),
-           "CLIPSIEVE_TEST_DEFS": json.dumps({**world["paths"], **{k: str(v) for k, v in settings.items()}})}
-    specs = [spec for spec in build_definitions(**world["paths"]).resolve_all_asset_specs()
+    settings = {**world["paths"], **settings}
+    specs = [spec for spec in build_definitions(**settings).resolve_all_asset_specs()
              if spec.group_name not in ("evaluation", "crawl")]
-    variables = {"partitions": [SHARD],
-                 "perShard": [{"path": spec.key.path} for spec in specs if spec.partitions_def is not None],
-                 "crossShard": [{"path": spec.key.path} for spec in specs if spec.partitions_def is None]}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster-graphql"), "-f", str(world["root"] / "location.py"), "-a", "defs",
-         "-t", STALE_QUERY, "-v", json.dumps(variables), "-o", str(world["root"] / "stale.json")],
-        cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads((world["root"] / "stale.json").read_text())["data"]
-    statuses = {"/".join(node["assetKey"]["path"]): node["staleStatusByPartition"][0] for node in data["perShard"]}
-    statuses.update({"/".join(node["assetKey"]["path"]): node["staleStatus"] for node in data["crossShard"]})
+    with DagsterServer(str(world["home"]), location_env(**settings), log=lambda _: None) as server:
+        statuses = {key: status for (key, _), status in server.stale_by_partition(
+            [spec.key.path for spec in specs if spec.partitions_def is not None], [SHARD]).items()}
+        statuses.update(server.stale([spec.key.path for spec in specs if spec.partitions_def is None]))
     assert len(statuses) == len(specs)
     return statuses
 
@@ -89,33 +51,48 @@ def test_nothing_is_stale_after_a_full_run(world):
     assert set(statuses.values()) == {"FRESH"}, statuses
 
 
-def test_a_new_model_makes_embeddings_and_everything_below_stale(world):
+def _other_model(world: dict) -> dict:
+    """Settings for the demo model's weights saved again with other metadata: other bytes,
+    so another model id."""
     other = world["root"] / "other_model"
-    other.mkdir()
-    shutil.copy(DEMO_DIR / f"{DEMO_MODEL}.json", other)
-    # The same weights saved again with other metadata: other bytes, so another model id.
-    save_file(load_file(DEMO_CHECKPOINT), str(other / f"{DEMO_MODEL}.safetensors"), metadata={"variant": "b"})
-    statuses = _statuses(world, model_name=DEMO_MODEL, pretrained=other / f"{DEMO_MODEL}.safetensors")
+    if not other.exists():
+        other.mkdir()
+        shutil.copy(DEMO_DIR / f"{DEMO_MODEL}.json", other)
+        save_file(load_file(DEMO_CHECKPOINT), str(other / f"{DEMO_MODEL}.safetensors"), metadata={"variant": "b"})
+    return {"model_name": DEMO_MODEL, "pretrained": other / f"{DEMO_MODEL}.safetensors"}
+
+
+MODEL_CROSS_SHARD = {"near_duplicates"} | {f"{g}/{p}" for g in ("subsets", "indices", "audits") for p in POLICIES}
+
+
+def test_a_new_model_makes_embeddings_and_everything_below_stale(world):
+    statuses = _statuses(world, **_other_model(world))
     stale = {k for k, v in statuses.items() if v == "STALE"}
-    expected = set(PER_SHARD_MODEL) | {"near_duplicates"} | {f"{g}/{p}" for g in ("subsets", "indices", "audits")
-                                                            for p in POLICIES}
-    assert stale == expected
+    assert stale == set(PER_SHARD_MODEL) | MODEL_CROSS_SHARD
     assert all(statuses[k] == "FRESH" for k in PER_SHARD_TEXT)
 
 
-def test_a_changed_policy_makes_only_its_subset_index_and_audit_stale(world):
+def test_a_changed_policy_makes_only_its_subset_index_and_audit_stale_and_materialize_redoes_them(world):
     policies = world["root"] / "policies"
     shutil.copytree(DEMO_DIR.parents[1] / "sql" / "policies", policies)
     sql = (policies / "laion400m.sql").read_text()
     (policies / "laion400m.sql").write_text(sql.replace("max_punsafe = 0.5", "max_punsafe = 0.4"))
     statuses = _statuses(world, policy_dir=policies)
+    # Dagster marks only the direct dependants of a change stale; materialize redoes what is below them too.
     assert {k for k, v in statuses.items() if v == "STALE"} == {"subsets/laion400m"}
-    definitions = build_definitions(policy_dir=policies, **world["paths"])
-    # Once the subset is redone, its index and audit follow; no other policy's assets do.
-    materialize(list(definitions.assets), instance=world["instance"], resources=definitions.resources,
-                selection=[AssetKey(["subsets", "laion400m"])])
-    statuses = _statuses(world, policy_dir=policies)
-    assert {k for k, v in statuses.items() if v == "STALE"} == {"indices/laion400m", "audits/laion400m"}
+    with pipeline(world["home"], policy_dir=policies, **world["paths"]) as run:
+        report = run.run()
+    assert report.per_shard_runs == {}
+    assert set(report.cross_shard_assets) == {"subsets/laion400m", "indices/laion400m", "audits/laion400m"}
+    assert set(_statuses(world, policy_dir=policies).values()) == {"FRESH"}
+
+
+def test_materialize_after_a_model_change_redoes_exactly_what_the_model_feeds(world):
+    with pipeline(world["home"], **world["paths"], **_other_model(world)) as run:
+        report = run.run()
+    assert report.per_shard_runs == {SHARD: sorted(PER_SHARD_MODEL)}
+    assert set(report.cross_shard_assets) == MODEL_CROSS_SHARD
+    assert set(_statuses(world, **_other_model(world)).values()) == {"FRESH"}
 
 
 def test_a_large_files_digest_is_kept_across_processes_until_the_file_changes(tmp_path, monkeypatch):
