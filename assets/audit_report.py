@@ -11,8 +11,8 @@ def _img(svg: str) -> str:
 
 
 def _quantile_plot(metrics: dict[str, Any], name: str, title: str) -> str:
-    series = {stage: metrics["distributions"][stage][name] for stage in ("before", "after")
-              if metrics["distributions"][stage].get(name)}
+    series = {side: metrics["distributions"][side][name] for side in ("before", "after")
+              if metrics["distributions"][side].get(name)}
     return charts.lines(title, metrics["distributions"]["quantiles"], series, "quantile")
 
 

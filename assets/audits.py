@@ -1,4 +1,4 @@
-"""audits/<policy>: what a policy kept and removed, before (the scored pool) vs after.
+"""<policy>_audit: what a policy kept and removed, before (the scored pool) vs after.
 
 metrics.json holds (queries in sql/audits/, formulas in assets/audit_metrics.py):
     crawl            rows, usable images, failed downloads, corrupt and missing images
@@ -7,7 +7,7 @@ metrics.json holds (queries in sql/audits/, formulas in assets/audit_metrics.py)
                      duplicate rates, English share, mean similarity
     distributions    language shares; caption length and similarity quantiles; MetaCLIP
                      concept coverage (entries never matched, top-10 entries' share, entropy)
-    representation   caption groups (scores.caption_group, from scores/concepts): count
+    representation   caption groups (scores.caption_group, from scores/caption_terms): count
                      and share before vs after, removal rate and its ratio to the overall rate
     retrieval_bias   MaxSkew@k and NDKL of caption groups in the index's top k for neutral
                      prompts (resources/terms/neutral_prompts.txt), target = the subset's shares
@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from assets import audit_metrics as formulas
 from assets import checks
 from assets.audit_report import render_report
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, read_index, search
-from assets.scores.concepts import METADATA_PATH, entries
+from assets.policy_keys import audit_key, index_key, subset_key
+from assets.scores.caption_terms import METADATA_PATH, entries
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
 from resources.curation_files import TERMS_DIR, CurationFiles
@@ -42,8 +43,8 @@ RETRIEVAL_K = 50
 WEAT_SAMPLE = 500  # members per group in the cross-modal test
 
 
-def _stage_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
-    return {row.pop("stage"): row for row in table.to_pylist()}
+def _side_rows(table: pa.Table) -> dict[str, dict[str, Any]]:
+    return {row.pop("side"): row for row in table.to_pylist()}
 
 
 def concept_coverage(rows: list[dict], total_entries: int) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def concept_coverage(rows: list[dict], total_entries: int) -> dict[str, Any]:
 def representation(counts: pa.Table, before_total: int, after_total: int) -> dict[str, Any]:
     before, after = {}, {}
     for row in counts.to_pylist():
-        (before if row["stage"] == "before" else after)[row["group_name"]] = row["samples"]
+        (before if row["side"] == "before" else after)[row["group_name"]] = row["samples"]
     ratios = formulas.removal_ratios(before, after, before_total, after_total)
     groups = {}
     for group in sorted(before):
@@ -131,45 +132,45 @@ def association(clip: LoadedClip, spec: dict, member_images: dict[str, np.ndarra
     return result
 
 
-def _create_stage_views(catalog: Catalog, policy: str) -> None:
-    """The temp views every audit query reads: audit_stages (the pool and the policy's
+def _create_side_views(catalog: Catalog, policy: str) -> None:
+    """The temp views every audit query reads: audit_sides (the pool and the policy's
     members) and audit_sample_groups (their caption groups)."""
     catalog.connection.execute("SET VARIABLE policy = ?", [policy])
-    catalog.connection.execute(read_sql("audits/stages.sql"))
+    catalog.connection.execute(read_sql("audits/sides.sql"))
     catalog.connection.execute(read_sql("audits/sample_groups.sql"))
 
 
 def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
-    rates = _stage_rows(catalog.query(read_sql("audits/rates.sql")))
+    rates = _side_rows(catalog.query(read_sql("audits/rates.sql")))
     empty = {"samples": 0, "toxic": 0}
     before, after = rates.get("before", empty), rates.get("after", empty)
-    for stage in (before, after):
-        stage["toxic_rate_ci95"] = list(formulas.wilson_interval(stage.get("toxic", 0), stage["samples"]))
+    for side in (before, after):
+        side["toxic_rate_ci95"] = list(formulas.wilson_interval(side.get("toxic", 0), side["samples"]))
     return {"before": before, "after": after,
             "representation": representation(catalog.query(read_sql("audits/group_counts.sql")),
                                              before["samples"], after["samples"])}
 
 
-def stage_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
+def before_after_figures(catalog: Catalog, policy: str) -> dict[str, Any]:
     """Rates before and after one policy, and the representation of caption groups: what the
     subset's blocking checks need, without the rest of the audit."""
-    _create_stage_views(catalog, policy)
+    _create_side_views(catalog, policy)
     return _rates_and_representation(catalog)
 
 
 def _table_metrics(catalog: Catalog, policy: str, entries_path: str) -> dict[str, Any]:
-    """The figures the SQL in sql/audits/ gives, read through the stage views."""
+    """The figures the SQL in sql/audits/ gives, read through the side views."""
     crawl = catalog.query(read_sql("audits/crawl.sql")).to_pylist()[0]
     figures = _rates_and_representation(catalog)
     before, after = figures["before"], figures["after"]
     languages: dict[str, dict[str, float]] = {"before": {}, "after": {}}
     for row in catalog.query(read_sql("audits/languages.sql")).to_pylist():
-        languages[row["stage"]][row["language"]] = row["share"]
-    quantiles = _stage_rows(catalog.query(read_sql("audits/quantiles.sql")))
+        languages[row["side"]][row["language"]] = row["share"]
+    quantiles = _side_rows(catalog.query(read_sql("audits/quantiles.sql")))
     concept_rows = catalog.query(read_sql("audits/concepts.sql")).to_pylist()
     total_entries = len(entries(entries_path))
-    concepts = {stage: concept_coverage([r for r in concept_rows if r["stage"] == stage], total_entries)
-                for stage in ("before", "after")}
+    concepts = {side: concept_coverage([r for r in concept_rows if r["side"] == side], total_entries)
+                for side in ("before", "after")}
     return {
         "policy": policy,
         "crawl": crawl,
@@ -191,7 +192,7 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
     """Every audit figure of one policy's subset against the scored pool. With the lake,
     model and clip given, also the retrieval-bias audit over its index (with the neutral
     prompts in `prompts_path`) and the association test (word sets in `association_path`)."""
-    _create_stage_views(catalog, policy)
+    _create_side_views(catalog, policy)
     metrics = _table_metrics(catalog, policy, entries_path)
     if lake is None or model_id is None or clip is None:
         return metrics
@@ -249,18 +250,17 @@ def markdown_table(metrics: dict[str, Any]) -> str:
 
 
 def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The audits/<policy> asset; `limits`: the policy's check bounds (assets/checks.py)."""
-    key = AssetKey(["audits", policy])
+    """The <policy>_audit asset; `limits`: the policy's check bounds (assets/checks.py)."""
+    key = audit_key(policy)
 
     @asset(
-        name=policy,
-        key_prefix="audits",
+        key=key,
         check_specs=checks.specs(key, checks.AUDIT_CHECKS, limits, blocking=False),
-        deps=[AssetKey(["subsets", policy]), AssetKey(["indices", policy])],
+        deps=[subset_key(policy), index_key(policy)],
         group_name="audits",
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="duckdb",
-        description=f"Audit of subsets/{policy}: rates, distributions, representation, retrieval bias and "
+        description=f"Audit of {policy}_subset: rates, distributions, representation, retrieval bias and "
                     "association, before vs after the policy, with an HTML report.",
     )
     def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,

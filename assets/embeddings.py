@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, asset
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
-from assets.partitions import SHARD_BATCHES, shard_partitions
+from assets.partitions import shard_batches, shard_partitions
 from assets.pixels import pixel_batches
 from assets.scores.common import for_each_shard
 from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
@@ -239,7 +239,8 @@ def embedding_failures(lake: LakeResource, shard: str, model_id: str) -> pa.Tabl
     return lake.read_parquet(f"{embeddings_dir(shard, model_id)}/versions/{version}/failures.parquet")
 
 
-def build_embeddings_asset(model_id: str, precision: str = "fp32") -> AssetsDefinition:
+def build_embeddings_asset(model_id: str, precision: str = "fp32",
+                           batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
     """The embeddings asset for one model; the model id (and a precision setting other than
     fp32, which changes the numbers slightly) is part of its code version.
 
@@ -254,7 +255,7 @@ def build_embeddings_asset(model_id: str, precision: str = "fp32") -> AssetsDefi
         group_name="per_shard",
         code_version=f"{CODE_VERSION}+{model_id}" + ("" if precision == "fp32" else f"+{precision}"),
         compute_kind="open_clip",
-        backfill_policy=SHARD_BATCHES,
+        backfill_policy=batches,
     )
     def embeddings(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource,
                    clip: ClipModelResource) -> MaterializeResult:

@@ -23,6 +23,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, M
 from pydantic import Field
 
 from assets.embeddings import load_embeddings
+from assets.policy_keys import subset_key
 from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, CatalogResource, read_sql
@@ -236,7 +237,7 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
     """`heads_version`: a digest of the head files and prompts it compares."""
     @asset(
         name="evaluation",
-        deps=[AssetKey("near_duplicates")] + [AssetKey(["subsets", p.name]) for p in policies],
+        deps=[AssetKey("near_duplicates")] + [subset_key(p.name) for p in policies],
         group_name="evaluation",
         code_version=f"{CODE_VERSION}+{model_id}+{heads_version}",
         compute_kind="duckdb",

@@ -1,4 +1,4 @@
-"""indices/<policy>: a faiss kNN index over the image embeddings of a subset's members.
+"""<policy>_index: a faiss kNN index over the image embeddings of a subset's members.
 
     indices/<policy>/<model>/index_info.json          factory, search_params, count, dim,
                                                       memory_bytes, build_seconds, recall_at_10,
@@ -41,6 +41,7 @@ from pydantic import Field
 
 from assets import checks
 from assets.embeddings import encode_images, encode_texts, load_embeddings
+from assets.policy_keys import index_key, subset_key
 from resources.clip_model import LoadedClip
 from resources.lake import LakeResource, committed_subset, index_dir, members_path, prune_versions
 
@@ -308,19 +309,18 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
 
 
 def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The indices/<policy> asset; `limits`: the policy's check bounds (assets/checks.py)."""
-    key = AssetKey(["indices", policy])
+    """The <policy>_index asset; `limits`: the policy's check bounds (assets/checks.py)."""
+    key = index_key(policy)
     blocking = checks.is_blocking(limits)
 
     @asset(
-        name=policy,
-        key_prefix="indices",
+        key=key,
         check_specs=checks.specs(key, checks.INDEX_CHECKS, limits, blocking),
-        deps=[AssetKey(["subsets", policy]), AssetKey("embeddings")],
+        deps=[subset_key(policy), AssetKey("embeddings")],
         group_name="indices",
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="faiss",
-        description=f"faiss kNN index over the image embeddings of subsets/{policy}.",
+        description=f"faiss kNN index over the image embeddings of {policy}_subset.",
     )
     def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
         members = lake.read_parquet(members_path(policy))

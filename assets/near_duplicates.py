@@ -50,7 +50,7 @@ class DedupParams:
 
 
 def _normalized_thumbnails(thumbnails: list[bytes | None]) -> np.ndarray:
-    """Zero-mean unit thumbnails; an image without one (it did not decode for exact_hash) is
+    """Zero-mean unit thumbnails; an image without one (it did not decode for image_hashes) is
     all zeros, so it correlates with nothing and no thumbnail check confirms it."""
     size = next((len(t) for t in thumbnails if t is not None), 64)
     joined = b"".join(bytes(size) if t is None else t for t in thumbnails)
@@ -153,17 +153,17 @@ def load_dedup_inputs(lake: LakeResource, model_id: str,
                       registered: list[str] | None = None) -> tuple[pa.Table, np.ndarray, dict[str, str]]:
     """Every pooled sample's (key, shard, sha256, phash, thumbnail) and image embedding, and
     the shards left out with the reason (a per-shard output missing, see pool_shards, or
-    hashes that do not cover the shard's embedded samples: its exact_hash step failed). One
+    hashes that do not cover the shard's embedded samples: its image_hashes step failed). One
     such shard never stops the others."""
     tables, chunks = [], []
     complete, left_out = pool_shards(lake, model_id, registered)  # the catalog's scored pool
     for shard in complete:
-        hashes_path = f"shards/{shard}/scores/exact_hash.parquet"
+        hashes_path = f"shards/{shard}/scores/image_hashes.parquet"
         keys, image, _ = load_embeddings(lake, shard, model_id)
         hashes = lake.read_parquet(hashes_path)
         rows = pc.index_in(keys.column("key"), value_set=hashes.column("key"))
         if rows.null_count:
-            left_out[shard] = (f"{rows.null_count} embedded sample(s) have no exact_hash row (exact_hash is "
+            left_out[shard] = (f"{rows.null_count} embedded sample(s) have no image_hashes row (image_hashes is "
                                "older than the embeddings: its last run failed)")
             continue
         aligned = hashes.take(rows)
@@ -188,7 +188,7 @@ class DedupConfig(Config):
 def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     @asset(
         name="near_duplicates",
-        deps=[AssetKey("embeddings"), AssetKey(["scores", "exact_hash"])],
+        deps=[AssetKey("embeddings"), AssetKey(["scores", "image_hashes"])],
         group_name="dedup",
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="faiss",

@@ -4,7 +4,6 @@ A backfill of many shards runs them in batches (one run per batch, the model loa
 per run) rather than one run per shard: the daemon launches about a run a second.
 """
 
-import os
 import warnings
 
 from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition
@@ -14,5 +13,9 @@ warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_poli
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*(observable_source_asset|DataVersionsByPartition).*")
 
 shard_partitions = DynamicPartitionsDefinition(name="shards")
-SHARDS_PER_RUN = int(os.environ.get("CLIPSIEVE_SHARDS_PER_RUN", "16"))
-SHARD_BATCHES = BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN)
+DEFAULT_SHARDS_PER_RUN = 16
+
+
+def shard_batches(shards_per_run: int = DEFAULT_SHARDS_PER_RUN) -> BackfillPolicy:
+    """The per-shard assets' backfill policy: up to `shards_per_run` shards in one run."""
+    return BackfillPolicy.multi_run(max_partitions_per_run=shards_per_run)

@@ -1,4 +1,4 @@
-"""subsets/<policy>: one asset per SQL policy file in sql/policies/.
+"""<policy>_subset: one asset per SQL policy file in sql/policies/ (lake: subsets/<policy>/).
 
 A policy is DuckDB SQL over the catalog views: `SET VARIABLE name = value;` lines for its
 parameters, then one SELECT returning the member keys (`key`, `shard`). Parameters are
@@ -22,8 +22,9 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, M
 from pydantic import Field
 
 from assets import checks
-from assets.audits import stage_figures
+from assets.audits import before_after_figures
 from assets.export import uid_array
+from assets.policy_keys import subset_key
 from assets.table_metadata import table_metadata
 from resources.catalog import (
     SQL_DIR,
@@ -191,7 +192,7 @@ def candidate_figures(db: Catalog, policy: str, members: pa.Table) -> dict:
     connection's subset_members is the candidate from then on: close it after)."""
     db.connection.register("candidate", members.select(["policy", "key", "shard"]))
     db.connection.execute(read_sql("subsets/candidate_members.sql"))  # this connection's subset_members
-    return stage_figures(db, policy)
+    return before_after_figures(db, policy)
 
 
 def commit_subset(lake: LakeResource, policy: str, members: pa.Table, version: str, record: dict) -> None:
@@ -215,10 +216,10 @@ class PolicyConfig(Config):
 
 def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
                        upstream: list[AssetKey], limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The subsets/<policy> asset; `calibration` holds the model's parameter values, `limits`
+    """The <policy>_subset asset; `calibration` holds the model's parameter values, `limits`
     the policy's check bounds (assets/checks.py)."""
 
-    key = AssetKey(["subsets", policy.name])
+    key = subset_key(policy.name)
     blocking = checks.is_blocking(limits)
     try:
         params = json.dumps({**policy.defaults(), **calibration}, sort_keys=True, default=str)
@@ -226,8 +227,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         params = f"(parameters not evaluated: {error})"
 
     @asset(
-        name=policy.name,
-        key_prefix="subsets",
+        key=key,
         deps=upstream,
         output_required=False,  # a candidate that fails a blocking check is not materialized
         check_specs=checks.specs(key, checks.SUBSET_CHECKS, limits, blocking),
@@ -242,7 +242,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
                catalog: CatalogResource):
         db = catalog.open(lake.url, model_id, snapshot=True)
         for shard, lacks in db.left_out.items():
-            context.log.warning(f"subsets/{policy.name} leaves out shard {shard}: {lacks}")
+            context.log.warning(f"{policy.name}_subset leaves out shard {shard}: {lacks}")
         try:
             pool = db.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
             members, effective = run_policy(db, policy, {**calibration, **config.params})
@@ -259,7 +259,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         if blocking and not all(r.passed for r in results):
             # Not committed: the last good subset (members, uids, index) stays what readers
             # and the UI see; Dagster fails the step on the blocking check and skips what is below.
-            context.log.error(f"subsets/{policy.name}: a blocking check failed; the candidate "
+            context.log.error(f"{policy.name}_subset: a blocking check failed; the candidate "
                               f"({members.num_rows} members, {lake.path(checks_path(policy.name, version))}) "
                               "is not committed and the last good subset stays in place")
             yield from results

@@ -226,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise ValueError(f"no committed subset {args.subset!r} in {args.lake}{why}")
     if "checks" not in record:
         raise ValueError(f"subset {args.subset!r} carries no check results (written by an older clipsieve): "
-                         f"materialize subsets/{args.subset} again before exporting it")
+                         f"materialize {args.subset}_subset again before exporting it")
     failed = {name: r for name, r in record["checks"].items() if not r["passed"]}
     blocking = {name: r for name, r in failed.items() if r.get("blocking", True)}
     if blocking:
@@ -277,7 +277,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     folder = index_dir(args.subset, clip.model_id)
     if not lake.exists(f"{folder}/index_info.json"):
         raise ValueError(f"no index for subset {args.subset!r} and model {clip.model_id} in {args.lake}: "
-                         f"materialize indices/{args.subset} first")
+                         f"materialize {args.subset}_index first")
     if args.image:
         query = encode_query(clip.load(), image=Path(args.image).read_bytes())
     elif args.text:
@@ -289,7 +289,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     if info.get("subset_version") != committed:
         raise ValueError(f"the index of {args.subset!r} covers another version of the subset "
                          f"({info.get('subset_version')}) than the committed one ({committed}): "
-                         f"materialize indices/{args.subset}")
+                         f"materialize {args.subset}_index")
     index, keys = read_index(lake, folder, info)
     (hits,) = search(index, keys, query, args.k)
     catalog = open_catalog(lake.url, clip.model_id)

@@ -12,6 +12,7 @@ model change marks exactly those assets stale.
 """
 
 import json
+import os
 from pathlib import Path
 
 from dagster import (
@@ -29,10 +30,15 @@ from assets import audits, embeddings, evaluation, indices, near_duplicates, sam
 from assets.checks import bounds as check_bounds
 from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
-from assets.partitions import shard_partitions
-from assets.scores import classifier_heads, clip_similarity, concepts, exact_hash, language, quality, toxicity
+from assets.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
+from assets.scores import caption_terms, classifier_heads, clip_similarity, image_hashes, language, quality, toxicity
 from orchestration.demo_crawl import demo_crawl
-from orchestration.schedules import CROSS_SHARD_AUTOMATION, PER_SHARD_AUTOMATION, build_refresh_schedule
+from orchestration.schedules import (
+    DEFAULT_REFRESH_CRON,
+    PER_SHARD_AUTOMATION,
+    build_refresh_schedule,
+    cross_shard_automation,
+)
 from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
@@ -51,23 +57,24 @@ CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
 CROSS_SHARD_EXECUTION = {"execution": {"config": {"in_process": {}}}}
 
 
-def build_assets(clip: ClipModelResource, heads: HeadsResource,
-                 files: CurationFiles | None = None) -> list[AssetsDefinition | AssetSpec]:
-    """Every asset for one model: per-shard stages, then one subset, index and audit per policy
-    file in `files.policy_dir`, checked against the bounds in `files.checks` (default: the
-    shipped files)."""
+def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationFiles | None = None,
+                 shards_per_run: int = DEFAULT_SHARDS_PER_RUN) -> list[AssetsDefinition | AssetSpec]:
+    """Every asset for one model: per-shard stages (run `shards_per_run` shards to a run),
+    then one subset, index and audit per policy file in `files.policy_dir`, checked against
+    the bounds in `files.checks` (default: the shipped files)."""
     files = files or CurationFiles()
     model_id = clip.model_id
+    batches = shard_batches(shards_per_run)
     per_shard = [
-        samples.samples,
-        embeddings.build_embeddings_asset(model_id, clip.precision),
-        clip_similarity.build_clip_similarity_asset(model_id),
-        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim),
-        language.language,
-        quality.quality,
-        exact_hash.exact_hash,
-        toxicity.build_toxicity_asset(files.toxic_terms),
-        concepts.build_concepts_asset(files.metaclip_entries, files.group_terms),
+        samples.build_samples_asset(batches),
+        embeddings.build_embeddings_asset(model_id, clip.precision, batches),
+        clip_similarity.build_clip_similarity_asset(model_id, batches),
+        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim, batches),
+        language.build_language_asset(batches),
+        quality.build_quality_asset(batches),
+        image_hashes.build_image_hashes_asset(batches),
+        toxicity.build_toxicity_asset(batches, files.toxic_terms),
+        caption_terms.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
     ]
     dedup = near_duplicates.build_near_duplicates_asset(model_id)
     # A subset reads every per-shard output and the duplicate groups.
@@ -140,15 +147,16 @@ observe_crawl_job = define_asset_job(
 )
 
 
-def with_automation(assets: list) -> list:
+def with_automation(assets: list, refresh_cron: str) -> list:
     """Per-shard assets follow their shard's observed crawl files eagerly; cross-shard assets
-    refresh on the cron (orchestration/schedules.py)."""
+    refresh on `refresh_cron` (orchestration/schedules.py)."""
+    cross_shard = cross_shard_automation(refresh_cron)
     automated = []
     for item in assets:
         if isinstance(item, AssetsDefinition):
             node_partitioned = item.partitions_def is not None
             item = item.map_asset_specs(lambda spec, p=node_partitioned: spec.replace_attributes(
-                automation_condition=PER_SHARD_AUTOMATION if p else CROSS_SHARD_AUTOMATION))
+                automation_condition=PER_SHARD_AUTOMATION if p else cross_shard))
         automated.append(item)
     return automated
 
@@ -156,7 +164,8 @@ def with_automation(assets: list) -> list:
 # build_definitions' settings -> the variables the code location reads them from.
 SETTING_VARIABLES = {"crawl": "CLIPSIEVE_CRAWL", "lake": "CLIPSIEVE_LAKE", "model_name": "CLIPSIEVE_MODEL",
                      "pretrained": "CLIPSIEVE_PRETRAINED", "policy_dir": "CLIPSIEVE_POLICY_DIR",
-                     "checks": "CLIPSIEVE_CHECKS"}
+                     "checks": "CLIPSIEVE_CHECKS", "refresh_cron": "CLIPSIEVE_REFRESH_CRON",
+                     "shards_per_run": "CLIPSIEVE_SHARDS_PER_RUN"}
 
 
 def location_env(**settings: str | Path | None) -> dict[str, str]:
@@ -175,15 +184,20 @@ def location_env(**settings: str | Path | None) -> dict[str, str]:
 
 
 def build_definitions(policy_dir: str | Path | None = None, checks: str | Path | None = None,
+                      refresh_cron: str | None = None, shards_per_run: int | str | None = None,
                       **overrides: str | Path | None) -> Definitions:
     """The code location. Settings come from the environment (each resource's descriptions
-    name its variables); arguments override them."""
+    name its variables; $CLIPSIEVE_REFRESH_CRON and $CLIPSIEVE_SHARDS_PER_RUN for the two
+    that shape the definitions themselves), read when this is called; arguments override them."""
     resources = build_resources(policy_dir=policy_dir, checks=checks, **overrides)
+    refresh_cron = refresh_cron or os.environ.get("CLIPSIEVE_REFRESH_CRON") or DEFAULT_REFRESH_CRON
+    shards_per_run = int(shards_per_run or os.environ.get("CLIPSIEVE_SHARDS_PER_RUN") or DEFAULT_SHARDS_PER_RUN)
+    assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run)
     return Definitions(
-        assets=with_automation(build_assets(resources["clip"], resources["heads"], resources["files"])),
+        assets=with_automation(assets, refresh_cron),
         jobs=[per_shard_job, cross_shard_job, observe_crawl_job, demo_crawl],
         sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
-        schedules=[build_refresh_schedule(cross_shard_job)],
+        schedules=[build_refresh_schedule(cross_shard_job, refresh_cron)],
         executor=in_process_executor,  # what an asset launched from the graph runs with
         resources=resources,
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+from assets.policy_keys import audit_key, index_key, policy_asset, subset_key
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
 from resources.heads import HEADS
@@ -131,10 +132,11 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
         # Every asset the instance has materialized for this shard's partition.
         per_shard = {key.to_user_string(): _materialization(instance, key.to_user_string(), shard)
                      for key in sorted(instance.get_asset_keys(), key=lambda k: k.to_user_string())
-                     if not key.to_user_string().startswith(("subsets/", "indices/", "audits/"))}
+                     if policy_asset(key) is None}
         result["materializations"] = {
             **{asset: found for asset, found in per_shard.items() if found is not None},
-            **{f"subsets/{p}": _materialization(instance, f"subsets/{p}", None) for p in decisions},
+            **{subset_key(p).to_user_string(): _materialization(instance, subset_key(p).to_user_string(), None)
+               for p in decisions},
         }
     return result
 
@@ -147,12 +149,13 @@ def subset_lineage(catalog: Catalog, policy: str, instance: DagsterInstance | No
     result: dict[str, Any] = {"policy": policy, "members": sum(s["members"] for s in shards),
                               "shards": {s["shard"]: s["members"] for s in shards}}
     if instance is not None:
-        for group in ("subsets", "indices", "audits"):
-            records = instance.fetch_materializations(AssetKey([group, policy]), limit=1).records
+        for group, key in (("subsets", subset_key(policy)), ("indices", index_key(policy)),
+                           ("audits", audit_key(policy))):
+            records = instance.fetch_materializations(key, limit=1).records
             if records:
                 metadata = records[0].asset_materialization.metadata
                 result[group] = {
-                    **_materialization(instance, f"{group}/{policy}", None),
+                    **_materialization(instance, key.to_user_string(), None),
                     **{k: getattr(metadata[k], "value", metadata[k]) for k in
                        ("model_id", "sql_hash", "params", "factory", "recall_at_10") if k in metadata},
                 }

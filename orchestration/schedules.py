@@ -7,20 +7,19 @@ stale. Declarative automation then does the rest, with the same conditions for e
 in:
   * per-shard assets: eagerly, when a shard is new, its crawl files changed (a new data
     version of crawl_shard), a parent was updated, or the asset's code version changed;
-  * cross-shard assets (dedup, subsets, indices, audits) on a cron ($CLIPSIEVE_REFRESH_CRON,
-    default hourly) once their upstream has been updated since the last tick, or when their
-    code version changed (a policy's SQL), and only while every blocking check of their
-    parents passed (an index never follows a subset its check blocked).
+  * cross-shard assets (dedup, subsets, indices, audits) on a cron (the definitions'
+    refresh_cron, $CLIPSIEVE_REFRESH_CRON, default hourly) once their upstream has been
+    updated since the last tick, or when their code version changed (a policy's SQL), and
+    only while every blocking check of their parents passed (an index never follows a
+    subset its check blocked).
 Automation runs when the "default_automation_condition_sensor" is on (the UI's Automation
 tab); the `refresh_schedule` reruns the cross-shard job on the same cron instead, for
 deployments without it. Both are off until turned on.
 """
 
-import os
-
 from dagster import AutomationCondition, DefaultScheduleStatus, JobDefinition, ScheduleDefinition
 
-REFRESH_CRON = os.environ.get("CLIPSIEVE_REFRESH_CRON", "0 * * * *")
+DEFAULT_REFRESH_CRON = "0 * * * *"
 
 # eager(), with a code version change as one more reason to run.
 PER_SHARD_AUTOMATION = (
@@ -30,18 +29,21 @@ PER_SHARD_AUTOMATION = (
     & ~AutomationCondition.any_deps_in_progress()
     & ~AutomationCondition.in_progress()
 ).with_label("eager, or a new code version")
-CROSS_SHARD_AUTOMATION = (
-    (AutomationCondition.on_cron(REFRESH_CRON) | AutomationCondition.code_version_changed().since_last_handled())
-    & ~AutomationCondition.any_deps_in_progress()
-    & AutomationCondition.all_deps_blocking_checks_passed()
-).with_label("on the refresh cron or a new code version, blocking checks passed")
 
 
-def build_refresh_schedule(job: JobDefinition) -> ScheduleDefinition:
+def cross_shard_automation(cron: str) -> AutomationCondition:
+    return (
+        (AutomationCondition.on_cron(cron) | AutomationCondition.code_version_changed().since_last_handled())
+        & ~AutomationCondition.any_deps_in_progress()
+        & AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("on the refresh cron or a new code version, blocking checks passed")
+
+
+def build_refresh_schedule(job: JobDefinition, cron: str) -> ScheduleDefinition:
     return ScheduleDefinition(
         name="refresh_schedule",
         job=job,
-        cron_schedule=REFRESH_CRON,
+        cron_schedule=cron,
         default_status=DefaultScheduleStatus.STOPPED,
-        description=f"Reruns the cross-shard assets on '{REFRESH_CRON}' ($CLIPSIEVE_REFRESH_CRON).",
+        description=f"Reruns the cross-shard assets on '{cron}' ($CLIPSIEVE_REFRESH_CRON).",
     )

@@ -9,7 +9,6 @@ first (sql/catalog/lockdown.sql: only the lake may be read, no extensions, setti
 locked) and untrusted text must be SELECT statements (`check_select`).
 """
 
-import os
 import shutil
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from pydantic import Field
 
 from resources.lake import LakeResource, pool_shards
 
-SQL_DIR = Path(os.environ.get("CLIPSIEVE_SQL_DIR", Path(__file__).resolve().parents[1] / "sql"))
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 def read_sql(relative: str) -> str:

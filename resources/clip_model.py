@@ -25,10 +25,10 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.safe_weights import safe_pretrained
-from resources.versions import CACHE_PATH, file_digest, text_digest, write_cache_file
+from resources.versions import cache_path, file_digest, text_digest, write_cache_file
 
 # The demo model and heads ship in the repository (models/demo, made by models/train_demo.py).
-DEMO_DIR = Path(os.environ.get("CLIPSIEVE_DEMO_MODEL_DIR", Path(__file__).resolve().parents[1] / "models" / "demo"))
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 DEMO_MODEL = "clipsieve-demo"
 DEMO_CHECKPOINT = str(DEMO_DIR / f"{DEMO_MODEL}.safetensors")
 
@@ -78,7 +78,7 @@ def model_id(model_name: str, pretrained: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{weights}")
 
 
-EMBEDDING_DIMS_CACHE = CACHE_PATH.with_name("embedding_dims.json")
+EMBEDDING_DIMS_CACHE = "embedding_dims.json"  # in the cache folder
 
 
 def embedding_dim(model_name: str, pretrained: str) -> int | None:
@@ -100,7 +100,7 @@ def embedding_dim(model_name: str, pretrained: str) -> int | None:
 def _configured_embedding_dim(model_name: str) -> int | None:
     key = f"{model_name}@open_clip_torch-{importlib.metadata.version('open_clip_torch')}"
     try:
-        cache = json.loads(EMBEDDING_DIMS_CACHE.read_text())
+        cache = json.loads(cache_path(EMBEDDING_DIMS_CACHE).read_text())
     except (OSError, ValueError):
         cache = {}
     if key in cache:
@@ -109,7 +109,7 @@ def _configured_embedding_dim(model_name: str) -> int | None:
 
     config = open_clip.get_model_config(model_name)
     dim = int(config["embed_dim"]) if config and "embed_dim" in config else None
-    write_cache_file(EMBEDDING_DIMS_CACHE, lambda f: f.write(json.dumps({**cache, key: dim}).encode()))
+    write_cache_file(cache_path(EMBEDDING_DIMS_CACHE), lambda f: f.write(json.dumps({**cache, key: dim}).encode()))
     return dim
 
 

@@ -41,9 +41,9 @@ class CurationFiles(ConfigurableResource):
     toxic_terms: str = Field(default=_default("toxic_terms"), description=(
         "Terms counted in captions as scores/toxicity's flagged_terms, one per line ($CLIPSIEVE_TOXIC_TERMS)."))
     metaclip_entries: str = Field(default=_default("metaclip_entries"), description=(
-        "MetaCLIP metadata entries matched in captions by scores/concepts ($CLIPSIEVE_METADATA)."))
+        "MetaCLIP metadata entries matched in captions by scores/caption_terms ($CLIPSIEVE_METADATA)."))
     group_terms: str = Field(default=_default("group_terms"), description=(
-        "Demographic caption groups (JSON: group -> terms) for scores/concepts and the audits "
+        "Demographic caption groups (JSON: group -> terms) for scores/caption_terms and the audits "
         "($CLIPSIEVE_GROUP_TERMS)."))
     neutral_prompts: str = Field(default=_default("neutral_prompts"), description=(
         "Neutral text prompts for the audits' retrieval-bias figures ($CLIPSIEVE_NEUTRAL_PROMPTS)."))

@@ -72,7 +72,7 @@ def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str
 
 # The per-shard score files (scores/<name>.parquet, and scores/<model>/<name>.parquet for
 # those computed from embeddings).
-SHARD_SCORES = ("language", "quality", "exact_hash", "toxicity", "concepts")
+SHARD_SCORES = ("language", "quality", "image_hashes", "toxicity", "caption_terms")
 MODEL_SCORES = ("clip_similarity", "nsfw", "watermark", "aesthetic")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.versions import CACHE_PATH, file_digest, write_cache_file
+from resources.versions import cache_path, file_digest, write_cache_file
 
 _PACKAGE_FILES = ("vectorizer.joblib", "model.joblib")
 # The vectorizer settings the arithmetic below reproduces; an export refuses anything else.
@@ -114,7 +114,7 @@ def _cached_arrays(path: Path) -> dict[str, np.ndarray]:
 @lru_cache(maxsize=1)
 def load_toxicity_model() -> ToxicityModel:
     """The package's model, from the export cache (made on first use)."""
-    arrays = _cached_arrays(CACHE_PATH.parent / f"profanity_check-{package_digest()}.npz")
+    arrays = _cached_arrays(cache_path(f"profanity_check-{package_digest()}.npz"))
     terms = arrays["terms"].tolist()
     return ToxicityModel(
         vocabulary={term: i for i, term in enumerate(terms)},

@@ -11,13 +11,21 @@ from typing import BinaryIO
 
 # Digests of large files (model checkpoints) are kept across processes: hashing ViT-B-32's
 # 600 MB takes 1.7 s, and every `clipsieve` command and Dagster run process needs it.
-CACHE_PATH = Path(os.environ.get("CLIPSIEVE_CACHE_DIR", Path.home() / ".cache" / "clipsieve")) / "file_digests.json"
 CACHED_FROM_BYTES = 16 << 20
+
+
+def cache_path(name: str) -> Path:
+    """A file of clipsieve's cache: in $CLIPSIEVE_CACHE_DIR, else ~/.cache/clipsieve (read
+    at each call, so a process may point it elsewhere)."""
+    return Path(os.environ.get("CLIPSIEVE_CACHE_DIR") or Path.home() / ".cache" / "clipsieve") / name
+
+
+DIGESTS = "file_digests.json"
 
 
 def _read_cache() -> dict:
     try:
-        return json.loads(CACHE_PATH.read_text())
+        return json.loads(cache_path(DIGESTS).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -42,7 +50,7 @@ def write_cache_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def _write_cache(path: str, entry: dict) -> None:
     cache = {**_read_cache(), path: entry}
-    write_cache_file(CACHE_PATH, lambda f: f.write(json.dumps(cache).encode()))
+    write_cache_file(cache_path(DIGESTS), lambda f: f.write(json.dumps(cache).encode()))
 
 
 @lru_cache(maxsize=64)

@@ -13,7 +13,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.export import UID_DTYPE, derive_uid, uid_array
 from assets.near_duplicates import DedupParams, cluster_embeddings, find_duplicates, load_dedup_inputs
-from assets.scores.concepts import caption_groups, entries, group_patterns
+from assets.scores.caption_terms import caption_groups, entries, group_patterns
 from assets.scores.text_match import PhraseMatcher, normalize
 from assets.subsets import calibrated_params
 from orchestration.definitions import build_definitions
@@ -218,18 +218,18 @@ def test_a_broken_policy_fails_alone(tmp_path, materialized):
     defs = build_definitions(policy_dir=tmp_path, crawl=str(materialized["crawl"]), lake=str(lake_copy))
     with DagsterInstance.ephemeral() as instance:
         result = materialize(list(defs.assets), instance=instance, resources=defs.resources, raise_on_error=False,
-                             selection=[AssetKey(["subsets", "broken"]), AssetKey(["subsets", "fine"])])
+                             selection=[AssetKey("broken_subset"), AssetKey("fine_subset")])
     assert not result.success
     failures = [e for e in result.all_events if e.is_step_failure]
-    assert len(failures) == 1 and failures[0].step_key == "subsets__broken"
+    assert len(failures) == 1 and failures[0].step_key == "broken_subset"
     assert "policy broken: query failed" in failures[0].step_failure_data.error.to_string()
-    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["subsets/fine"]
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["fine_subset"]
 
 
 def test_perceptual_hash_is_the_sign_of_the_low_dct_coefficients_against_their_median():
     from scipy.fft import dctn
 
-    from assets.scores.exact_hash import perceptual_hashes
+    from assets.scores.image_hashes import perceptual_hashes
 
     thumbnails = np.random.default_rng(3).random((40, 32, 32)).astype(np.float32) * 255
     for thumbnail, value in zip(thumbnails, perceptual_hashes(thumbnails)):

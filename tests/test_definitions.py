@@ -18,8 +18,8 @@ from resources.lake import LakeResource
 from tests.conftest import REPO, SAMPLES_PER_SHARD
 
 PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
-             "scores/aesthetic", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-             "scores/concepts"]
+             "scores/aesthetic", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
+             "scores/caption_terms"]
 
 
 def test_graph_has_every_stage_with_shard_partitions():
@@ -27,12 +27,12 @@ def test_graph_has_every_stage_with_shard_partitions():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {k.to_user_string() for k in per_shard_keys(defs)} == set(PER_SHARD)  # what every other test derives
     for policy in ("laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"):
-        assert {f"subsets/{policy}", f"indices/{policy}", f"audits/{policy}"} <= keys
+        assert {f"{policy}_subset", f"{policy}_index", f"{policy}_audit"} <= keys
     assert {"near_duplicates", "evaluation"} <= keys
     for name in PER_SHARD:
         node = graph.get(AssetKey.from_user_string(name))
         assert node.partitions_def.name == "shards" and node.code_version
-    assert graph.get(AssetKey(["subsets", "laion400m"])).partitions_def is None
+    assert graph.get(AssetKey("laion400m_subset")).partitions_def is None
 
 
 def test_model_id_is_in_the_versions_of_everything_below_embeddings():
@@ -45,9 +45,9 @@ def test_model_id_is_in_the_versions_of_everything_below_embeddings():
         other[k].key]}
     assert "ViT-B-32__laion2b_s34b_b79k" in other["embeddings"].code_versions_by_key[AssetKey("embeddings")]
     assert {"embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic",
-            "near_duplicates", "subsets/laion400m", "indices/laion400m", "audits/laion400m", "evaluation"} <= changed
-    assert not changed & {"samples", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-                          "scores/concepts"}
+            "near_duplicates", "laion400m_subset", "laion400m_index", "laion400m_audit", "evaluation"} <= changed
+    assert not changed & {"samples", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
+                          "scores/caption_terms"}
 
 
 def test_a_new_policy_file_is_a_new_subset_index_and_audit(tmp_path):
@@ -59,8 +59,8 @@ def test_a_new_policy_file_is_a_new_subset_index_and_audit(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          env={**os.environ, "CLIPSIEVE_POLICY_DIR": str(tmp_path)})
     keys = set(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert {"subsets/strict", "indices/strict", "audits/strict"} <= keys
-    assert "subsets/laion400m" not in keys
+    assert {"strict_subset", "strict_index", "strict_audit"} <= keys
+    assert "laion400m_subset" not in keys
 
 
 def test_workspace_loads_in_dagster():
@@ -106,7 +106,7 @@ def test_refresh_schedule_and_automation_are_defined():
     eager = "eager, or a new code version"
     assert labels["samples"] == labels["embeddings"] == labels["scores/toxicity"] == eager
     cron = "on the refresh cron or a new code version, blocking checks passed"
-    assert labels["subsets/safe"] == labels["indices/safe"] == cron
+    assert labels["safe_subset"] == labels["safe_index"] == cron
     assert "sample_crawl" not in labels and "crawl_shard" not in labels
 
 

@@ -35,7 +35,7 @@ from tests.hostile_crawl import CASES, HUGE_CAPTION_CHARS, base_shards, jpeg_cla
 
 SAMPLES_PER_SHARD, SEED = 40, 7
 PER_SHARD = [key.to_user_string() for key in per_shard_keys(defs)]
-CROSS_SHARD = ["near_duplicates", "subsets/safe", "indices/safe", "audits/safe"]
+CROSS_SHARD = ["near_duplicates", "safe_subset", "safe_index", "safe_audit"]
 # A parquet without a key column cannot give rows: its shard fails, the others go on.
 FAILING_SHARD = "no_key"
 
@@ -349,7 +349,7 @@ def test_every_per_shard_asset_materialized_and_aligned_with_the_usable_samples(
     keys = lake.read_parquet(f"{embeddings_dir(shard, model_id)}/keys.parquet").column("key").to_pylist()
     assert keys == usable and len(set(keys)) == len(keys)
     assert embedding_failures(lake, shard, model_id).num_rows == 0
-    for name in ("language", "quality", "exact_hash", "toxicity", "concepts"):
+    for name in ("language", "quality", "image_hashes", "toxicity", "caption_terms"):
         assert lake.read_parquet(score_path(shard, name)).column("key").to_pylist() == usable, name
     for name in ("clip_similarity", "nsfw", "watermark", "aesthetic"):
         assert lake.read_parquet(score_path(shard, name, model_id)).column("key").to_pylist() == keys, name

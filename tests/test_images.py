@@ -106,7 +106,7 @@ def test_transparency_is_composited_on_white():
 
 
 def test_an_image_that_does_not_decode_is_a_hash_row_with_its_reason_not_a_failed_shard():
-    from assets.scores.exact_hash import hash_images
+    from assets.scores.image_hashes import hash_images
 
     lab_tiff = _encoded(_picture().convert("LAB"), "TIFF")
     good = _encoded(_picture(), "JPEG")
@@ -125,9 +125,9 @@ def test_near_duplicates_leave_out_a_shard_without_hashes_and_name_it(lake, tmp_
 
     copy = tmp_path / "lake"
     shutil.copytree(lake.url, copy, ignore=shutil.ignore_patterns("_dagster"))
-    (copy / "shards" / "00002" / "scores" / "exact_hash.parquet").unlink()
+    (copy / "shards" / "00002" / "scores" / "image_hashes.parquet").unlink()
     samples, vectors, left_out = load_dedup_inputs(LakeResource(root=str(copy)), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
-    assert left_out == {"00002": "no scores/exact_hash"}
+    assert left_out == {"00002": "no scores/image_hashes"}
     shards = set(samples.column("shard").to_pylist())
     assert "00002" not in shards and len(shards) == 7 and len(vectors) == samples.num_rows
     catalog = open_catalog(str(copy), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
@@ -271,7 +271,7 @@ def test_outputs_of_a_shards_old_crawl_files_never_meet_its_new_samples(lake, cr
     table = pq.read_table(copy_crawl / "00003.parquet")
     pq.write_table(table.slice(0, table.num_rows - 1), copy_crawl / "00003.parquet")
     result, retired = write_samples(crawl_resource, lake_resource, "00003", crawl_resource.fingerprint("00003"))
-    assert retired is not None and (copy_lake / "retired/shards/00003/scores/exact_hash.parquet").exists()
+    assert retired is not None and (copy_lake / "retired/shards/00003/scores/image_hashes.parquet").exists()
     assert pc.count(result.table.column("parquet_row")).as_py() == table.num_rows - 1
     pooled, left_out = pool_shards(lake_resource, model)
     assert "00003" not in pooled and left_out["00003"].startswith("no embeddings, scores/")

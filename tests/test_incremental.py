@@ -56,7 +56,7 @@ def test_only_new_and_rewritten_shards_recompute(tmp_path):
         _copy_shard(other, crawl, "00002")  # a new shard lands
         second = run.run()
         assert set(second.per_shard_runs) == {"00002"} and set(second.per_shard_runs["00002"]) == PER_SHARD
-        assert "subsets/safe" in second.cross_shard_assets
+        assert "safe_subset" in second.cross_shard_assets
         # A per-sample filter keeps its old members: the index grows by the new shard's.
         grown = _index_info(lake, "laion400m")
         assert grown["build_mode"] == "grown" and grown["added"] > 0 and grown["recall_at_10"] == 1.0
@@ -228,4 +228,4 @@ def test_one_run_can_handle_a_batch_of_shards(tmp_path):
         for shard in ("00000", "00001", "00002"):
             assert lake.exists(f"shards/{shard}/scores/toxicity.parquet")
         report = run.run()
-        assert report.per_shard_runs == {} and "subsets/safe" in report.cross_shard_assets
+        assert report.per_shard_runs == {} and "safe_subset" in report.cross_shard_assets

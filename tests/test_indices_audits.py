@@ -64,7 +64,7 @@ def test_demo_indices_record_their_figures(lake, materialized):
     info = lake.read_json(f"{index_dir('safe', MODEL_ID)}/index_info.json")
     assert {"factory", "memory_bytes", "build_seconds", "recall_at_10"} <= set(info)
     instance = DagsterInstance.from_config(str(materialized["home"]))
-    event = instance.get_latest_materialization_event(AssetKey(["indices", "safe"]))
+    event = instance.get_latest_materialization_event(AssetKey("safe_index"))
     metadata = event.asset_materialization.metadata
     assert metadata["factory"].value == info["factory"] and metadata["recall_at_10"].value == info["recall_at_10"]
 
@@ -157,12 +157,12 @@ def test_the_planted_skew_is_detected(lake):
 
 
 def test_subset_checks_see_the_audits_figures(catalog):
-    """The subset's blocking checks read stage_figures; the audit reports audit_metrics. The
+    """The subset's blocking checks read before_after_figures; the audit reports audit_metrics. The
     two must agree, or a check would pass on figures the audit then contradicts."""
-    from assets.audits import audit_metrics, stage_figures
+    from assets.audits import audit_metrics, before_after_figures
 
     for policy in ("safe", "laion400m"):
-        figures, metrics = stage_figures(catalog, policy), audit_metrics(catalog, policy)
+        figures, metrics = before_after_figures(catalog, policy), audit_metrics(catalog, policy)
         assert figures["after"]["samples"] > 0
         for part in ("before", "after", "representation"):
             assert figures[part] == metrics[part], (policy, part)
@@ -215,7 +215,7 @@ def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path,
     tight = tmp_path / "checks.toml"
     tight.write_text("[default]\nblocking = true\nmax_removal_ratio = 0.5\nmin_recall_at_10 = 0.9\n")
     defs = build_definitions(crawl=str(materialized["crawl"]), lake=str(lake_copy), checks=tight)
-    selection = [AssetKey(["subsets", "safe"]), AssetKey(["indices", "safe"]), AssetKey(["audits", "safe"])]
+    selection = [AssetKey("safe_subset"), AssetKey("safe_index"), AssetKey("safe_audit")]
     with DagsterInstance.ephemeral() as instance:
         result = materialize(list(defs.assets), instance=instance, resources=defs.resources, selection=selection,
                              raise_on_error=False)
@@ -225,7 +225,7 @@ def test_a_failing_blocking_check_leaves_the_last_good_subset_in_place(tmp_path,
         assert not evaluations["group_removal_ratio"].passed and evaluations["group_removal_ratio"].metadata[
             "bound"].value == 0.5
         assert result.get_asset_materialization_events() == []  # the UI's latest is still the last good one
-        assert not instance.fetch_materializations(AssetKey(["subsets", "safe"]), limit=1).records
+        assert not instance.fetch_materializations(AssetKey("safe_subset"), limit=1).records
     assert {name: (lake_copy / name).read_bytes() for name in good} == good
     rejected = list((lake_copy / "subsets" / "safe" / "versions").glob("*/checks.json"))
     assert any(not json.loads(p.read_text())["group_removal_ratio"]["passed"] for p in rejected)

@@ -33,8 +33,8 @@ def test_every_asset_materialized_per_partition_in_the_instance(materialized):
             assert records, (name, shard)
             assert records[0].asset_materialization.tags["dagster/code_version"]
     for policy in POLICIES:
-        for group in ("subsets", "indices", "audits"):
-            assert instance.get_latest_materialization_event(AssetKey([group, policy])) is not None
+        for kind in ("subset", "index", "audit"):
+            assert instance.get_latest_materialization_event(AssetKey(f"{policy}_{kind}")) is not None
     for key in ("near_duplicates", "evaluation"):
         assert instance.get_latest_materialization_event(AssetKey(key)) is not None
 
@@ -124,7 +124,7 @@ def test_scores_match_their_definitions(lake, truth):
 def test_exact_duplicates_share_sha256_across_shards(lake, truth):
     hashes = {}
     for shard in SHARD_NAMES:
-        hashes.update({r["key"]: r for r in lake.read_parquet(score_path(shard, "exact_hash")).to_pylist()})
+        hashes.update({r["key"]: r for r in lake.read_parquet(score_path(shard, "image_hashes")).to_pylist()})
     copies = [k for k in hashes if truth[k]["defect"] == "exact_duplicate"]
     assert copies
     for key in copies:

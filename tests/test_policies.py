@@ -36,12 +36,12 @@ def catalog(tmp_path):
     lake.write_parquet(score_path("00000", "quality"), pa.table({
         **base, "caption_words": [3, 3, 2, 1], "caption_chars": [12, 13, 9, 4], "width": [100] * 4,
         "height": [100] * 4, "min_side": [100] * 4, "aspect_ratio": [1.0] * 4}))
-    lake.write_parquet(score_path("00000", "exact_hash"), pa.table({
+    lake.write_parquet(score_path("00000", "image_hashes"), pa.table({
         **base, "sha256": ["x", "y", "z", "x"], "phash": [1, 2, 3, 1]}))
     lake.write_parquet(score_path("00000", "aesthetic", MODEL), pa.table({**base, "aesthetic": [5.0, 6.0, 4.0, 2.0]}))
     lake.write_parquet(score_path("00000", "toxicity"), pa.table({
         **base, "toxicity": [0.01, 0.02, 0.03, 0.9], "flagged_terms": [0, 0, 0, 1]}))
-    lake.write_parquet(score_path("00000", "concepts"), pa.table({
+    lake.write_parquet(score_path("00000", "caption_terms"), pa.table({
         **base, "concept_ids": [[1, 2], [3], [], [1]], "concept_count": [2, 1, 0, 1],
         "caption_group": [None, "man", None, "woman"]}))
     db = open_catalog(lake.url, MODEL)

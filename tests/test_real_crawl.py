@@ -81,10 +81,10 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
         recorded = committed_subset(LakeResource(root=str(lake)), policy)["checks"]
         assert not recorded["duplicate_rate"]["passed"] and recorded["duplicate_rate"]["blocking"] is False, policy
         assert recorded["duplicate_rate"]["value"] > 0.2
-        assert f"subsets/{policy}:duplicate_rate" in result.stdout
+        assert f"{policy}_subset:duplicate_rate" in result.stdout
         # the index, audit and export went on
         assert (lake / "audits" / policy / "metrics.json").exists()
-        assert _materializations(duplicated["home"], AssetKey(["indices", policy]))
+        assert _materializations(duplicated["home"], AssetKey(f"{policy}_index"))
     assert "checks that warned" in result.stdout and "blocked by a failed blocking check: 0" in result.stdout
     safe = committed_subset(LakeResource(root=str(lake)), "safe")["checks"]
     assert all(check["passed"] and check["blocking"] for check in safe.values())
@@ -99,8 +99,8 @@ def test_near_duplicates_warn_on_published_policies_and_safe_stays_gated(duplica
     defs = build_definitions(crawl=str(duplicated["root"] / "crawl"), lake=str(lake))
     specs = {(spec.asset_key.to_user_string(), spec.name): spec.blocking
              for asset in defs.assets if isinstance(asset, AssetsDefinition) for spec in asset.check_specs}
-    assert specs[("subsets/safe", "duplicate_rate")] is True
-    assert specs[("subsets/laion400m", "duplicate_rate")] is False
+    assert specs[("safe_subset", "duplicate_rate")] is True
+    assert specs[("laion400m_subset", "duplicate_rate")] is False
     # a failed check warns in the UI on a published policy and is an error on safe
     over = {"nsfw_rate": 0.5, "duplicate_rate": 0.5, "group_removal_ratio": 9.0}
     for policy, severity in (("laion400m", AssetCheckSeverity.WARN), ("safe", AssetCheckSeverity.ERROR)):
@@ -143,7 +143,7 @@ def test_exit_status_tells_a_blocked_subset_from_a_crashed_step(tmp_path):
     blocked = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env, check=False)
     assert blocked.returncode == 3, blocked.stdout[-3000:] + blocked.stderr[-3000:]
     assert "blocked by a failed blocking check: 1" in blocked.stdout
-    assert "subsets/safe:duplicate_rate" in blocked.stdout
+    assert "safe_subset:duplicate_rate" in blocked.stdout
     assert not (lake / "audits" / "safe").exists() and (lake / "audits" / "laion400m").exists()
     # evaluation ran although a subset it reads was blocked
     assert (lake / "evaluation" / "metrics.json").exists()
@@ -156,7 +156,7 @@ def test_exit_status_tells_a_blocked_subset_from_a_crashed_step(tmp_path):
     (policies / "broken.sql").write_text("SELECT key, shard FROM no_such_view;\n")
     crashed = run_cli("materialize", "--crawl", str(crawl), "--lake", str(lake), env=env, check=False)
     assert crashed.returncode == 1, crashed.stdout[-3000:] + crashed.stderr[-3000:]
-    assert "runs with a crashed step: 1" in crashed.stdout and "subsets__broken" in crashed.stdout
+    assert "runs with a crashed step: 1" in crashed.stdout and "broken_subset" in crashed.stdout
 
 
 def test_a_shard_deleted_from_the_crawl_leaves_the_pool_and_gc_deletes_its_files(tmp_path):

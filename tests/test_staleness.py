@@ -15,8 +15,8 @@ from tests.conftest import pipeline
 
 SHARD = "00000"
 PER_SHARD_MODEL = ["embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic"]
-PER_SHARD_TEXT = ["samples", "scores/language", "scores/quality", "scores/exact_hash", "scores/toxicity",
-                  "scores/concepts"]
+PER_SHARD_TEXT = ["samples", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
+                  "scores/caption_terms"]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"]
 
 
@@ -62,7 +62,7 @@ def _other_model(world: dict) -> dict:
     return {"model_name": DEMO_MODEL, "pretrained": other / f"{DEMO_MODEL}.safetensors"}
 
 
-MODEL_CROSS_SHARD = {"near_duplicates"} | {f"{g}/{p}" for g in ("subsets", "indices", "audits") for p in POLICIES}
+MODEL_CROSS_SHARD = {"near_duplicates"} | {f"{p}_{kind}" for kind in ("subset", "index", "audit") for p in POLICIES}
 
 
 def test_a_new_model_makes_embeddings_and_everything_below_stale(world):
@@ -79,11 +79,11 @@ def test_a_changed_policy_makes_only_its_subset_index_and_audit_stale_and_materi
     (policies / "laion400m.sql").write_text(sql.replace("max_punsafe = 0.5", "max_punsafe = 0.4"))
     statuses = _statuses(world, policy_dir=policies)
     # Dagster marks only the direct dependants of a change stale; materialize redoes what is below them too.
-    assert {k for k, v in statuses.items() if v == "STALE"} == {"subsets/laion400m"}
+    assert {k for k, v in statuses.items() if v == "STALE"} == {"laion400m_subset"}
     with pipeline(world["home"], policy_dir=policies, **world["paths"]) as run:
         report = run.run()
     assert report.per_shard_runs == {}
-    assert set(report.cross_shard_assets) == {"subsets/laion400m", "indices/laion400m", "audits/laion400m"}
+    assert set(report.cross_shard_assets) == {"laion400m_subset", "laion400m_index", "laion400m_audit"}
     assert set(_statuses(world, policy_dir=policies).values()) == {"FRESH"}
 
 
@@ -102,18 +102,19 @@ def test_a_large_files_digest_is_kept_across_processes_until_the_file_changes(tm
 
     from resources import versions
 
-    monkeypatch.setattr(versions, "CACHE_PATH", tmp_path / "cache" / "file_digests.json")
+    monkeypatch.setenv("CLIPSIEVE_CACHE_DIR", str(tmp_path / "cache"))
+    digests = versions.cache_path(versions.DIGESTS)
     weights = tmp_path / "weights.bin"
     weights.write_bytes(os.urandom(versions.CACHED_FROM_BYTES))
     expected = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
     assert versions.file_digest(str(weights)) == expected
-    cache = json.loads(versions.CACHE_PATH.read_text())
+    cache = json.loads(digests.read_text())
     assert cache[str(weights)]["digest"] == expected
 
     # A new process (no in-process cache) takes the stored digest without reading the file:
     # shown by a stored value no hash of the file could give.
     cache[str(weights)]["digest"] = "from-cache"
-    versions.CACHE_PATH.write_text(json.dumps(cache))
+    digests.write_text(json.dumps(cache))
     versions._digest.cache_clear()
     assert versions.file_digest(str(weights)) == "from-cache"
 
@@ -123,10 +124,10 @@ def test_a_large_files_digest_is_kept_across_processes_until_the_file_changes(tm
     os.utime(weights, ns=(before + 10**9, before + 10**9))  # a later mtime, whatever the clock's grain
     fresh = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
     assert versions.file_digest(str(weights)) == fresh != expected
-    assert json.loads(versions.CACHE_PATH.read_text())[str(weights)]["digest"] == fresh
+    assert json.loads(digests.read_text())[str(weights)]["digest"] == fresh
 
     # Small files are never stored: policies and heads hash in microseconds.
     small = tmp_path / "policy.sql"
     small.write_text("SELECT 1")
     versions.file_digest(str(small))
-    assert str(small) not in json.loads(versions.CACHE_PATH.read_text())
+    assert str(small) not in json.loads(digests.read_text())

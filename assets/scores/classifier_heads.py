@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.embeddings import encode_texts, load_embeddings
 from assets.scores.common import for_each_shard, score_asset, write_scores
@@ -51,10 +51,10 @@ def load_scorer(choice: HeadChoice, clip: ClipModelResource) -> Scorer:
                               logit_scale(loaded.model))
 
 
-def build_head_asset(name: str, model_id: str, choice: HeadChoice) -> AssetsDefinition:
+def build_head_asset(name: str, model_id: str, choice: HeadChoice, batches: BackfillPolicy) -> AssetsDefinition:
     column, cut_off = HEADS[name]
 
-    @score_asset(f"{CODE_VERSION}+{model_id}+{choice.kind}-{choice.version}", "torch", deps=("embeddings",),
+    @score_asset(f"{CODE_VERSION}+{model_id}+{choice.kind}-{choice.version}", "torch", batches, deps=("embeddings",),
                  name=name, description=f"`{column}` over CLIP image embeddings ({choice.kind} head: "
                                         f"{choice.source}).")
     def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource,
@@ -75,5 +75,6 @@ def build_head_asset(name: str, model_id: str, choice: HeadChoice) -> AssetsDefi
     return head_asset
 
 
-def build_head_assets(model_id: str, heads: HeadsResource, embedding_dim: int | None) -> list[AssetsDefinition]:
-    return [build_head_asset(name, model_id, heads.choose(name, embedding_dim)) for name in HEADS]
+def build_head_assets(model_id: str, heads: HeadsResource, embedding_dim: int | None,
+                      batches: BackfillPolicy) -> list[AssetsDefinition]:
+    return [build_head_asset(name, model_id, heads.choose(name, embedding_dim), batches) for name in HEADS]

@@ -5,7 +5,7 @@ Embeddings are stored normalized, so the cosine is a row-wise dot product.
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.embeddings import load_embeddings
 from assets.scores.common import for_each_shard, score_asset, write_scores
@@ -29,8 +29,8 @@ def similarity_scores(keys: pa.Table, image: np.ndarray, text: np.ndarray) -> pa
     })
 
 
-def build_clip_similarity_asset(model_id: str) -> AssetsDefinition:
-    @score_asset(f"{CODE_VERSION}+{model_id}", "numpy", deps=("embeddings",), name="clip_similarity")
+def build_clip_similarity_asset(model_id: str, batches: BackfillPolicy) -> AssetsDefinition:
+    @score_asset(f"{CODE_VERSION}+{model_id}", "numpy", batches, deps=("embeddings",), name="clip_similarity")
     def clip_similarity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         """CLIP image-caption cosine similarity per embedded sample (LAION's `similarity`)."""
         return for_each_shard(context, lambda shard: write_scores(

@@ -4,24 +4,26 @@ from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, asset
 
-from assets.partitions import SHARD_BATCHES, shard_partitions
+from assets.partitions import shard_partitions
 from assets.table_metadata import table_metadata
 from resources.lake import LakeResource, samples_path, score_path, with_metadata
 
 
-def score_asset(code_version: str, compute_kind: str, deps: tuple[str, ...] = ("samples",), **kwargs):
-    """The @asset declaration every per-shard score shares: scores/<name>, one partition per shard."""
+def score_asset(code_version: str, compute_kind: str, batches: BackfillPolicy, deps: tuple[str, ...] = ("samples",),
+                **kwargs):
+    """The @asset declaration every per-shard score shares: scores/<name>, one partition per
+    shard, run in batches of shards as `batches` says."""
     return asset(key_prefix="scores", partitions_def=shard_partitions, deps=list(deps), group_name="scores",
-                 code_version=code_version, compute_kind=compute_kind, backfill_policy=SHARD_BATCHES, **kwargs)
+                 code_version=code_version, compute_kind=compute_kind, backfill_policy=batches, **kwargs)
 
 
 def for_each_shard(context: AssetExecutionContext, compute: Callable[[str], dict]) -> MaterializeResult:
     """Run `compute(shard)` for every shard of the run; each shard's materialization gets
     the metadata its own call returned.
 
-    A run covers one shard, or a range of them (a backfill under SHARD_BATCHES, or
+    A run covers one shard, or a range of them (a backfill under the assets' BackfillPolicy, or
     `clipsieve materialize` batching shards that need the same work); either way each
     partition's record reads as if it had run alone.
     """

@@ -6,7 +6,7 @@ crawl records it, as DataComp filters on it), min_side, aspect_ratio (long side 
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from resources.lake import LakeResource
@@ -42,8 +42,13 @@ def quality_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-@score_asset(CODE_VERSION, "pyarrow")
-def quality(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-    """Caption words and characters, image sides and aspect ratio per usable sample."""
-    return for_each_shard(context, lambda shard: write_scores(
-        lake, shard, "quality", quality_scores(usable_samples(lake, shard))))
+def build_quality_asset(batches: BackfillPolicy) -> AssetsDefinition:
+    """scores/quality, run in batches of shards as `batches` says."""
+
+    @score_asset(CODE_VERSION, "pyarrow", batches)
+    def quality(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        """Caption words and characters, image sides and aspect ratio per usable sample."""
+        return for_each_shard(context, lambda shard: write_scores(
+            lake, shard, "quality", quality_scores(usable_samples(lake, shard))))
+
+    return quality

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
@@ -49,10 +49,10 @@ def toxicity_scores(samples: pa.Table, terms_path: str = TERMS_PATH) -> pa.Table
     })
 
 
-def build_toxicity_asset(terms_path: str = TERMS_PATH) -> AssetsDefinition:
+def build_toxicity_asset(batches: BackfillPolicy, terms_path: str = TERMS_PATH) -> AssetsDefinition:
     """scores/toxicity, flagging the terms in `terms_path`."""
 
-    @score_asset(code_version(terms_path), "numpy")
+    @score_asset(code_version(terms_path), "numpy", batches)
     def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
 

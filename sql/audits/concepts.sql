@@ -1,5 +1,5 @@
--- MetaCLIP entry match counts per stage (one row per stage and matched entry).
-SELECT stage, entry, count(*) AS matches
-FROM (SELECT stage, unnest(concept_ids) AS entry FROM audit_stages)
-GROUP BY stage, entry
-ORDER BY stage DESC, matches DESC;
+-- MetaCLIP entry match counts per side (one row per side and matched entry).
+SELECT side, entry, count(*) AS matches
+FROM (SELECT side, unnest(concept_ids) AS entry FROM audit_sides)
+GROUP BY side, entry
+ORDER BY side DESC, matches DESC;

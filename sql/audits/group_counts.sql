@@ -1,5 +1,5 @@
--- Samples per stage and caption group.
-SELECT stage, group_name, count(*) AS samples
+-- Samples per side and caption group.
+SELECT side, group_name, count(*) AS samples
 FROM audit_sample_groups
-GROUP BY stage, group_name
-ORDER BY stage DESC, group_name;
+GROUP BY side, group_name
+ORDER BY side DESC, group_name;

@@ -1,9 +1,9 @@
--- Language shares per stage.
+-- Language shares per side.
 SELECT
-    stage,
+    side,
     language,
     count(*) AS samples,
-    count(*) / sum(count(*)) OVER (PARTITION BY stage) AS share
-FROM audit_stages
-GROUP BY stage, language
-ORDER BY stage DESC, samples DESC, language;
+    count(*) / sum(count(*)) OVER (PARTITION BY side) AS share
+FROM audit_sides
+GROUP BY side, language
+ORDER BY side DESC, samples DESC, language;

@@ -1,9 +1,9 @@
--- Rates per stage. Thresholds are LAION's recommended cut-offs (LAION-5B paper):
+-- Rates per side. Thresholds are LAION's recommended cut-offs (LAION-5B paper):
 -- punsafe > 0.5 (and the stricter > 0.9), pwatermark > 0.8; toxic = toxicity > 0.5
 -- (Birhane et al. report 100 * mean(P > 0.5)). Exact duplicates: 1 - distinct sha256 /
 -- count; near duplicates: the near_duplicates asset's flag.
 SELECT
-    stage,
+    side,
     count(*) AS samples,
     avg((punsafe > 0.5)::INTEGER) AS nsfw_rate,
     avg((punsafe > 0.9)::INTEGER) AS nsfw_rate_p90,
@@ -15,6 +15,6 @@ SELECT
     1 - count(DISTINCT phash) / count(*) AS phash_duplicate_rate,
     avg((language = 'en')::INTEGER) AS english_rate,
     avg(similarity) AS mean_similarity
-FROM audit_stages
-GROUP BY stage
-ORDER BY stage DESC;
+FROM audit_sides
+GROUP BY side
+ORDER BY side DESC;

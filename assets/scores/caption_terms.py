@@ -1,4 +1,5 @@
-"""concepts: the MetaCLIP metadata entries each caption matches (input of MetaCLIP balancing).
+"""caption_terms: the MetaCLIP metadata entries each caption matches (input of MetaCLIP
+balancing) and the demographic group it names.
 
 The project ships a modest entry list (resources/terms/metaclip_entries.txt: the sample
 domain's terms and common WordNet-style nouns); point CurationFiles.metaclip_entries
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
@@ -82,17 +83,18 @@ def _matcher(path: str) -> PhraseMatcher:
     return PhraseMatcher(entries(path))
 
 
-def build_concepts_asset(metadata_path: str = METADATA_PATH, groups_path: str = GROUPS_PATH) -> AssetsDefinition:
-    """scores/concepts, with the entry list and caption groups in these files."""
+def build_caption_terms_asset(batches: BackfillPolicy, metadata_path: str = METADATA_PATH,
+                              groups_path: str = GROUPS_PATH) -> AssetsDefinition:
+    """scores/caption_terms, with the entry list and caption groups in these files."""
 
-    @score_asset(code_version(metadata_path, groups_path), "python")
-    def concepts(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+    @score_asset(code_version(metadata_path, groups_path), "python", batches)
+    def caption_terms(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         """MetaCLIP metadata entries matched by each usable sample's caption, and its caption group."""
 
         def one(shard: str) -> dict:
             table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), metadata_path,
                                    groups_path)
-            metadata = write_scores(lake, shard, "concepts", table)
+            metadata = write_scores(lake, shard, "caption_terms", table)
             counts = table.column("concept_count").to_numpy()
             metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
             metadata["entries"] = len(entries(metadata_path))
@@ -102,4 +104,4 @@ def build_concepts_asset(metadata_path: str = METADATA_PATH, groups_path: str = 
 
         return for_each_shard(context, one)
 
-    return concepts
+    return caption_terms

@@ -1,4 +1,4 @@
-"""exact_hash: SHA-256 of the image bytes, a 64-bit perceptual hash (pHash) and a thumbnail.
+"""image_hashes: SHA-256 of the image bytes, a 64-bit perceptual hash (pHash) and a thumbnail.
 
 sha256 finds byte-identical copies (img2dataset's own sha256 column is taken on trust
 nowhere: we hash what is in the tar). phash finds re-encoded or resized copies: the signs
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 from PIL import Image
 
 from assets.images import as_mode, image_error_text, open_image
@@ -115,15 +115,20 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
     })
 
 
-@score_asset(CODE_VERSION, "numpy")
-def exact_hash(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
-    """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
+def build_image_hashes_asset(batches: BackfillPolicy) -> AssetsDefinition:
+    """scores/image_hashes, run in batches of shards as `batches` says."""
 
-    def one(shard: str) -> dict:
-        table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
-        metadata = write_scores(lake, shard, "exact_hash", table)
-        metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
-        metadata["images_without_phash"] = table.num_rows - table.column("hash_error").null_count
-        return metadata
+    @score_asset(CODE_VERSION, "numpy", batches)
+    def image_hashes(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
+        """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
 
-    return for_each_shard(context, one)
+        def one(shard: str) -> dict:
+            table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
+            metadata = write_scores(lake, shard, "image_hashes", table)
+            metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
+            metadata["images_without_phash"] = table.num_rows - table.column("hash_error").null_count
+            return metadata
+
+        return for_each_shard(context, one)
+
+    return image_hashes
