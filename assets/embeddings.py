@@ -26,9 +26,8 @@ import pyarrow.compute as pc
 import torch
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
-from assets.partitions import shard_batches, shard_partitions
+from assets.partitions import for_each_shard, shard_batches, shard_partitions
 from assets.pixels import pixel_batches
-from assets.scores.common import for_each_shard
 from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, prune_versions, samples_path, with_metadata

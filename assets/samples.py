@@ -71,8 +71,7 @@ from assets.crawl_input import (
 from assets.crawl_shard import crawl_shard
 from assets.image_worker import ImageCheckWorker
 from assets.images import MAX_IMAGE_BYTES, check_image
-from assets.partitions import shard_partitions
-from assets.scores.common import for_each_shard
+from assets.partitions import for_each_shard, shard_partitions
 from assets.table_metadata import table_metadata
 from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
 from resources.lake import (

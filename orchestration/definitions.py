@@ -31,7 +31,7 @@ from assets.checks import bounds as check_bounds
 from assets.crawl_shard import crawl_shard
 from assets.indices import IndexResource
 from assets.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
-from assets.scores import caption_terms, classifier_heads, clip_similarity, image_hashes, language, quality, toxicity
+from assets.scores import definitions as scores
 from orchestration.demo_crawl import demo_crawl
 from orchestration.schedules import (
     DEFAULT_REFRESH_CRON,
@@ -68,13 +68,13 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
     per_shard = [
         samples.build_samples_asset(batches),
         embeddings.build_embeddings_asset(model_id, clip.precision, batches),
-        clip_similarity.build_clip_similarity_asset(model_id, batches),
-        *classifier_heads.build_head_assets(model_id, heads, clip.embedding_dim, batches),
-        language.build_language_asset(batches),
-        quality.build_quality_asset(batches),
-        image_hashes.build_image_hashes_asset(batches),
-        toxicity.build_toxicity_asset(batches, files.toxic_terms),
-        caption_terms.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
+        scores.build_clip_similarity_asset(model_id, batches),
+        *scores.build_head_assets(model_id, heads, clip.embedding_dim, batches),
+        scores.build_language_asset(batches),
+        scores.build_quality_asset(batches),
+        scores.build_image_hashes_asset(batches),
+        scores.build_toxicity_asset(batches, files.toxic_terms),
+        scores.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
     ]
     dedup = near_duplicates.build_near_duplicates_asset(model_id)
     # A subset reads every per-shard output and the duplicate groups.

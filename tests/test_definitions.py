@@ -7,8 +7,9 @@ import sys
 
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
+from assets.partitions import shard_batches
 from assets.sample_crawl import write_sample_crawl
-from assets.samples import crawl_shard, samples
+from assets.samples import build_samples_asset, crawl_shard
 from orchestration.definitions import build_assets, defs, per_shard_keys
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource
@@ -83,6 +84,7 @@ def test_sensor_registers_complete_shards_only(tmp_path):
 
 def test_one_asset_for_one_partition_as_the_ui_launches_it(tmp_path, crawl):
     resources = {"crawl": CrawlResource(root=str(crawl)), "lake": LakeResource(root=str(tmp_path))}
+    samples = build_samples_asset(shard_batches())
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("shards", ["00001"])
         result = materialize([samples, crawl_shard], instance=instance, partition_key="00001",

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
-from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
+from assets.scores.common import usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.curation_files import TERMS_DIR
 from resources.lake import LakeResource
@@ -83,25 +82,14 @@ def _matcher(path: str) -> PhraseMatcher:
     return PhraseMatcher(entries(path))
 
 
-def build_caption_terms_asset(batches: BackfillPolicy, metadata_path: str = METADATA_PATH,
-                              groups_path: str = GROUPS_PATH) -> AssetsDefinition:
-    """scores/caption_terms, with the entry list and caption groups in these files."""
-
-    @score_asset(code_version(metadata_path, groups_path), "python", batches)
-    def caption_terms(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """MetaCLIP metadata entries matched by each usable sample's caption, and its caption group."""
-
-        def one(shard: str) -> dict:
-            table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), metadata_path,
-                                   groups_path)
-            metadata = write_scores(lake, shard, "caption_terms", table)
-            counts = table.column("concept_count").to_numpy()
-            metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
-            metadata["entries"] = len(entries(metadata_path))
-            groups = table.column("caption_group")
-            metadata["share/caption_group"] = 1 - groups.null_count / len(groups) if len(groups) else 0.0
-            return metadata
-
-        return for_each_shard(context, one)
-
-    return caption_terms
+def score_shard(lake: LakeResource, shard: str, metadata_path: str = METADATA_PATH,
+                groups_path: str = GROUPS_PATH) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/caption_terms; the table and its figures."""
+    table = concept_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), metadata_path, groups_path)
+    metadata = write_scores(lake, shard, "caption_terms", table)
+    counts = table.column("concept_count").to_numpy()
+    metadata["share/no_entry"] = float((counts == 0).mean()) if len(counts) else 0.0
+    metadata["entries"] = len(entries(metadata_path))
+    groups = table.column("caption_group")
+    metadata["share/caption_group"] = 1 - groups.null_count / len(groups) if len(groups) else 0.0
+    return table, metadata

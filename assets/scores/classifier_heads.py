@@ -12,12 +12,11 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.embeddings import encode_texts, load_embeddings
-from assets.scores.common import for_each_shard, score_asset, write_scores
+from assets.scores.common import write_scores
 from resources.clip_model import ClipModelResource
-from resources.heads import HEADS, Head, HeadChoice, HeadsResource
+from resources.heads import HEADS, Head, HeadChoice
 from resources.lake import LakeResource
 from resources.zero_shot import PromptSet, ZeroShotHead, logit_scale
 
@@ -51,30 +50,14 @@ def load_scorer(choice: HeadChoice, clip: ClipModelResource) -> Scorer:
                               logit_scale(loaded.model))
 
 
-def build_head_asset(name: str, model_id: str, choice: HeadChoice, batches: BackfillPolicy) -> AssetsDefinition:
+def score_shard(lake: LakeResource, shard: str, name: str, model_id: str, choice: HeadChoice,
+                scorer: Scorer) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/<name> (nsfw, watermark or aesthetic) with the chosen head;
+    the table and its figures."""
     column, cut_off = HEADS[name]
-
-    @score_asset(f"{CODE_VERSION}+{model_id}+{choice.kind}-{choice.version}", "torch", batches, deps=("embeddings",),
-                 name=name, description=f"`{column}` over CLIP image embeddings ({choice.kind} head: "
-                                        f"{choice.source}).")
-    def head_asset(context: AssetExecutionContext, lake: LakeResource, heads: HeadsResource,
-                   clip: ClipModelResource) -> MaterializeResult:
-        chosen = heads.choose(name, clip.embedding_dim)  # the run's resources, as the launchpad set them
-        scorer = load_scorer(chosen, clip)
-
-        def one(shard: str) -> dict:
-            keys, image, _ = load_embeddings(lake, shard, model_id)
-            table = head_scores(scorer, column, keys, image)
-            metadata = write_scores(lake, shard, name, table, model_id, chosen.metadata())
-            values = table.column(column).to_numpy()
-            metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
-            return {**metadata, **chosen.metadata()}
-
-        return for_each_shard(context, one)
-
-    return head_asset
-
-
-def build_head_assets(model_id: str, heads: HeadsResource, embedding_dim: int | None,
-                      batches: BackfillPolicy) -> list[AssetsDefinition]:
-    return [build_head_asset(name, model_id, heads.choose(name, embedding_dim), batches) for name in HEADS]
+    keys, image, _ = load_embeddings(lake, shard, model_id)
+    table = head_scores(scorer, column, keys, image)
+    metadata = write_scores(lake, shard, name, table, model_id, choice.metadata())
+    values = table.column(column).to_numpy()
+    metadata[f"share/{column}>{cut_off}"] = float((values > cut_off).mean()) if len(values) else 0.0
+    return table, {**metadata, **choice.metadata()}

@@ -5,10 +5,9 @@ Embeddings are stored normalized, so the cosine is a row-wise dot product.
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
 from assets.embeddings import load_embeddings
-from assets.scores.common import for_each_shard, score_asset, write_scores
+from assets.scores.common import write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -29,11 +28,7 @@ def similarity_scores(keys: pa.Table, image: np.ndarray, text: np.ndarray) -> pa
     })
 
 
-def build_clip_similarity_asset(model_id: str, batches: BackfillPolicy) -> AssetsDefinition:
-    @score_asset(f"{CODE_VERSION}+{model_id}", "numpy", batches, deps=("embeddings",), name="clip_similarity")
-    def clip_similarity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """CLIP image-caption cosine similarity per embedded sample (LAION's `similarity`)."""
-        return for_each_shard(context, lambda shard: write_scores(
-            lake, shard, "clip_similarity", similarity_scores(*load_embeddings(lake, shard, model_id)), model_id))
-
-    return clip_similarity
+def score_shard(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/clip_similarity for the model; the table and its figures."""
+    table = similarity_scores(*load_embeddings(lake, shard, model_id))
+    return table, write_scores(lake, shard, "clip_similarity", table, model_id)

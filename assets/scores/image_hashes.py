@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 from PIL import Image
 
 from assets.images import as_mode, image_error_text, open_image
-from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
+from assets.scores.common import usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 
@@ -115,20 +114,10 @@ def hash_scores(crawl: CrawlResource, samples: pa.Table) -> pa.Table:
     })
 
 
-def build_image_hashes_asset(batches: BackfillPolicy) -> AssetsDefinition:
-    """scores/image_hashes, run in batches of shards as `batches` says."""
-
-    @score_asset(CODE_VERSION, "numpy", batches)
-    def image_hashes(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource) -> MaterializeResult:
-        """SHA-256, perceptual hash and 8x8 thumbnail of each usable image."""
-
-        def one(shard: str) -> dict:
-            table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
-            metadata = write_scores(lake, shard, "image_hashes", table)
-            metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
-            metadata["images_without_phash"] = table.num_rows - table.column("hash_error").null_count
-            return metadata
-
-        return for_each_shard(context, one)
-
-    return image_hashes
+def score_shard(crawl: CrawlResource, lake: LakeResource, shard: str) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/image_hashes; the table and its figures."""
+    table = hash_scores(crawl, usable_samples(lake, shard, ["key", "shard", "tar_member"]))
+    metadata = write_scores(lake, shard, "image_hashes", table)
+    metadata["distinct_sha256"] = len(set(table.column("sha256").to_pylist()))
+    metadata["images_without_phash"] = table.num_rows - table.column("hash_error").null_count
+    return table, metadata

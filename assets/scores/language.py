@@ -8,9 +8,8 @@ import importlib.resources
 from functools import lru_cache
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
-from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
+from assets.scores.common import usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"
@@ -49,22 +48,12 @@ def language_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-def build_language_asset(batches: BackfillPolicy) -> AssetsDefinition:
-    """scores/language, run in batches of shards as `batches` says."""
-
-    @score_asset(CODE_VERSION, "fasttext", batches)
-    def language(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """Caption language (fastText lid.176) per usable sample."""
-
-        def one(shard: str) -> dict:
-            table = language_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
-            metadata = write_scores(lake, shard, "language", table)
-            counts: dict[str, int] = {}
-            for code in table.column("language").to_pylist():
-                counts[code] = counts.get(code, 0) + 1
-            metadata["languages"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
-            return metadata
-
-        return for_each_shard(context, one)
-
-    return language
+def score_shard(lake: LakeResource, shard: str) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/language; the table and its figures."""
+    table = language_scores(usable_samples(lake, shard, ["key", "shard", "caption"]))
+    metadata = write_scores(lake, shard, "language", table)
+    counts: dict[str, int] = {}
+    for code in table.column("language").to_pylist():
+        counts[code] = counts.get(code, 0) + 1
+    metadata["languages"] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:10])
+    return table, metadata

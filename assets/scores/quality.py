@@ -6,9 +6,8 @@ crawl records it, as DataComp filters on it), min_side, aspect_ratio (long side 
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
-from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
+from assets.scores.common import usable_samples, write_scores
 from resources.lake import LakeResource
 
 CODE_VERSION = "2"
@@ -42,13 +41,7 @@ def quality_scores(samples: pa.Table) -> pa.Table:
     })
 
 
-def build_quality_asset(batches: BackfillPolicy) -> AssetsDefinition:
-    """scores/quality, run in batches of shards as `batches` says."""
-
-    @score_asset(CODE_VERSION, "pyarrow", batches)
-    def quality(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """Caption words and characters, image sides and aspect ratio per usable sample."""
-        return for_each_shard(context, lambda shard: write_scores(
-            lake, shard, "quality", quality_scores(usable_samples(lake, shard))))
-
-    return quality
+def score_shard(lake: LakeResource, shard: str) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/quality; the table and its figures."""
+    table = quality_scores(usable_samples(lake, shard))
+    return table, write_scores(lake, shard, "quality", table)

@@ -12,9 +12,8 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult
 
-from assets.scores.common import for_each_shard, score_asset, usable_samples, write_scores
+from assets.scores.common import usable_samples, write_scores
 from assets.scores.text_match import PhraseMatcher, read_terms
 from resources.curation_files import TERMS_DIR
 from resources.lake import LakeResource
@@ -49,21 +48,11 @@ def toxicity_scores(samples: pa.Table, terms_path: str = TERMS_PATH) -> pa.Table
     })
 
 
-def build_toxicity_asset(batches: BackfillPolicy, terms_path: str = TERMS_PATH) -> AssetsDefinition:
-    """scores/toxicity, flagging the terms in `terms_path`."""
-
-    @score_asset(code_version(terms_path), "numpy", batches)
-    def toxicity(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """Caption toxicity probability (alt-profanity-check) and flagged-term count per usable sample."""
-
-        def one(shard: str) -> dict:
-            table = toxicity_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), terms_path)
-            metadata = write_scores(lake, shard, "toxicity", table)
-            values = table.column("toxicity").to_numpy()
-            metadata["share/toxicity>0.5"] = float((values > 0.5).mean()) if len(values) else 0.0
-            metadata["terms"] = terms_path
-            return metadata
-
-        return for_each_shard(context, one)
-
-    return toxicity
+def score_shard(lake: LakeResource, shard: str, terms_path: str = TERMS_PATH) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/toxicity, flagging the terms in `terms_path`; the table and its figures."""
+    table = toxicity_scores(usable_samples(lake, shard, ["key", "shard", "caption"]), terms_path)
+    metadata = write_scores(lake, shard, "toxicity", table)
+    values = table.column("toxicity").to_numpy()
+    metadata["share/toxicity>0.5"] = float((values > 0.5).mean()) if len(values) else 0.0
+    metadata["terms"] = terms_path
+    return table, metadata
