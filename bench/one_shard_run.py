@@ -6,7 +6,8 @@
 2. runs the `per_shard` job for that shard as a UI launch does (`dagster job execute`: a run
    with the job's own executor) in a fresh instance, and prints its wall time;
 3. runs `clipsieve materialize --no-cross-shard` on the same crawl in another fresh
-   instance (registration and the crawl observation included), and prints its wall time.
+   instance (its webserver, registration and the crawl observation included), launching
+   the run through the instance and then with --in-process, and prints their wall times.
 Figures are printed, never asserted.
 """
 
@@ -31,8 +32,10 @@ def timed(command: list[str], env: dict, log: Path) -> float:
 
 
 def fresh_home(path: Path) -> Path:
+    from orchestration.instance import write_default_config
+
     path.mkdir(parents=True)
-    (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_default_config(str(path))  # as `clipsieve materialize` writes a new home's
     return path
 
 
@@ -56,12 +59,16 @@ def main() -> None:
     job = timed([str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-a", "defs",
                  "-j", "per_shard", "--tags", json.dumps({"dagster/partition": "00000"})], env, work / "job.log")
 
-    cli_env = {**os.environ, "DAGSTER_HOME": str(fresh_home(work / "cli_home"))}
-    cli = timed([str(BIN / "clipsieve"), "materialize", "--crawl", str(crawl), "--lake", str(work / "cli_lake"),
-                 "--no-cross-shard"], cli_env, work / "cli.log")
+    cli = {}
+    for mode, options in (("launched", []), ("in_process", ["--in-process"])):
+        cli_env = {**os.environ, "DAGSTER_HOME": str(fresh_home(work / f"cli_home_{mode}"))}
+        command = [str(BIN / "clipsieve"), "materialize", "--crawl", str(crawl), "--lake",
+                   str(work / f"cli_lake_{mode}"), "--no-cross-shard", *options]
+        cli[mode] = timed(command, cli_env, work / f"cli_{mode}.log")
     print(f"one shard of {args.samples_per_shard} samples, per-shard assets only")
-    print(f"  per_shard job run (as launched from the UI): {job:.1f} s")
-    print(f"  clipsieve materialize --no-cross-shard:       {cli:.1f} s")
+    print(f"  per_shard job run (as launched from the UI):    {job:.1f} s")
+    print(f"  clipsieve materialize --no-cross-shard:          {cli['launched']:.1f} s")
+    print(f"  clipsieve materialize --no-cross-shard --in-process: {cli['in_process']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,8 @@ def run_once(args: argparse.Namespace, shards: int) -> dict:
     model_name, pretrained = checkpoint(workdir, args.model)
     command = [str(Path(sys.executable).with_name("clipsieve")), "materialize", "--crawl", str(crawl),
                "--lake", str(lake), "--model", model_name, "--pretrained", pretrained]
+    if args.in_process:
+        command.append("--in-process")
     launched, started = time.time(), time.perf_counter()  # wall clock, to set against the event log's
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     total = time.perf_counter() - started
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo", choices=["demo", "vit-b-32"])
     parser.add_argument("--precision", default="auto", help="the embeddings' precision ($CLIPSIEVE_PRECISION)")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench_pipeline"))
+    parser.add_argument("--in-process", action="store_true",
+                        help="materialize --in-process (runs in the command's process, not launched)")
     parser.add_argument("--marginal", action="store_true",
                         help="also run twice the shards, and print what the extra shards cost: the "
                              "per-sample shares, with the fixed costs of a run taken out")
