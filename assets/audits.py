@@ -30,12 +30,13 @@ from assets import audit_metrics as formulas
 from assets import checks
 from assets.audit_report import render_report
 from assets.embeddings import encode_texts
-from assets.indices import gather_embeddings, read_index, search
+from assets.indices import gather_embeddings, search
 from assets.policy_keys import audit_key, index_key, subset_key
 from assets.scores.caption_terms import METADATA_PATH, entries
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
 from resources.curation_files import TERMS_DIR, CurationFiles
+from resources.indexing import read_index
 from resources.lake import LakeResource, audit_dir, index_dir
 
 CODE_VERSION = "2"

@@ -27,43 +27,22 @@ and recall@10 is measured on them against exact search.
 
 import hashlib
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, ConfigurableResource, MaterializeResult, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, asset
 
 from assets import checks
 from assets.embeddings import encode_images, encode_texts, load_embeddings
 from assets.policy_keys import index_key, subset_key
 from resources.clip_model import LoadedClip
-from resources.lake import LakeResource, committed_subset, index_dir, members_path, prune_versions
+from resources.indexing import IndexResource, IndexSettings, read_index, write_index
+from resources.lake import LakeResource, committed_subset, index_dir, members_path
 
 CODE_VERSION = "3"
-
-
-class IndexResource(ConfigurableResource):
-    """How kNN indices are built."""
-
-    memory_budget_mb: int = Field(default=2048, description="Memory the index may take; picks the index type.")
-    target_recall: float = Field(default=0.95, description="recall@10 the search parameters are tuned to reach.")
-    queries: int = Field(default=500, description="Held-out queries for tuning and measuring recall@10.")
-
-    def settings(self) -> "IndexSettings":
-        return IndexSettings(self.memory_budget_mb * 2**20, self.target_recall, self.queries)
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    memory_budget_bytes: int = 2 * 2**30
-    target_recall: float = 0.95
-    queries: int = 500
 
 
 def choose_factory(count: int, dim: int, memory_budget_bytes: int) -> str:
@@ -254,39 +233,6 @@ def held_out_queries(text: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """Text embeddings of a sample of members: queries that are not themselves indexed."""
     rng = np.random.default_rng(seed)
     return np.ascontiguousarray(text[rng.choice(len(text), size=min(count, len(text)), replace=False)])
-
-
-def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Table, info: dict) -> None:
-    """Write the index and its keys into a version folder named by their content, then
-    index_info.json, which commits them: a reader sees the old index or the new one whole."""
-    # faiss writes to a file name; go through a local temporary so any lake (or URL) works.
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "image.index")
-        faiss.write_index(index, local)
-        with open(local, "rb") as f:
-            data = f.read()
-    rows = "\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
-                                                            keys.column("key").to_pylist()))
-    version = hashlib.sha256(data + rows.encode()).hexdigest()[:16]
-    lake.write_bytes(f"{folder}/versions/{version}/image.index", data)
-    lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
-    previous = lake.read_json(f"{folder}/index_info.json").get("version") \
-        if lake.exists(f"{folder}/index_info.json") else None
-    lake.write_json(f"{folder}/index_info.json", {**info, "version": version})
-    prune_versions(lake, f"{folder}/versions", {version, previous})
-
-
-def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
-    """The committed index with its tuned search parameters applied, and its row keys (`info`:
-    its index_info.json, when the caller has read it already)."""
-    info = info if info is not None else lake.read_json(f"{folder}/index_info.json")
-    if "version" not in info:
-        raise ValueError(f"{lake.path(folder)} was written by an older clipsieve: materialize its index again")
-    files = f"{folder}/versions/{info['version']}"
-    index = faiss.deserialize_index(np.frombuffer(lake.read_bytes(f"{files}/image.index"), dtype=np.uint8))
-    if info.get("search_params"):
-        faiss.ParameterSpace().set_index_parameters(index, info["search_params"])
-    return index, lake.read_parquet(f"{files}/keys.parquet")
 
 
 def search(index: faiss.Index, keys: pa.Table, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from assets.indices import IndexSettings, build_index, choose_factory, exact_neighbours, recall_at_k
+from assets.indices import build_index, choose_factory, exact_neighbours, recall_at_k
+from resources.indexing import IndexSettings
 
 
 def random_unit_vectors(count: int, dim: int, seed: int, clusters: int = 0) -> np.ndarray:

@@ -267,9 +267,10 @@ def _check_reasons(results: dict[str, dict]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from assets.indices import encode_query, read_index, search
+    from assets.indices import encode_query, search
     from resources.catalog import open_catalog, read_sql
     from resources.clip_model import ClipModelResource
+    from resources.indexing import read_index
     from resources.lake import LakeResource, committed_subset, index_dir
 
     lake = LakeResource(root=args.lake)

@@ -29,7 +29,6 @@ from dagster import (
 from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
 from assets.checks import bounds as check_bounds
 from assets.crawl_shard import crawl_shard
-from assets.indices import IndexResource
 from assets.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
 from assets.scores import definitions as scores
 from orchestration.demo_crawl import demo_crawl
@@ -45,6 +44,7 @@ from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.curation_files import CurationFiles
 from resources.heads import HeadsResource
+from resources.indexing import IndexResource
 from resources.lake import LakeResource
 from resources.versions import text_digest
 

@@ -13,13 +13,14 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
-from assets.indices import IndexSettings, build_index, update_index
+from assets.indices import build_index, update_index
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import defs, per_shard_keys
 from orchestration.runner import SHARDS_TAG, shard_batches
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.indexing import IndexSettings
 from resources.lake import LakeResource, index_dir
 from tests.conftest import pipeline
 

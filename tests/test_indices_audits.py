@@ -11,10 +11,11 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets import audit_metrics as formulas
-from assets.indices import IndexSettings, build_index, choose_factory, recall_at_k
+from assets.indices import build_index, choose_factory, recall_at_k
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.crawl import CrawlResource
+from resources.indexing import IndexSettings
 from resources.lake import index_dir
 from tests.conftest import run_cli
 

@@ -9,10 +9,11 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
 from assets.embeddings import committed_version, load_embeddings
-from assets.indices import read_index, search
+from assets.indices import search
 from assets.subsets import calibrated_params
 from orchestration.definitions import defs, per_shard_keys
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+from resources.indexing import read_index
 from resources.lake import embeddings_dir, index_dir, score_path
 from tests.conftest import SHARDS, run_cli
 
