@@ -298,6 +298,108 @@ def _exists(path: str) -> bool:
     return fs.exists(stripped)
 
 
+@dataclass
+class Plan:
+    """What the definitions say about the work: the per-shard and cross-shard assets (evaluation
+    only when the crawl has ground truth) and how many shards a run may take."""
+
+    defs: Definitions
+    per_shard: set[AssetKey]
+    cross_shard: set[AssetKey]
+    shards_per_run: int
+
+    @classmethod
+    def of(cls, defs: Definitions, crawl: CrawlResource) -> "Plan":
+        graph = defs.resolve_asset_graph()
+        nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
+        per_shard = {n.key for n in nodes if n.partitions_def is not None}
+        # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
+        skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
+        return cls(defs, per_shard, {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip},
+                   min(n.backfill_policy.max_partitions_per_run or 1_000_000 for n in nodes
+                       if n.key in per_shard and n.backfill_policy is not None))
+
+    def stale_work(self, server: DagsterServer, shards: list[str]) -> dict[str, set[AssetKey]]:
+        """shard -> the per-shard assets to redo there: what Dagster reports STALE or MISSING
+        and everything below it (shards with nothing to redo left out)."""
+        work = {}
+        for start in range(0, len(shards), STALE_CHUNK):
+            chunk = shards[start:start + STALE_CHUNK]
+            statuses = server.stale_by_partition([k.path for k in self.per_shard], chunk)
+            for shard in chunk:
+                out_of_date = {k for k in self.per_shard if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
+                if out_of_date:
+                    work[shard] = _relatives(self.defs, out_of_date, self.per_shard, down=True)
+        return work
+
+    def cross_shard_work(self, server: DagsterServer, instance: DagsterInstance) -> set[AssetKey]:
+        """The cross-shard assets Dagster reports STALE or MISSING, or older than a per-shard
+        materialization (work of another process: a parallel slice, a killed run), with the
+        checked parents that gate them and everything below them."""
+        statuses = server.stale([k.path for k in self.cross_shard])
+        out_of_date = {k for k in self.cross_shard if statuses[k.to_user_string()] in OUT_OF_DATE}
+        newest_per_shard = _latest_storage_id(instance, self.per_shard)
+        out_of_date |= {k for k in self.cross_shard if _latest_storage_id(instance, {k}) < newest_per_shard}
+        if not out_of_date:
+            return set()
+        # An index is never redone without its subset: the subset's blocking checks gate it in the same run.
+        gated = _relatives(self.defs, out_of_date, self.cross_shard, down=False, only_checked=True)
+        return _relatives(self.defs, gated, self.cross_shard, down=True)
+
+
+def _run_per_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance, runs: InstanceRuns | InProcessRuns,
+                   shards: list[str], report: RunReport, log: Callable[[str], None]) -> None:
+    """Run the per-shard work Dagster reports, batch by batch; a failed batch again shard by shard."""
+    def failed(run_id: str, outcome: RunOutcome, batch: list[str]) -> None:  # the others go on; raised at the end
+        report.failures.append(f"run {run_id} for {_shards(batch)} failed:\n" + _failures(outcome))
+        log(report.failures[-1])
+
+    order = instance.get_dynamic_partitions(shard_partitions.name)
+    for batch, todo in shard_batches(order, plan.stale_work(server, shards), plan.shards_per_run):
+        log(f"{_shards(batch)}: materializing {len(todo)} asset(s)")
+        run_id, outcome = runs.run(PER_SHARD_JOB, todo, partition_tags(batch))
+        if outcome.success:
+            report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
+            continue
+        retry = plan.stale_work(server, batch) if len(batch) > 1 else {}
+        if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
+            failed(run_id, outcome, batch)
+            continue
+        log(f"run {run_id} for {_shards(batch)} failed; redoing them one by one to find the bad ones")
+        for shard, again in retry.items():
+            run_id, alone = runs.run(PER_SHARD_JOB, again, partition_tags([shard]))
+            if alone.success:
+                report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
+            else:
+                failed(run_id, alone, [shard])
+
+
+def _run_cross_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance,
+                     runs: InstanceRuns | InProcessRuns, report: RunReport, log: Callable[[str], None]) -> None:
+    """One cross-shard run: everything after per-shard work or a retired shard, else what is out of date."""
+    todo = plan.cross_shard if report.per_shard_runs or report.removed_shards \
+        else plan.cross_shard_work(server, instance)
+    if not todo:
+        return
+    log(f"cross-shard: materializing {len(todo)} asset(s)")
+    run_id, outcome = runs.run(CROSS_SHARD_JOB, todo, {})
+    if EVALUATION in todo and EVALUATION not in outcome.materialized and outcome.blocked and not outcome.crashed:
+        # A blocked subset stops everything below it in the run, evaluation included;
+        # evaluation measures what exists, so it runs on its own.
+        log("evaluation did not run below a blocked subset: materializing it on its own")
+        outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
+    report.blocked += outcome.blocked
+    report.warnings += outcome.warnings
+    resources = plan.defs.resources
+    _, left_out = pool_shards(resources["lake"], resources["clip"].model_id,
+                              instance.get_dynamic_partitions(shard_partitions.name))
+    report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
+                        for shard, lacks in left_out.items()]
+    if outcome.crashed:
+        report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
+    report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
+
+
 def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterServer, in_process: bool = False,
                  log: Callable[[str], None] = print, shards: list[str] | None = None,
                  cross_shard: bool = True) -> RunReport:
@@ -308,8 +410,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterSe
     slices); `cross_shard=False` leaves the cross-shard assets to a later call.
     """
     started = time.time()
-    resources = defs.resources
-    crawl, lake = resources["crawl"], resources["lake"]
+    crawl, lake = defs.resources["crawl"], defs.resources["lake"]
     complete, unsafe = split_shard_names(crawl.shards())
     if unsafe:  # a crawl file named e.g. "...tar" would make the shard "..": never a partition or a path
         log(f"skipping crawl shards with unsafe names: {unsafe[:10]}")
@@ -335,84 +436,10 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterSe
     if not observed.success:
         report.failures.append(f"run {run_id} observing the crawl failed:\n{_failures(observed)}")
         raise PipelineFailed(report)
-
-    graph = defs.resolve_asset_graph()
-    nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
-    per_shard = {n.key for n in nodes if n.partitions_def is not None}
-    # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
-    skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
-    cross_shard_keys = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
-    batch_size = min(n.backfill_policy.max_partitions_per_run or len(shards) for n in nodes
-                     if n.key in per_shard and n.backfill_policy is not None)
-
-    def stale_work(of_shards: list[str]) -> dict[str, set[AssetKey]]:
-        """shard -> the per-shard assets to redo there (shards with nothing to redo left out)."""
-        work = {}
-        for start in range(0, len(of_shards), STALE_CHUNK):
-            chunk = of_shards[start:start + STALE_CHUNK]
-            statuses = server.stale_by_partition([k.path for k in per_shard], chunk)
-            for shard in chunk:
-                out_of_date = {k for k in per_shard if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
-                if out_of_date:
-                    work[shard] = _relatives(defs, out_of_date, per_shard, down=True)
-        return work
-
-    def failed(run_id: str, outcome: RunOutcome, batch: list[str]) -> None:  # the others go on; raised at the end
-        report.failures.append(f"run {run_id} for {_shards(batch)} failed:\n" + _failures(outcome))
-        log(report.failures[-1])
-
-    work = stale_work(shards)
-    order = instance.get_dynamic_partitions(shard_partitions.name)
-    for batch, todo in shard_batches(order, work, batch_size):
-        log(f"{_shards(batch)}: materializing {len(todo)} asset(s)")
-        run_id, outcome = runs.run(PER_SHARD_JOB, todo, partition_tags(batch))
-        if outcome.success:
-            report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
-            continue
-        retry = stale_work(batch) if len(batch) > 1 else {}
-        if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
-            failed(run_id, outcome, batch)
-            continue
-        log(f"run {run_id} for {_shards(batch)} failed; redoing them one by one to find the bad ones")
-        for shard, again in retry.items():
-            run_id, alone = runs.run(PER_SHARD_JOB, again, partition_tags([shard]))
-            if alone.success:
-                report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
-            else:
-                failed(run_id, alone, [shard])
-
-    if not cross_shard:
-        report.seconds = time.time() - started
-        if report.failures:
-            raise PipelineFailed(report)
-        return report
-    statuses = server.stale([k.path for k in cross_shard_keys])
-    out_of_date = {k for k in cross_shard_keys if statuses[k.to_user_string()] in OUT_OF_DATE}
-    # Per-shard work of another process (a parallel slice, a killed run) counts too.
-    newest_per_shard = _latest_storage_id(instance, per_shard)
-    out_of_date |= {k for k in cross_shard_keys if _latest_storage_id(instance, {k}) < newest_per_shard}
-    if report.per_shard_runs or report.removed_shards:
-        todo = cross_shard_keys
-    else:  # an index is never redone without its subset: the subset's blocking checks gate it in the same run
-        todo = _relatives(defs, _relatives(defs, out_of_date, cross_shard_keys, down=False, only_checked=True),
-                          cross_shard_keys, down=True) if out_of_date else set()
-    if todo:
-        log(f"cross-shard: materializing {len(todo)} asset(s)")
-        run_id, outcome = runs.run(CROSS_SHARD_JOB, todo, {})
-        if EVALUATION in todo and EVALUATION not in outcome.materialized and outcome.blocked and not outcome.crashed:
-            # A blocked subset stops everything below it in the run, evaluation included;
-            # evaluation measures what exists, so it runs on its own.
-            log("evaluation did not run below a blocked subset: materializing it on its own")
-            outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
-        report.blocked += outcome.blocked
-        report.warnings += outcome.warnings
-        _, left_out = pool_shards(lake, resources["clip"].model_id,
-                                  instance.get_dynamic_partitions(shard_partitions.name))
-        report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
-                            for shard, lacks in left_out.items()]
-        if outcome.crashed:
-            report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
-        report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
+    plan = Plan.of(defs, crawl)
+    _run_per_shard(plan, server, instance, runs, shards, report, log)
+    if cross_shard:
+        _run_cross_shard(plan, server, instance, runs, report, log)
     report.seconds = time.time() - started
     if report.failures:
         raise PipelineFailed(report)
