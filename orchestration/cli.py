@@ -86,7 +86,10 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     defs = build_definitions(**settings)
     instance = _instance(args.lake)
     shards = [s.strip() for s in args.shards.split(",") if s.strip()] if args.shards else None
-    log = lambda m: print(m, flush=True)  # noqa: E731
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
     with DagsterServer(instance.root_directory, location_env(**settings), log=log) as server:
         try:
             report = run_pipeline(defs, instance, server, in_process=args.in_process, log=log, shards=shards,
