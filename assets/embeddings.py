@@ -24,13 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
-from assets.partitions import for_each_shard, shard_batches, shard_partitions
 from assets.pixels import pixel_batches
-from resources.clip_model import ClipModelResource, EmbedOptions, LoadedClip
+from resources.clip_model import EmbedOptions, LoadedClip
 from resources.crawl import CrawlResource
-from resources.lake import LakeResource, embeddings_dir, prune_versions, samples_path, with_metadata
+from resources.lake import LakeResource, embeddings_dir, prune_versions, with_metadata
 
 CODE_VERSION = "3"
 
@@ -186,7 +184,6 @@ def embed_shard(crawl: CrawlResource, samples: pa.Table, clip: LoadedClip,
 
 
 EMBEDDINGS_VERSION_KEY = "clipsieve.embeddings_version"
-PROGRESS_SECONDS = 30.0  # how often a running embeddings step logs its progress
 
 
 def write_embeddings(lake: LakeResource, shard: str, model_id: str, result: ShardEmbeddings) -> None:
@@ -236,67 +233,3 @@ def embedding_failures(lake: LakeResource, shard: str, model_id: str) -> pa.Tabl
     """The committed version's images the model could not read (key, shard, error)."""
     version = committed_version(lake, shard, model_id)
     return lake.read_parquet(f"{embeddings_dir(shard, model_id)}/versions/{version}/failures.parquet")
-
-
-def build_embeddings_asset(model_id: str, precision: str = "fp32",
-                           batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
-    """The embeddings asset for one model; the model id (and a precision setting other than
-    fp32, which changes the numbers slightly) is part of its code version.
-
-    The version carries the setting (`auto`), not what it resolves to: versions are computed
-    where the definitions load, which need not be the machine that runs the step. The
-    resolved precision is in each materialization's metadata."""
-
-    @asset(
-        name="embeddings",
-        partitions_def=shard_partitions,
-        deps=["samples"],
-        group_name="per_shard",
-        code_version=f"{CODE_VERSION}+{model_id}" + ("" if precision == "fp32" else f"+{precision}"),
-        compute_kind="open_clip",
-        backfill_policy=batches,
-    )
-    def embeddings(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource,
-                   clip: ClipModelResource) -> MaterializeResult:
-        """CLIP image + text embeddings (fp16, normalized) of the shard's usable samples."""
-        if clip.model_id != model_id:
-            raise ValueError(f"clip resource is {clip.model_id} but these assets were defined for {model_id}: "
-                             "set CLIPSIEVE_MODEL / CLIPSIEVE_PRETRAINED and reload the code location")
-        started = time.perf_counter()
-        model = clip.load()  # once per process, whatever the number of shards and runs in it
-        loading = [time.perf_counter() - started]  # charged to the first shard, then 0
-
-        def one(shard: str) -> dict:
-            began, last = time.perf_counter(), [time.perf_counter()]
-
-            def progress(read: int, total: int) -> None:  # a line every PROGRESS_SECONDS
-                now = time.perf_counter()
-                if now - last[0] >= PROGRESS_SECONDS or read == total:
-                    last[0] = now
-                    context.log.info(f"embeddings {shard}: {read}/{total} images "
-                                     f"({read / max(now - began, 1e-9):.1f}/s)")
-
-            result = embed_shard(crawl, lake.read_parquet(samples_path(shard)), model, clip.embed_options(),
-                                 progress)
-            write_embeddings(lake, shard, model_id, result)
-            total = result.timings["total"]
-            load_seconds, loading[0] = loading[0], 0.0
-            return {
-                "model_id": model_id,
-                "precision": model.precision,  # what `auto` resolved to on this worker
-                "rows": len(result.keys),
-                "failures": len(result.failures),
-                "dim": int(result.image.shape[1]),
-                "path": lake.path(embeddings_dir(shard, model_id)),
-                # Where the time went: the model itself vs reading, decoding and bookkeeping.
-                "forward_seconds": round(result.timings.get("forward", 0.0), 3),
-                "seconds": round(total, 3),
-                "pairs_per_second": round(len(result.keys) / total, 1) if total else 0.0,
-                # Importing open_clip and building the model, before this shard (0 once loaded):
-                # a fixed cost of the process, however many samples follow.
-                "model_load_seconds": round(load_seconds, 3),
-            }
-
-        return for_each_shard(context, one)
-
-    return embeddings

@@ -26,11 +26,11 @@ from dagster import (
     multi_or_in_process_executor,
 )
 
-from assets import audits, embeddings, evaluation, indices, near_duplicates, samples, subsets
+from assets import audits, evaluation, indices, near_duplicates, subsets
 from assets.checks import bounds as check_bounds
 from assets.crawl_shard import crawl_shard
+from assets.definitions import embeddings, samples, scores
 from assets.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
-from assets.scores import definitions as scores
 from orchestration.demo_crawl import demo_crawl
 from orchestration.schedules import (
     DEFAULT_REFRESH_CRON,

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from assets.embeddings import _text_features, build_embeddings_asset, embed_shard, encode_images, encode_texts
+from assets.definitions.embeddings import build_embeddings_asset
+from assets.embeddings import _text_features, embed_shard, encode_images, encode_texts
 from assets.pixels import split_transform
 from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
