@@ -27,11 +27,11 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from assets import audit_metrics as formulas
-from assets import checks
 from assets.audit_report import render_report
+from assets.definitions import checks
+from assets.definitions.policy_keys import audit_key, index_key, subset_key
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, search
-from assets.policy_keys import audit_key, index_key, subset_key
 from assets.scores.caption_terms import METADATA_PATH, entries
 from resources.catalog import Catalog, CatalogResource, read_sql
 from resources.clip_model import ClipModelResource, LoadedClip
@@ -251,7 +251,7 @@ def markdown_table(metrics: dict[str, Any]) -> str:
 
 
 def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The <policy>_audit asset; `limits`: the policy's check bounds (assets/checks.py)."""
+    """The <policy>_audit asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
     key = audit_key(policy)
 
     @asset(

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from assets.definitions.policy_keys import subset_key
 from assets.embeddings import load_embeddings
-from assets.policy_keys import subset_key
 from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, CatalogResource, read_sql

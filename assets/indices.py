@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, asset
 
-from assets import checks
+from assets.definitions import checks
+from assets.definitions.policy_keys import index_key, subset_key
 from assets.embeddings import encode_images, encode_texts, load_embeddings
-from assets.policy_keys import index_key, subset_key
 from resources.clip_model import LoadedClip
 from resources.indexing import IndexResource, IndexSettings, read_index, write_index
 from resources.lake import LakeResource, committed_subset, index_dir, members_path
@@ -255,7 +255,7 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
 
 
 def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The <policy>_index asset; `limits`: the policy's check bounds (assets/checks.py)."""
+    """The <policy>_index asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
     key = index_key(policy)
     blocking = checks.is_blocking(limits)
 

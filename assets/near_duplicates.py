@@ -34,8 +34,8 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from assets.definitions.partitions import shard_partitions
 from assets.embeddings import load_embeddings
-from assets.partitions import shard_partitions
 from resources.lake import LakeResource, dedup_path, pool_shards
 
 CODE_VERSION = "1"

@@ -21,11 +21,11 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from assets import checks
 from assets.audits import before_after_figures
+from assets.definitions import checks
+from assets.definitions.policy_keys import subset_key
+from assets.definitions.table_metadata import table_metadata
 from assets.export import uid_array
-from assets.policy_keys import subset_key
-from assets.table_metadata import table_metadata
 from resources.catalog import (
     SQL_DIR,
     Catalog,
@@ -217,7 +217,7 @@ class PolicyConfig(Config):
 def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
                        upstream: list[AssetKey], limits: dict[str, float | bool]) -> AssetsDefinition:
     """The <policy>_subset asset; `calibration` holds the model's parameter values, `limits`
-    the policy's check bounds (assets/checks.py)."""
+    the policy's check bounds (assets/definitions/checks.py)."""
 
     key = subset_key(policy.name)
     blocking = checks.is_blocking(limits)

@@ -27,10 +27,10 @@ from dagster import (
 )
 
 from assets import audits, evaluation, indices, near_duplicates, subsets
-from assets.checks import bounds as check_bounds
-from assets.crawl_shard import crawl_shard
 from assets.definitions import embeddings, samples, scores
-from assets.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
+from assets.definitions.checks import bounds as check_bounds
+from assets.definitions.crawl_shard import crawl_shard
+from assets.definitions.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
 from orchestration.demo_crawl import demo_crawl
 from orchestration.schedules import (
     DEFAULT_REFRESH_CRON,

@@ -9,7 +9,7 @@ import os
 from dagster import Config, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from assets.partitions import shard_partitions
+from assets.definitions.partitions import shard_partitions
 from assets.sample_crawl import DEFECT_RATE, shard_name, write_sample_crawl
 
 

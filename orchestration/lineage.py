@@ -17,7 +17,7 @@ from typing import Any
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from assets.policy_keys import audit_key, index_key, policy_asset, subset_key
+from assets.definitions.policy_keys import audit_key, index_key, policy_asset, subset_key
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
 from resources.heads import HEADS

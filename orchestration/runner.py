@@ -42,7 +42,7 @@ from dagster import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from assets.partitions import shard_partitions
+from assets.definitions.partitions import shard_partitions
 from orchestration.dagster_server import DagsterServer
 from orchestration.definitions import CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB, PER_SHARD_JOB
 from resources.crawl import CrawlResource

@@ -6,7 +6,7 @@ the stats file last, so a shard still being written is not picked up). New shard
 partitions; a shard deleted from the crawl (none of its files left) leaves: its partition
 is removed, its lake files move to retired/ and the cross-shard assets run without it.
 Whether a shard's assets must run is not decided here: the observation gives each shard
-its data version (assets/crawl_shard.py) and the assets' automation conditions act on it
+its data version (assets/definitions/crawl_shard.py) and the assets' automation conditions act on it
 (orchestration/schedules.py). The cursor only remembers the listing last observed.
 """
 
@@ -24,7 +24,7 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import shard_partitions
+from assets.definitions.partitions import shard_partitions
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource
 from resources.safe_paths import split_shard_names

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
 
-from assets import checks
+from assets.definitions import checks
 from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from resources.catalog import open_catalog

@@ -1,7 +1,10 @@
-"""Asset definitions: the Dagster wiring of each stage (decorators, resources, metadata,
-checks) over the plain modules of assets/ that compute it. The computing modules import no
-Dagster; tests call them directly.
+"""Asset definitions: the Dagster side of each stage (decorators, resources, metadata,
+checks, partitions) over the plain modules of assets/ that compute it. The computing
+modules import no Dagster; tests call them directly.
 
-Done so far for the per-shard stages (samples, embeddings, scores); the cross-shard stages
-still declare their assets beside their computing.
+Here: the shard partitions and their batching (partitions.py), the observable crawl shard
+(crawl_shard.py), the per-shard stages' assets (samples.py, embeddings.py, scores.py), the
+asset checks' bounds and specs (checks.py), the policy assets' keys (policy_keys.py) and
+Dagster's table metadata (table_metadata.py). The cross-shard stages (near_duplicates,
+subsets, indices, audits, evaluation) still declare their assets beside their computing.
 """

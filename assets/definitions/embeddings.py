@@ -4,8 +4,8 @@ import time
 
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
+from assets.definitions.partitions import for_each_shard, shard_batches, shard_partitions
 from assets.embeddings import CODE_VERSION, embed_shard, write_embeddings
-from assets.partitions import for_each_shard, shard_batches, shard_partitions
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, samples_path

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
-from assets.partitions import for_each_shard, shard_partitions
+from assets.definitions.partitions import for_each_shard, shard_partitions
+from assets.definitions.table_metadata import table_metadata
 from assets.scores import caption_terms, classifier_heads, clip_similarity, image_hashes, language, quality, toxicity
-from assets.table_metadata import table_metadata
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.heads import HEADS, HeadChoice, HeadsResource

@@ -8,7 +8,7 @@ by "Observe sources" in the UI.
 
 from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
 
-from assets.partitions import shard_partitions
+from assets.definitions.partitions import shard_partitions
 from resources.crawl import CrawlResource
 
 
