@@ -42,6 +42,7 @@ from orchestration.sensors import build_crawl_sensor
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.curation_files import DEFAULTS as CURATION_FILE_VARIABLES
 from resources.curation_files import CurationFiles
 from resources.heads import HeadsResource
 from resources.indexing import IndexResource
@@ -163,8 +164,8 @@ def with_automation(assets: list, refresh_cron: str) -> list:
 
 # build_definitions' settings -> the variables the code location reads them from.
 SETTING_VARIABLES = {"crawl": "CLIPSIEVE_CRAWL", "lake": "CLIPSIEVE_LAKE", "model_name": "CLIPSIEVE_MODEL",
-                     "pretrained": "CLIPSIEVE_PRETRAINED", "policy_dir": "CLIPSIEVE_POLICY_DIR",
-                     "checks": "CLIPSIEVE_CHECKS", "refresh_cron": "CLIPSIEVE_REFRESH_CRON",
+                     "pretrained": "CLIPSIEVE_PRETRAINED", "policy_dir": CURATION_FILE_VARIABLES["policy_dir"][0],
+                     "checks": CURATION_FILE_VARIABLES["checks"][0], "refresh_cron": "CLIPSIEVE_REFRESH_CRON",
                      "shards_per_run": "CLIPSIEVE_SHARDS_PER_RUN"}
 
 
@@ -190,8 +191,9 @@ def build_definitions(policy_dir: str | Path | None = None, checks: str | Path |
     name its variables; $CLIPSIEVE_REFRESH_CRON and $CLIPSIEVE_SHARDS_PER_RUN for the two
     that shape the definitions themselves), read when this is called; arguments override them."""
     resources = build_resources(policy_dir=policy_dir, checks=checks, **overrides)
-    refresh_cron = refresh_cron or os.environ.get("CLIPSIEVE_REFRESH_CRON") or DEFAULT_REFRESH_CRON
-    shards_per_run = int(shards_per_run or os.environ.get("CLIPSIEVE_SHARDS_PER_RUN") or DEFAULT_SHARDS_PER_RUN)
+    refresh_cron = refresh_cron or os.environ.get(SETTING_VARIABLES["refresh_cron"]) or DEFAULT_REFRESH_CRON
+    shards_per_run = int(shards_per_run or os.environ.get(SETTING_VARIABLES["shards_per_run"])
+                         or DEFAULT_SHARDS_PER_RUN)
     assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run)
     return Definitions(
         assets=with_automation(assets, refresh_cron),

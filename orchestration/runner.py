@@ -20,10 +20,12 @@
 
 Killed runs: what to do is decided from materializations and data versions only, never
 from run status. A run executing in a killed `materialize --in-process` is marked failed on
-the next start on the same host (its pid is in its tags); launched runs are watched by the
-deployment's run monitoring (dagster-daemon).
+the next start on the same host (its pid is in its tags); a launched run outlives the
+command, and one whose worker died is failed by Dagster's run monitoring where the run
+launcher supports it (docs/robustness.md).
 """
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -315,9 +317,11 @@ class Plan:
         per_shard = {n.key for n in nodes if n.partitions_def is not None}
         # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
         skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
+        # A single-run policy (no maximum) puts every shard in one run.
+        shards_per_run = min(n.backfill_policy.max_partitions_per_run or sys.maxsize for n in nodes
+                             if n.key in per_shard and n.backfill_policy is not None)
         return cls(defs, per_shard, {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip},
-                   min(n.backfill_policy.max_partitions_per_run or 1_000_000 for n in nodes
-                       if n.key in per_shard and n.backfill_policy is not None))
+                   shards_per_run)
 
     def stale_work(self, server: DagsterServer, shards: list[str]) -> dict[str, set[AssetKey]]:
         """shard -> the per-shard assets to redo there: what Dagster reports STALE or MISSING

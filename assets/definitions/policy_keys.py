@@ -24,8 +24,5 @@ def audit_key(policy: str) -> AssetKey:
 
 def policy_asset(key: AssetKey) -> tuple[str, str] | None:
     """(policy, kind) of a policy asset's key; None for any other asset."""
-    name = key.path[-1]
-    for kind in KINDS:
-        if len(key.path) == 1 and name.endswith(f"_{kind}"):
-            return name.removesuffix(f"_{kind}"), kind
-    return None
+    policy, _, kind = key.path[-1].rpartition("_")
+    return (policy, kind) if len(key.path) == 1 and policy and kind in KINDS else None
