@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from assets.pixels import pixel_batches
+from assets.crawl.pixels import pixel_batches
 from resources.clip_model import EmbedOptions, LoadedClip
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, embeddings_dir, prune_versions, with_metadata

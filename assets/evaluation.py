@@ -19,16 +19,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
-from pydantic import Field
 
-from assets.definitions.policy_keys import subset_key
 from assets.embeddings import load_embeddings
 from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
-from resources.catalog import Catalog, CatalogResource, read_sql
+from resources.catalog import Catalog, read_sql
 from resources.clip_model import ClipModelResource
-from resources.crawl import CrawlResource
 from resources.heads import HeadChoice, HeadsResource
 from resources.lake import LakeResource
 
@@ -193,6 +189,14 @@ def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: Cl
     return (lambda pool: head_pool_scores(lake, model_id, pool, scorers)), choices
 
 
+def read_truth(path: str) -> pa.Table:
+    """The ground truth (key, shard, defect) at `path`, with a clear error when there is none."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no ground truth at {path}: evaluation needs a crawl with planted "
+                                "defects, such as the sample crawl")
+    return pq.read_table(path)
+
+
 def _number(value: Any) -> str:
     if value is None:
         return "–"
@@ -223,45 +227,3 @@ def format_tables(result: dict[str, Any]) -> str:
                          f"{_number(h['auroc'])} | {_number(h['precision'])} | {_number(h['recall'])} | "
                          f"{_number(h['fpr'])} |")
     return "\n".join(lines)
-
-
-class EvaluationConfig(Config):
-    truth: str = Field(
-        default="",
-        description="Ground-truth parquet (key, shard, defect); empty: the crawl's ground_truth.parquet.",
-    )
-
-
-def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: dict[str, dict[str, object]],
-                           heads_version: str = "") -> AssetsDefinition:
-    """`heads_version`: a digest of the head files and prompts it compares."""
-    @asset(
-        name="evaluation",
-        deps=[AssetKey("near_duplicates")] + [subset_key(p.name) for p in policies],
-        group_name="evaluation",
-        code_version=f"{CODE_VERSION}+{model_id}+{heads_version}",
-        compute_kind="duckdb",
-    )
-    def evaluation(context: AssetExecutionContext, config: EvaluationConfig, crawl: CrawlResource,
-                   lake: LakeResource, catalog: CatalogResource, heads: HeadsResource,
-                   clip: ClipModelResource) -> MaterializeResult:
-        """Filters and policies measured against the crawl's ground truth (the sample crawl's);
-        the NSFW and watermark heads for each kind that fits the model."""
-        truth = config.truth or crawl.file("ground_truth", ".parquet")
-        if not os.path.exists(truth):
-            raise FileNotFoundError(f"no ground truth at {truth}: evaluation needs a crawl with planted "
-                                    "defects, such as the sample crawl")
-        db = catalog.open(lake.url, model_id)
-        try:
-            result = evaluate(db, pq.read_table(truth), policies, calibration,
-                              head_kinds(lake, model_id, heads, clip))
-        finally:
-            db.close()
-        lake.write_json(EVALUATION_PATH, {**result, "model_id": model_id, "truth": truth})
-        return MaterializeResult(metadata={
-            "evaluation": MetadataValue.md(format_tables(result)),
-            "model_id": model_id,
-            "path": lake.path(EVALUATION_PATH),
-        })
-
-    return evaluation

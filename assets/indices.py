@@ -33,13 +33,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, asset
 
-from assets.definitions import checks
-from assets.definitions.policy_keys import index_key, subset_key
 from assets.embeddings import encode_images, encode_texts, load_embeddings
 from resources.clip_model import LoadedClip
-from resources.indexing import IndexResource, IndexSettings, read_index, write_index
+from resources.indexing import IndexSettings, read_index, write_index
 from resources.lake import LakeResource, committed_subset, index_dir, members_path
 
 CODE_VERSION = "3"
@@ -254,36 +251,19 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
     return vectors
 
 
-def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The <policy>_index asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
-    key = index_key(policy)
-    blocking = checks.is_blocking(limits)
-
-    @asset(
-        key=key,
-        check_specs=checks.specs(key, checks.INDEX_CHECKS, limits, blocking),
-        deps=[subset_key(policy), AssetKey("embeddings")],
-        group_name="indices",
-        code_version=f"{CODE_VERSION}+{model_id}",
-        compute_kind="faiss",
-        description=f"faiss kNN index over the image embeddings of {policy}_subset.",
-    )
-    def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
-        members = lake.read_parquet(members_path(policy))
-        subset_version = (committed_subset(lake, policy) or {}).get("version")
-        versions: dict[str, str] = {}
-        keys, image, text = gather_embeddings(lake, model_id, members, versions)
-        settings = indexing.settings()
-        folder = index_dir(policy, model_id)
-        previous = read_index(lake, folder) + (lake.read_json(f"{folder}/index_info.json"),) \
-            if lake.exists(f"{folder}/index_info.json") and "version" in lake.read_json(f"{folder}/index_info.json") \
-            else None
-        index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
-                                         versions)
-        write_index(lake, folder, index, keys, {**info, "subset_version": subset_version})
-        results = checks.evaluate(checks.INDEX_CHECKS, limits, {"recall_at_10": info["recall_at_10"]}, blocking)
-        metadata = {k: v for k, v in info.items() if k != "shard_versions"}
-        return MaterializeResult(check_results=results,
-                                 metadata={**metadata, "model_id": model_id, "path": lake.path(folder)})
-
-    return index_asset
+def index_subset(lake: LakeResource, policy: str, model_id: str, settings: IndexSettings) -> dict:
+    """Grow or rebuild the policy's index over its committed members and commit it; its info."""
+    members = lake.read_parquet(members_path(policy))
+    subset_version = (committed_subset(lake, policy) or {}).get("version")
+    versions: dict[str, str] = {}
+    keys, image, text = gather_embeddings(lake, model_id, members, versions)
+    folder = index_dir(policy, model_id)
+    info_path = f"{folder}/index_info.json"
+    previous = None
+    if lake.exists(info_path) and "version" in (old_info := lake.read_json(info_path)):
+        previous = (*read_index(lake, folder), old_info)
+    index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
+                                     versions)
+    info = {**info, "subset_version": subset_version}
+    write_index(lake, folder, index, keys, info)
+    return info

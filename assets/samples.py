@@ -17,10 +17,10 @@ per tar-only thing, so every parquet row and every tar member is accounted for:
                    "duplicate_key"         an earlier row has the same key (that one is matched)
                    "missing_image"         no image for the key in the tar (or the tar broke first)
                    "corrupt_image"         the bytes are empty, not JPEG, PNG or WebP, do not
-                                           decode, or cost more than assets/images.py allows
+                                           decode, or cost more than assets/crawl/images.py allows
                                            (bytes, pixels, aspect ratio, JPEG scans: never
                                            decoded), or were not checked within the per-image
-                                           time budget (assets/image_worker.py)
+                                           time budget (assets/crawl/image_worker.py)
                  for a tar-only row (parquet_row null):
                    "not_in_parquet"        a key with members in the tar but no valid row in the
                                            parquet (key = the member's key, one row per key)
@@ -37,7 +37,7 @@ per tar-only thing, so every parquet row and every tar member is accounted for:
                  beside the image, a field of the wrong type set to null, a field that was
                  not UTF-8, a tar image for a failed download
 Captions come from the parquet's caption column, or the key's .txt member when the column
-is missing or the value null. img2dataset's columns (CRAWL_COLUMNS, assets/crawl_input.py) are always present
+is missing or the value null. img2dataset's columns (CRAWL_COLUMNS, assets/crawl/reader.py) are always present
 with their usual types: a missing one is added as nulls and a mistyped one converted, as
 the materialization's metadata notes. The crawl's other columns are kept; a struct, list or
 map column is stored as JSON text, so shards that disagree on a column's type still read
@@ -56,7 +56,9 @@ from typing import IO
 
 import pyarrow as pa
 
-from assets.crawl_input import (
+from assets.crawl.image_worker import ImageCheckWorker
+from assets.crawl.images import MAX_IMAGE_BYTES, check_image
+from assets.crawl.reader import (
     MAX_CAPTION_BYTES,
     cap_caption,
     decode_text,
@@ -66,8 +68,6 @@ from assets.crawl_input import (
     normalize_crawl_table,
     printable_name,
 )
-from assets.image_worker import ImageCheckWorker
-from assets.images import MAX_IMAGE_BYTES, check_image
 from resources.crawl import IMAGE_MEMBER_EXTENSIONS, CrawlResource
 from resources.lake import (
     CRAWL_METADATA_KEY,

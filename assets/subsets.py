@@ -18,27 +18,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
-from pydantic import Field
 
-from assets.audits import before_after_figures
-from assets.definitions import checks
-from assets.definitions.policy_keys import subset_key
-from assets.definitions.table_metadata import table_metadata
+from assets.audits.metrics import before_after_figures
 from assets.export import uid_array
-from resources.catalog import (
-    SQL_DIR,
-    Catalog,
-    CatalogResource,
-    SqlLimits,
-    interrupt_after,
-    locked_connection,
-    read_sql,
-)
+from resources.catalog import SQL_DIR, Catalog, SqlLimits, interrupt_after, locked_connection, read_sql
 from resources.lake import (
     SUBSET_RECORD_KEY,
     LakeResource,
-    checks_path,
     committed_subset,
     members_path,
     prune_versions,
@@ -195,6 +181,31 @@ def candidate_figures(db: Catalog, policy: str, members: pa.Table) -> dict:
     return before_after_figures(db, policy)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A policy's result before the checks decide whether it is committed."""
+    members: pa.Table  # policy, key, shard, uid: one row per member in (shard, key) order
+    params: dict[str, str]  # the parameters in effect
+    figures: dict  # before_after_figures of the candidate against the pool
+    pool: int  # samples in the scored pool
+    version: str
+
+
+def select_candidate(catalog: Catalog, policy: Policy, params: dict[str, object]) -> Candidate:
+    """Run `policy` with `params` over the catalog's pool and measure what it keeps. The
+    catalog's subset_members is the candidate from then on: close it after."""
+    pool = catalog.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
+    members, effective = run_policy(catalog, policy, params)
+    figures = candidate_figures(catalog, policy.name, members)
+    return Candidate(members, effective, figures, pool, subset_version(members, effective))
+
+
+def members_per_shard(members: pa.Table) -> dict[str, int]:
+    """Member count of each shard, in shard order."""
+    counts = pc.value_counts(members.column("shard")).to_pylist()
+    return {e["values"]: e["counts"] for e in sorted(counts, key=lambda e: e["values"])}
+
+
 def commit_subset(lake: LakeResource, policy: str, members: pa.Table, version: str, record: dict) -> None:
     """Write the version's files, then the members file that commits them (it carries `record`)."""
     lake.write_npy(uids_path(policy, version), uid_array(members.column("uid").to_pylist(),
@@ -204,85 +215,3 @@ def commit_subset(lake: LakeResource, policy: str, members: pa.Table, version: s
     lake.write_parquet(members_path(policy),
                        with_metadata(members, {SUBSET_RECORD_KEY: json.dumps(record, sort_keys=True)}))
     prune_versions(lake, subset_versions_dir(policy), {version, previous})
-
-
-class PolicyConfig(Config):
-    params: dict[str, str] = Field(
-        default_factory=dict,
-        description="Replace policy parameters, e.g. {\"min_similarity\": \"0.25\"}. Numbers are "
-        "read as numbers, anything else as text.",
-    )
-
-
-def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
-                       upstream: list[AssetKey], limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The <policy>_subset asset; `calibration` holds the model's parameter values, `limits`
-    the policy's check bounds (assets/definitions/checks.py)."""
-
-    key = subset_key(policy.name)
-    blocking = checks.is_blocking(limits)
-    try:
-        params = json.dumps({**policy.defaults(), **calibration}, sort_keys=True, default=str)
-    except ValueError as error:  # shown in the UI; the run fails with the same error
-        params = f"(parameters not evaluated: {error})"
-
-    @asset(
-        key=key,
-        deps=upstream,
-        output_required=False,  # a candidate that fails a blocking check is not materialized
-        check_specs=checks.specs(key, checks.SUBSET_CHECKS, limits, blocking),
-        group_name="subsets",
-        code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
-        compute_kind="duckdb",
-        description=f"Members kept by policy {policy.name} ({policy.name}.sql in the policy folder) with "
-                    f"{params} "
-                    "(the file's values, calibrated for the model; a run's config may override them).",
-    )
-    def subset(context: AssetExecutionContext, config: PolicyConfig, lake: LakeResource,
-               catalog: CatalogResource):
-        db = catalog.open(lake.url, model_id, snapshot=True)
-        for shard, lacks in db.left_out.items():
-            context.log.warning(f"{policy.name}_subset leaves out shard {shard}: {lacks}")
-        try:
-            pool = db.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
-            members, effective = run_policy(db, policy, {**calibration, **config.params})
-            figures = candidate_figures(db, policy.name, members)  # the audit's rates and representation
-        finally:
-            db.close()
-        results = checks.evaluate(checks.SUBSET_CHECKS, limits, {
-            "nsfw_rate": figures["after"].get("nsfw_rate"),
-            "duplicate_rate": figures["after"].get("near_duplicate_rate"),
-            "group_removal_ratio": figures["representation"]["max_removal_ratio"],
-        }, blocking)
-        version = subset_version(members, effective)
-        lake.write_json(checks_path(policy.name, version), checks.summary(results))
-        if blocking and not all(r.passed for r in results):
-            # Not committed: the last good subset (members, uids, index) stays what readers
-            # and the UI see; Dagster fails the step on the blocking check and skips what is below.
-            context.log.error(f"{policy.name}_subset: a blocking check failed; the candidate "
-                              f"({members.num_rows} members, {lake.path(checks_path(policy.name, version))}) "
-                              "is not committed and the last good subset stays in place")
-            yield from results
-            return
-        commit_subset(lake, policy.name, members, version, {
-            "version": version, "checks": checks.summary(results), "params": effective,
-            "uids": uids_path(policy.name, version)})
-        per_shard = pc.value_counts(members.column("shard")).to_pylist()
-        yield MaterializeResult(check_results=results, metadata={
-            **table_metadata(members),
-            "members": members.num_rows,
-            "shards": len(per_shard),
-            "members_per_shard": MetadataValue.json({e["values"]: e["counts"] for e in sorted(
-                per_shard, key=lambda e: e["values"])}),
-            "pool": pool,
-            "kept_share": members.num_rows / pool if pool else 0.0,
-            "model_id": model_id,
-            "sql_hash": text_digest(policy.sql),
-            "params": MetadataValue.json(effective),
-            "sql": MetadataValue.md(f"```sql\n{policy.sql.strip()}\n```"),
-            "version": version,
-            "left_out_shards": MetadataValue.json(db.left_out),
-            "path": lake.path(members_path(policy.name)),
-        })
-
-    return subset

@@ -46,7 +46,7 @@ MODELS = {
 
 def prepare(workdir: Path, shards: int, samples_per_shard: int, image_size: int) -> Path:
     """The crawl (img2dataset layout, square JPEGs) and its samples tables, made once."""
-    from assets.sample_crawl import write_sample_crawl
+    from assets.demo.sample_crawl import write_sample_crawl
     from assets.samples import read_samples
     from resources.crawl import CrawlResource
     from resources.lake import LakeResource, samples_path

@@ -80,7 +80,7 @@ def step_durations(home: Path) -> dict:
 def run_once(args: argparse.Namespace, shards: int) -> dict:
     """One `clipsieve materialize` of `shards` x args.samples_per_shard on a fresh lake and
     instance: wall seconds, seconds per asset, forward seconds, runs, precisions."""
-    from assets.sample_crawl import write_sample_crawl
+    from assets.demo.sample_crawl import write_sample_crawl
 
     workdir = Path(args.workdir)
     crawl = workdir / f"crawl_{shards}x{args.samples_per_shard}_{args.image_size or 'sample'}"

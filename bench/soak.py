@@ -268,7 +268,7 @@ def main() -> None:
         worker(crawl, lake, shards.split(","), log_path)
         return
 
-    from assets.sample_crawl import write_sample_crawl
+    from assets.demo.sample_crawl import write_sample_crawl
     from resources.crawl import CrawlResource
 
     workdir = Path(args.workdir)

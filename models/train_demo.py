@@ -2,7 +2,7 @@
 
     python models/train_demo.py --out models/demo
 
-Everything is trained on generated scenes (assets/synthetic.py) with seeds that the sample
+Everything is trained on generated scenes (assets/demo/synthetic.py) with seeds that the sample
 crawl never uses, so the demo run filters a crawl the model has not seen. Writes:
     clipsieve-demo.json              open_clip model config (registered by name at load)
     clipsieve-demo.safetensors       fp16 weights, loaded with
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from assets import synthetic
+from assets.demo import synthetic
 from resources.heads import Head
 
 MODEL_NAME = "clipsieve-demo"

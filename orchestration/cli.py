@@ -65,7 +65,7 @@ def _instance(lake: str):
 
 
 def cmd_sample_crawl(args: argparse.Namespace) -> None:
-    from assets.sample_crawl import write_sample_crawl
+    from assets.demo.sample_crawl import write_sample_crawl
 
     summary = write_sample_crawl(args.out, args.shards, args.samples_per_shard, args.seed, args.image_size,
                                  args.near_duplicate_share)

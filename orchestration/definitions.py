@@ -26,11 +26,12 @@ from dagster import (
     multi_or_in_process_executor,
 )
 
-from assets import audits, evaluation, indices, near_duplicates, subsets
-from assets.definitions import embeddings, samples, scores
+from assets.definitions import audits, embeddings, evaluation, indices, near_duplicates, samples, scores, subsets
 from assets.definitions.checks import bounds as check_bounds
 from assets.definitions.crawl_shard import crawl_shard
 from assets.definitions.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
+from assets.evaluation import HEAD_FILTERS
+from assets.subsets import calibrated_params, load_policies
 from orchestration.demo_crawl import demo_crawl
 from orchestration.schedules import (
     DEFAULT_REFRESH_CRON,
@@ -80,8 +81,8 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
     dedup = near_duplicates.build_near_duplicates_asset(model_id)
     # A subset reads every per-shard output and the duplicate groups.
     upstream = [a.key for a in per_shard] + [dedup.key]
-    calibration = subsets.calibrated_params(clip.pretrained)
-    policies = subsets.load_policies(Path(files.policy_dir))
+    calibration = calibrated_params(clip.pretrained)
+    policies = load_policies(Path(files.policy_dir))
     per_policy = []
     for policy in policies:
         limits = check_bounds(policy.name, files.checks)
@@ -96,7 +97,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
         dedup,
         *per_policy,
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
-            [c.version for name in evaluation.HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
+            [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The `demo_crawl` job: writes the sample crawl (assets/sample_crawl.py) from the UI.
+"""The `demo_crawl` job: writes the sample crawl (assets/demo/sample_crawl.py) from the UI.
 
 A job, not an asset: it writes the pipeline's input, so it stays out of the asset graph and
 of "Materialize all", and it refuses a folder holding anything it did not write.
@@ -10,7 +10,7 @@ from dagster import Config, OpExecutionContext, Output, job, op
 from pydantic import Field
 
 from assets.definitions.partitions import shard_partitions
-from assets.sample_crawl import DEFECT_RATE, shard_name, write_sample_crawl
+from assets.demo.sample_crawl import DEFECT_RATE, shard_name, write_sample_crawl
 
 
 class SampleCrawlConfig(Config):

@@ -20,7 +20,7 @@ from pydantic import Field
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what img2dataset writes, and what is read
 # Tar members taken for images: those above, and others that get a row of their own saying
-# their format is not read (assets/images.py), instead of passing unnoticed.
+# their format is not read (assets/crawl/images.py), instead of passing unnoticed.
 IMAGE_MEMBER_EXTENSIONS = IMAGE_EXTENSIONS + ("gif", "bmp", "tif", "tiff")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, Definitions
 
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from orchestration.dagster_server import DagsterServer
 from orchestration.definitions import build_definitions, location_env
 from orchestration.instance import write_default_config

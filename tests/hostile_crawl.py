@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 
 HUGE_CAPTION_CHARS = 5 * 2**20
 

@@ -10,7 +10,7 @@ from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 from assets.definitions.crawl_shard import crawl_shard
 from assets.definitions.partitions import shard_batches
 from assets.definitions.samples import build_samples_asset
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_assets, defs, per_shard_keys
 from orchestration.sensors import build_crawl_sensor
 from resources.clip_model import ClipModelResource

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from assets.demo.sample_crawl import write_sample_crawl
 from assets.embeddings import encode_images, encode_texts
-from assets.sample_crawl import write_sample_crawl
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, ClipModelResource, model_id
 from resources.crawl import CrawlResource
 from resources.heads import HeadsResource

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from assets.crawl.pixels import split_transform
 from assets.definitions.embeddings import build_embeddings_asset
+from assets.demo.sample_crawl import write_sample_crawl
 from assets.embeddings import _text_features, embed_shard, encode_images, encode_texts
-from assets.pixels import split_transform
-from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
 from resources.clip_model import (
     DEMO_CHECKPOINT,

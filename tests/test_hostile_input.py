@@ -19,10 +19,10 @@ from PIL import Image
 
 from assets import samples as samples_module
 from assets import subsets
-from assets.crawl_input import MAX_CAPTION_CHARS, coerce_column
+from assets.crawl.images import MAX_IMAGE_PIXELS, check_image
+from assets.crawl.reader import MAX_CAPTION_CHARS, coerce_column
 from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
-from assets.images import MAX_IMAGE_PIXELS, check_image
 from assets.samples import read_shard
 from orchestration.definitions import defs, per_shard_keys
 from resources.catalog import open_catalog, read_sql

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from assets.images import MAX_ASPECT_RATIO, MAX_JPEG_SCANS, as_mode, check_image, open_image
-from assets.pixels import decode
-from assets.sample_crawl import write_sample_crawl
+from assets.crawl.images import MAX_ASPECT_RATIO, MAX_JPEG_SCANS, as_mode, check_image, open_image
+from assets.crawl.pixels import decode
+from assets.demo.sample_crawl import write_sample_crawl
 from assets.samples import read_shard
 from assets.scores.quality import quality_scores
 from assets.subsets import POLICY_DIR, load_policies
@@ -213,7 +213,7 @@ def test_a_crawl_column_whose_type_differs_between_shards_still_reads_as_one_sam
 
 
 def test_a_large_progressive_jpeg_with_many_scans_is_refused_by_its_scan_pixels():
-    from assets.images import MAX_JPEG_SCAN_PIXELS
+    from assets.crawl.images import MAX_JPEG_SCAN_PIXELS
 
     progressive = _encoded(Image.new("RGB", (6000, 6000), (120, 80, 40)), "JPEG", progressive=True)
     last_scan = progressive.rindex(b"\xff\xda")
@@ -226,7 +226,7 @@ def test_a_large_progressive_jpeg_with_many_scans_is_refused_by_its_scan_pixels(
 
 
 def test_an_image_over_the_time_budget_is_refused_and_the_worker_replaced():
-    from assets.image_worker import ImageCheckWorker
+    from assets.crawl.image_worker import ImageCheckWorker
 
     slow = _encoded(Image.new("RGB", (4000, 4000), (10, 200, 30)), "JPEG", progressive=True)
     good = _encoded(_picture(), "JPEG")
@@ -241,7 +241,7 @@ def test_a_decoder_crash_is_the_images_reason_not_a_failed_step():
     import os
     import signal
 
-    from assets.image_worker import ImageCheckWorker
+    from assets.crawl.image_worker import ImageCheckWorker
 
     good = _encoded(_picture(), "JPEG")
     with ImageCheckWorker(seconds=30) as worker:

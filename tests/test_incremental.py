@@ -13,8 +13,8 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
+from assets.demo.sample_crawl import write_sample_crawl
 from assets.indices import build_index, update_index
-from assets.sample_crawl import write_sample_crawl
 from orchestration.definitions import defs, per_shard_keys
 from orchestration.runner import SHARDS_TAG, shard_batches
 from orchestration.sensors import build_crawl_sensor

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from assets import audit_metrics as formulas
+from assets.audits import formulas
 from assets.indices import build_index, choose_factory, recall_at_k
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
@@ -160,7 +160,7 @@ def test_the_planted_skew_is_detected(lake):
 def test_subset_checks_see_the_audits_figures(catalog):
     """The subset's blocking checks read before_after_figures; the audit reports audit_metrics. The
     two must agree, or a check would pass on figures the audit then contradicts."""
-    from assets.audits import audit_metrics, before_after_figures
+    from assets.audits.metrics import audit_metrics, before_after_figures
 
     for policy in ("safe", "laion400m"):
         figures, metrics = before_after_figures(catalog, policy), audit_metrics(catalog, policy)
@@ -182,7 +182,7 @@ def test_report_is_one_self_contained_page(lake):
 def test_charts_are_well_formed_svg_with_round_ticks():
     import xml.etree.ElementTree as ElementTree
 
-    from assets import charts
+    from assets.audits import charts
 
     assert charts.nice_ticks(0.0, 0.07) == [0.0, 0.02, 0.04, 0.06, 0.08]
     assert charts.nice_ticks(-1.83, 0.86) == [-2.0, -1.0, 0.0, 1.0]

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from resources.lake import temporary_owner
 from tests.conftest import CLIPSIEVE, REPO, run_cli
 

@@ -92,7 +92,7 @@ def test_catalog_names_views_that_have_no_files_yet(tmp_path):
 
 def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_files(lake):
     """Subsets and audits read `scores` from an in-memory copy when the pool is small enough."""
-    from assets.audits import audit_metrics
+    from assets.audits.metrics import audit_metrics
     from resources.catalog import CatalogResource
     from resources.clip_model import ClipModelResource
 

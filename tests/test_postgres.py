@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from orchestration.dagster_server import DagsterServer
 from orchestration.definitions import build_definitions, location_env
 from orchestration.runner import run_pipeline

@@ -12,7 +12,7 @@ import pytest
 from dagster import AssetCheckSeverity, AssetKey, AssetRecordsFilter, AssetsDefinition, DagsterInstance
 
 from assets.definitions import checks
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from orchestration.definitions import build_definitions
 from resources.catalog import open_catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id

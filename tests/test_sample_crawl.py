@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from assets.sample_crawl import DEFECTS, write_sample_crawl
+from assets.demo.sample_crawl import DEFECTS, write_sample_crawl
 from tests.conftest import SAMPLES_PER_SHARD, SHARDS
 
 IMG2DATASET_COLUMNS = ["url", "caption", "key", "status", "error_message", "width", "height",
@@ -92,7 +92,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_the_sample_crawl_never_writes_into_a_folder_it_did_not_write(tmp_path):
-    from assets.sample_crawl import MARKER
+    from assets.demo.sample_crawl import MARKER
 
     real = tmp_path / "real_crawl"
     real.mkdir()

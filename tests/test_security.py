@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from assets.demo.sample_crawl import write_sample_crawl
 from assets.export import _write_shard, export_webdataset
-from assets.sample_crawl import write_sample_crawl
 from assets.samples import read_samples
 from assets.subsets import Policy, run_policy
 from orchestration.sensors import new_shards

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from assets.sample_crawl import write_sample_crawl
+from assets.demo.sample_crawl import write_sample_crawl
 from orchestration.dagster_server import DagsterServer
 from orchestration.definitions import build_definitions, location_env
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_DIR, DEMO_MODEL

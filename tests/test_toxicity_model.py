@@ -3,7 +3,7 @@
 import numpy as np
 from profanity_check import predict_prob
 
-from assets.synthetic import english_caption, foreign_caption, junk_caption, random_scene, toxic_caption
+from assets.demo.synthetic import english_caption, foreign_caption, junk_caption, random_scene, toxic_caption
 from resources.toxicity_model import _cached_arrays, load_toxicity_model
 
 EDGE_CASES = [

@@ -3,8 +3,8 @@ checks, partitions) over the plain modules of assets/ that compute it. The compu
 modules import no Dagster; tests call them directly.
 
 Here: the shard partitions and their batching (partitions.py), the observable crawl shard
-(crawl_shard.py), the per-shard stages' assets (samples.py, embeddings.py, scores.py), the
-asset checks' bounds and specs (checks.py), the policy assets' keys (policy_keys.py) and
-Dagster's table metadata (table_metadata.py). The cross-shard stages (near_duplicates,
-subsets, indices, audits, evaluation) still declare their assets beside their computing.
+(crawl_shard.py), one module per stage's assets (samples, embeddings, scores,
+near_duplicates, subsets, indices, audits, evaluation), the asset checks' bounds and specs
+(checks.py), the policy assets' keys (policy_keys.py) and Dagster's table metadata
+(table_metadata.py).
 """

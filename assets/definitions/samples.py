@@ -3,10 +3,10 @@
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
+from assets.crawl.image_worker import ImageCheckWorker
 from assets.definitions.crawl_shard import crawl_shard
 from assets.definitions.partitions import for_each_shard, shard_partitions
 from assets.definitions.table_metadata import table_metadata
-from assets.image_worker import ImageCheckWorker
 from assets.samples import CODE_VERSION, write_samples
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, samples_path

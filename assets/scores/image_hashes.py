@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from assets.images import as_mode, image_error_text, open_image
+from assets.crawl.images import as_mode, image_error_text, open_image
 from assets.scores.common import usable_samples, write_scores
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource

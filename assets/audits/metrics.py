@@ -1,6 +1,6 @@
 """<policy>_audit: what a policy kept and removed, before (the scored pool) vs after.
 
-metrics.json holds (queries in sql/audits/, formulas in assets/audit_metrics.py):
+metrics.json holds (queries in sql/audits/, formulas in assets/audits/formulas.py):
     crawl            rows, usable images, failed downloads, corrupt and missing images
     rates            NSFW (punsafe > 0.5, > 0.9), watermark (pwatermark > 0.8), toxic captions
                      (toxicity > 0.5, with a Wilson 95% interval), exact / near / phash
@@ -24,18 +24,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from assets import audit_metrics as formulas
-from assets.audit_report import render_report
-from assets.definitions import checks
-from assets.definitions.policy_keys import audit_key, index_key, subset_key
+from assets.audits import formulas
+from assets.audits.report import render_report
 from assets.embeddings import encode_texts
 from assets.indices import gather_embeddings, search
 from assets.scores.caption_terms import METADATA_PATH, entries
-from resources.catalog import Catalog, CatalogResource, read_sql
-from resources.clip_model import ClipModelResource, LoadedClip
-from resources.curation_files import TERMS_DIR, CurationFiles
+from resources.catalog import Catalog, read_sql
+from resources.clip_model import LoadedClip
+from resources.curation_files import TERMS_DIR
 from resources.indexing import read_index
 from resources.lake import LakeResource, audit_dir, index_dir
 
@@ -250,42 +247,9 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
-    """The <policy>_audit asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
-    key = audit_key(policy)
-
-    @asset(
-        key=key,
-        check_specs=checks.specs(key, checks.AUDIT_CHECKS, limits, blocking=False),
-        deps=[subset_key(policy), index_key(policy)],
-        group_name="audits",
-        code_version=f"{CODE_VERSION}+{model_id}",
-        compute_kind="duckdb",
-        description=f"Audit of {policy}_subset: rates, distributions, representation, retrieval bias and "
-                    "association, before vs after the policy, with an HTML report.",
-    )
-    def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
-              clip: ClipModelResource, files: CurationFiles) -> MaterializeResult:
-        db = catalog.open(lake.url, model_id, snapshot=True)
-        try:
-            metrics = {**audit_metrics(db, policy, lake, model_id, clip.load(), files.neutral_prompts,
-                                       files.association_terms, files.metaclip_entries), "model_id": model_id}
-        finally:
-            db.close()
-        folder = audit_dir(policy)
-        lake.write_json(f"{folder}/metrics.json", metrics)
-        lake.write_bytes(f"{folder}/report.html", render_report(metrics).encode())
-        results = checks.evaluate(checks.AUDIT_CHECKS, limits, {
-            "retrieval_skew": metrics["retrieval_bias"]["mean_max_skew"]}, blocking=False)
-        return MaterializeResult(check_results=results, metadata={
-            "kept": metrics["after"]["samples"],
-            "removed": metrics["removed"],
-            "kept_share": metrics["kept_share"],
-            "nsfw_rate_after": metrics["after"].get("nsfw_rate") or 0.0,
-            "max_removal_ratio": metrics["representation"]["max_removal_ratio"] or 0.0,
-            "audit": MetadataValue.md(markdown_table(metrics)),
-            "report": MetadataValue.path(lake.path(f"{folder}/report.html")),
-            "path": lake.path(f"{folder}/metrics.json"),
-        })
-
-    return audit
+def write_audit(lake: LakeResource, policy: str, metrics: dict[str, Any]) -> tuple[str, str]:
+    """Write the policy's metrics.json and report.html; their lake paths."""
+    folder = audit_dir(policy)
+    lake.write_json(f"{folder}/metrics.json", metrics)
+    lake.write_bytes(f"{folder}/report.html", render_report(metrics).encode())
+    return f"{folder}/metrics.json", f"{folder}/report.html"

@@ -11,7 +11,7 @@ Decoding work is bounded before the decoder runs: the pixel count from the heade
 image under the model's shortest-side resize), and for a JPEG the number of scans (a
 progressive JPEG repeating its last scan 1,000 times decodes every one of them, minutes
 per image; encoders write about ten) and scans times pixels. What no header foresees is
-caught by a per-image time budget where images are first checked (assets/image_worker.py).
+caught by a per-image time budget where images are first checked (assets/crawl/image_worker.py).
 
 Pixels, as img2dataset prepares them: the EXIF orientation applied, transparency
 composited on white, 16-bit greyscale scaled to 8 bits (not clipped to white).

@@ -1,9 +1,9 @@
-"""report.html: one self-contained page per audit, plots inline as SVG (assets/charts.py)."""
+"""report.html: one self-contained page per audit, plots inline as SVG (assets/audits/charts.py)."""
 
 import html
 from typing import Any
 
-from assets import charts
+from assets.audits import charts
 
 
 def _img(svg: str) -> str:

@@ -1,13 +1,13 @@
 """check_image in a worker process, under a per-image time budget.
 
-assets/images.py bounds the work a decode may cost from what the header says (bytes,
+assets/crawl/images.py bounds the work a decode may cost from what the header says (bytes,
 pixels, aspect ratio, JPEG scans). A decoder can still be slow or crash on bytes no bound
 foresaw, and C code in a thread cannot be stopped; a process can. So `samples`, the first
 step that decodes a crawl image, checks each one in a worker: an image not checked within
 the budget, or one that kills the worker, is refused with that reason and the worker is
 replaced. Later steps decode only images that passed here.
 
-The worker is `python -m assets.image_worker`, a plain child process (no fork of the step
+The worker is `python -m assets.crawl.image_worker`, a plain child process (no fork of the step
 with its threads, no re-import of the caller's main module), started on the first image
 (about 0.4 s) and kept for every shard the step reads. Each request is an 8-byte length and
 the image bytes on its stdin; each answer one JSON line on its stdout.
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import IO
 
-from assets.images import check_image
+from assets.crawl.images import check_image
 
 _LENGTH = struct.Struct("<Q")
 
@@ -68,7 +68,7 @@ class ImageCheckWorker:
         return self._process.pid if self._process is not None else None
 
     def _start(self) -> subprocess.Popen:
-        self._process = subprocess.Popen([sys.executable, "-m", "assets.image_worker"],
+        self._process = subprocess.Popen([sys.executable, "-m", "assets.crawl.image_worker"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         return self._process
 

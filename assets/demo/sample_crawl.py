@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from assets import synthetic
+from assets.demo import synthetic
 
 DEFECTS = (
     "mismatched_caption",

@@ -3,7 +3,7 @@
 The crawl is untrusted input. Here: img2dataset's parquet columns made regular (a missing
 column added as nulls, a mistyped one converted, bad values set to null with a note), caption
 text decoded and capped, and tar member names and parquet keys that could name a path
-refused (image bytes are checked in assets/images.py). Checks return the reason for what
+refused (image bytes are checked in assets/crawl/images.py). Checks return the reason for what
 they refuse or change, as text that assets/samples.py records on the row; only a parquet
 that cannot give rows at all raises (ValueError, naming the file).
 """

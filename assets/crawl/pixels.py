@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from assets.images import as_mode, image_error_text, open_image
+from assets.crawl.images import as_mode, image_error_text, open_image
 
 # torchvision's and open_clip's centre crops: their output has the crop's size whatever the input.
 CENTRE_CROPS = ("CenterCrop", "CenterCropOrPad")
@@ -106,7 +106,7 @@ def split_transform(preprocess: Callable, dtype: torch.dtype = torch.float32) ->
 
 
 def decode(data: bytes, size: int) -> Image.Image:
-    """The image as RGB (assets/images.py: format and cost checks, EXIF orientation, alpha on
+    """The image as RGB (assets/crawl/images.py: format and cost checks, EXIF orientation, alpha on
     white, 16-bit scaled); a JPEG is downscaled while decoding, to no less than twice `size`."""
     image = open_image(data)
     # JPEG: let the decoder downscale by a power of two (far cheaper than a full decode), but

@@ -3,7 +3,7 @@
 A scene is a few coloured shapes on a coloured, optionally patterned background, maybe with
 a person pictogram, maybe with a watermark or the "unsafe" motif. Captions describe the
 scene in English (or, for planted defects, in another language, as junk, or as insults).
-The sample crawl (`assets/sample_crawl.py`) and the demo model's training script
+The sample crawl (`assets/demo/sample_crawl.py`) and the demo model's training script
 (`models/train_demo.py`) both draw from here, with different seeds, so the model has seen
 this world but never the crawl it filters.
 """
