@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.embeddings import load_embeddings
 from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
 from resources.clip_model import ClipModelResource
+from resources.embedding_files import load_embeddings
 from resources.heads import HeadChoice, HeadsResource
 from resources.lake import LakeResource
 

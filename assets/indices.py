@@ -34,8 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from assets.embeddings import encode_images, encode_texts, load_embeddings
+from assets.embeddings import encode_images, encode_texts
 from resources.clip_model import LoadedClip
+from resources.embedding_files import load_embeddings
 from resources.indexing import IndexSettings, read_index, write_index
 from resources.lake import LakeResource, committed_subset, index_dir, members_path
 

@@ -153,9 +153,10 @@ def worker_forward(args: argparse.Namespace) -> dict:
 
 def worker_stage(args: argparse.Namespace) -> dict:
     """clipsieve's embeddings stage over every shard, as the asset runs it (and writes it)."""
-    from assets.embeddings import embed_shard, write_embeddings
+    from assets.embeddings import embed_shard
     from resources.clip_model import ClipModelResource
     from resources.crawl import CrawlResource
+    from resources.embedding_files import write_embeddings
     from resources.lake import LakeResource, samples_path
 
     crawl = Path(args.crawl)

@@ -208,7 +208,7 @@ def lake_counts(lake: str) -> dict:
     """Samples, statuses and embedding figures read back from the lake."""
     import pyarrow.compute as pc
 
-    from assets.embeddings import embedding_failures
+    from resources.embedding_files import embedding_failures
     from resources.lake import LakeResource
 
     store = LakeResource(root=lake)

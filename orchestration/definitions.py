@@ -45,6 +45,7 @@ from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
 from resources.curation_files import DEFAULTS as CURATION_FILE_VARIABLES
 from resources.curation_files import CurationFiles
+from resources.dedup import DedupResource
 from resources.heads import HeadsResource
 from resources.indexing import IndexResource
 from resources.lake import LakeResource
@@ -78,9 +79,9 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
         scores.build_toxicity_asset(batches, files.toxic_terms),
         scores.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
     ]
-    dedup = near_duplicates.build_near_duplicates_asset(model_id)
+    dedup = near_duplicates.build_dedup_assets(model_id, batches)
     # A subset reads every per-shard output and the duplicate groups.
-    upstream = [a.key for a in per_shard] + [dedup.key]
+    upstream = [a.key for a in per_shard] + [dedup[-1].key]
     calibration = calibrated_params(clip.pretrained)
     policies = load_policies(Path(files.policy_dir))
     per_policy = []
@@ -94,7 +95,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
     return [
         crawl_shard,
         *per_shard,
-        dedup,
+        *dedup,
         *per_policy,
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
             [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
@@ -103,8 +104,8 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
 
 def per_shard_keys(definitions: Definitions) -> list[AssetKey]:
     """The per-shard assets of `definitions`: those materialized per crawl shard."""
-    return [spec.key for spec in definitions.resolve_all_asset_specs()
-            if spec.partitions_def is not None and spec.group_name in PER_SHARD_GROUPS]
+    graph = definitions.resolve_asset_graph()
+    return [key for key in graph.materializable_asset_keys if graph.get(key).partitions_def is not None]
 
 
 def build_resources(crawl: str | Path | None = None, lake: str | Path | None = None, model_name: str | None = None,
@@ -121,25 +122,29 @@ def build_resources(crawl: str | Path | None = None, lake: str | Path | None = N
         "heads": HeadsResource(),
         "catalog": CatalogResource(),
         "indexing": IndexResource(),
+        "dedup": DedupResource(),
         "files": CurationFiles.from_env(policy_dir=policy_dir, checks=checks),
     }
 
 
 PER_SHARD_JOB, CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "observe_crawl"
+# The per_shard job runs every shard-partitioned asset, the cross_shard job every other one.
+PER_SHARD_SELECTION = AssetSelection.groups(*PER_SHARD_GROUPS) | AssetSelection.assets(near_duplicates.ASSIGNMENT)
 per_shard_job = define_asset_job(
     PER_SHARD_JOB,
-    selection=AssetSelection.groups(*PER_SHARD_GROUPS),
+    selection=PER_SHARD_SELECTION,
     partitions_def=shard_partitions,
     executor_def=in_process_executor,
-    description="Samples, embeddings and every score of the selected shard(s), in the run's process.",
+    description="Samples, embeddings, every score and the near-duplicate assignment of the selected shard(s), "
+                "in the run's process.",
 )
 cross_shard_job = define_asset_job(
     CROSS_SHARD_JOB,
-    selection=AssetSelection.groups(*CROSS_SHARD_GROUPS),
+    selection=AssetSelection.groups(*CROSS_SHARD_GROUPS) - PER_SHARD_SELECTION,
     executor_def=multi_or_in_process_executor,
     config=CROSS_SHARD_EXECUTION,
-    description="Near-duplicate groups, then every policy's subset, index and audit, over all shards "
-                "(in the run's process; `execution: {config: {multiprocess: {}}}` runs a process per step).",
+    description="Near-duplicate centroids and groups, then every policy's subset, index and audit, over all "
+                "shards (in the run's process; `execution: {config: {multiprocess: {}}}` runs a process per step).",
 )
 observe_crawl_job = define_asset_job(
     OBSERVE_CRAWL_JOB,
@@ -157,8 +162,9 @@ def with_automation(assets: list, refresh_cron: str) -> list:
     for item in assets:
         if isinstance(item, AssetsDefinition):
             node_partitioned = item.partitions_def is not None
-            item = item.map_asset_specs(lambda spec, p=node_partitioned: spec.replace_attributes(
-                automation_condition=PER_SHARD_AUTOMATION if p else cross_shard))
+            item = item.map_asset_specs(lambda spec, p=node_partitioned: spec if spec.automation_condition else
+                                        spec.replace_attributes(
+                                            automation_condition=PER_SHARD_AUTOMATION if p else cross_shard))
         automated.append(item)
     return automated
 

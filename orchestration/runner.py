@@ -12,6 +12,8 @@
    (and the job's executor) run them, as for a run launched from the UI; `in_process=True`
    executes them in this process instead (tests, laptops). A batch that fails is redone
    shard by shard, so one bad shard fails alone.
+   Per-shard assets below a cross-shard asset (a shard's near-duplicate assignment needs the
+   pool's centroids) run in a later stage, after it: per-shard, cross-shard, per-shard, ...
 4. Cross-shard assets run after any per-shard work or retired shard, when Dagster reports
    them STALE or MISSING, or when a per-shard asset has a materialization newer than theirs
    (per-shard work by another process: Dagster's own staleness stops following
@@ -300,15 +302,42 @@ def _exists(path: str) -> bool:
     return fs.exists(stripped)
 
 
+def stages(defs: Definitions, keys: set[AssetKey]) -> list[set[AssetKey]]:
+    """`keys` in the order runs must take them: per-shard assets, then cross-shard assets, then
+    per-shard assets below those (a shard's near-duplicate assignment needs the pool's
+    centroids), and so on. An asset's stage counts the changes between per-shard and
+    cross-shard along its longest path from the top; per-shard stages are the even ones."""
+    graph = defs.resolve_asset_graph()
+    stage: dict[AssetKey, int] = {}
+
+    def of(key: AssetKey) -> int:
+        if key not in stage:
+            node = graph.get(key)
+            partitioned = node.partitions_def is not None
+            own = 0 if partitioned else 1
+            for parent in node.parent_keys:
+                if parent in keys:
+                    switch = (graph.get(parent).partitions_def is not None) != partitioned
+                    own = max(own, of(parent) + switch)
+            stage[key] = own
+        return stage[key]
+
+    for key in keys:
+        of(key)
+    return [{k for k in keys if stage[k] == number} for number in range(max(stage.values(), default=-1) + 1)]
+
+
 @dataclass
 class Plan:
     """What the definitions say about the work: the per-shard and cross-shard assets (evaluation
-    only when the crawl has ground truth) and how many shards a run may take."""
+    only when the crawl has ground truth) in the stages runs take them, and how many shards a
+    run may take."""
 
     defs: Definitions
     per_shard: set[AssetKey]
     cross_shard: set[AssetKey]
     shards_per_run: int
+    stages: list[set[AssetKey]] = field(default_factory=list)
 
     @classmethod
     def of(cls, defs: Definitions, crawl: CrawlResource) -> "Plan":
@@ -320,52 +349,60 @@ class Plan:
         # A single-run policy (no maximum) puts every shard in one run.
         shards_per_run = min(n.backfill_policy.max_partitions_per_run or sys.maxsize for n in nodes
                              if n.key in per_shard and n.backfill_policy is not None)
-        return cls(defs, per_shard, {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip},
-                   shards_per_run)
+        cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
+        return cls(defs, per_shard, cross_shard, shards_per_run, stages(defs, per_shard | cross_shard))
 
-    def stale_work(self, server: DagsterServer, shards: list[str]) -> dict[str, set[AssetKey]]:
-        """shard -> the per-shard assets to redo there: what Dagster reports STALE or MISSING
-        and everything below it (shards with nothing to redo left out)."""
+    def stale_work(self, server: DagsterServer, shards: list[str],
+                   keys: set[AssetKey] | None = None) -> dict[str, set[AssetKey]]:
+        """shard -> the per-shard assets (of `keys`, default all) to redo there: what Dagster
+        reports STALE or MISSING and everything below it (shards with nothing to redo left out)."""
+        keys = self.per_shard if keys is None else keys
         work = {}
         for start in range(0, len(shards), STALE_CHUNK):
             chunk = shards[start:start + STALE_CHUNK]
-            statuses = server.stale_by_partition([k.path for k in self.per_shard], chunk)
+            statuses = server.stale_by_partition([k.path for k in keys], chunk)
             for shard in chunk:
-                out_of_date = {k for k in self.per_shard if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
+                out_of_date = {k for k in keys if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
                 if out_of_date:
-                    work[shard] = _relatives(self.defs, out_of_date, self.per_shard, down=True)
+                    work[shard] = _relatives(self.defs, out_of_date, keys, down=True)
         return work
 
-    def cross_shard_work(self, server: DagsterServer, instance: DagsterInstance) -> set[AssetKey]:
-        """The cross-shard assets Dagster reports STALE or MISSING, or older than a per-shard
-        materialization (work of another process: a parallel slice, a killed run), with the
-        checked parents that gate them and everything below them."""
-        statuses = server.stale([k.path for k in self.cross_shard])
-        out_of_date = {k for k in self.cross_shard if statuses[k.to_user_string()] in OUT_OF_DATE}
-        newest_per_shard = _latest_storage_id(instance, self.per_shard)
-        out_of_date |= {k for k in self.cross_shard if _latest_storage_id(instance, {k}) < newest_per_shard}
+    def cross_shard_work(self, server: DagsterServer, instance: DagsterInstance,
+                         keys: set[AssetKey]) -> set[AssetKey]:
+        """The cross-shard assets of `keys` Dagster reports STALE or MISSING, or older than a
+        materialization of a per-shard asset above them (work of another process: a parallel
+        slice, a killed run), with the checked parents that gate them and everything below them."""
+        statuses = server.stale([k.path for k in keys])
+        out_of_date = {k for k in keys if statuses[k.to_user_string()] in OUT_OF_DATE}
+        newest = {k: _latest_storage_id(instance, {k}) for k in self.per_shard}
+        for key in keys - out_of_date:
+            above = _relatives(self.defs, {key}, self.per_shard | {key}, down=False) - {key}
+            if _latest_storage_id(instance, {key}) < max((newest[k] for k in above), default=0):
+                out_of_date.add(key)
         if not out_of_date:
             return set()
         # An index is never redone without its subset: the subset's blocking checks gate it in the same run.
-        gated = _relatives(self.defs, out_of_date, self.cross_shard, down=False, only_checked=True)
-        return _relatives(self.defs, gated, self.cross_shard, down=True)
+        gated = _relatives(self.defs, out_of_date, keys, down=False, only_checked=True)
+        return _relatives(self.defs, gated, keys, down=True)
 
 
 def _run_per_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance, runs: InstanceRuns | InProcessRuns,
-                   shards: list[str], report: RunReport, log: Callable[[str], None]) -> None:
+                   shards: list[str], keys: set[AssetKey], report: RunReport, log: Callable[[str], None]) -> None:
     """Run the per-shard work Dagster reports, batch by batch; a failed batch again shard by shard."""
     def failed(run_id: str, outcome: RunOutcome, batch: list[str]) -> None:  # the others go on; raised at the end
         report.failures.append(f"run {run_id} for {_shards(batch)} failed:\n" + _failures(outcome))
         log(report.failures[-1])
 
     order = instance.get_dynamic_partitions(shard_partitions.name)
-    for batch, todo in shard_batches(order, plan.stale_work(server, shards), plan.shards_per_run):
+    for batch, todo in shard_batches(order, plan.stale_work(server, shards, keys), plan.shards_per_run):
         log(f"{_shards(batch)}: materializing {len(todo)} asset(s)")
         run_id, outcome = runs.run(PER_SHARD_JOB, todo, partition_tags(batch))
         if outcome.success:
-            report.per_shard_runs.update({shard: sorted(k.to_user_string() for k in todo) for shard in batch})
+            for shard in batch:
+                report.per_shard_runs[shard] = sorted({*report.per_shard_runs.get(shard, []),
+                                                       *(k.to_user_string() for k in todo)})
             continue
-        retry = plan.stale_work(server, batch) if len(batch) > 1 else {}
+        retry = plan.stale_work(server, batch, keys) if len(batch) > 1 else {}
         if not retry:  # one shard, or a failure that left no work undone (a check): report it as it is
             failed(run_id, outcome, batch)
             continue
@@ -373,16 +410,18 @@ def _run_per_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance,
         for shard, again in retry.items():
             run_id, alone = runs.run(PER_SHARD_JOB, again, partition_tags([shard]))
             if alone.success:
-                report.per_shard_runs[shard] = sorted(k.to_user_string() for k in again)
+                report.per_shard_runs[shard] = sorted({*report.per_shard_runs.get(shard, []),
+                                                       *(k.to_user_string() for k in again)})
             else:
                 failed(run_id, alone, [shard])
 
 
 def _run_cross_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance,
-                     runs: InstanceRuns | InProcessRuns, report: RunReport, log: Callable[[str], None]) -> None:
-    """One cross-shard run: everything after per-shard work or a retired shard, else what is out of date."""
-    todo = plan.cross_shard if report.per_shard_runs or report.removed_shards \
-        else plan.cross_shard_work(server, instance)
+                     runs: InstanceRuns | InProcessRuns, keys: set[AssetKey], report: RunReport,
+                     log: Callable[[str], None]) -> None:
+    """One cross-shard run of `keys`: all of them after per-shard work or a retired shard, else
+    what is out of date."""
+    todo = keys if report.per_shard_runs or report.removed_shards else plan.cross_shard_work(server, instance, keys)
     if not todo:
         return
     log(f"cross-shard: materializing {len(todo)} asset(s)")
@@ -394,14 +433,9 @@ def _run_cross_shard(plan: Plan, server: DagsterServer, instance: DagsterInstanc
         outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
     report.blocked += outcome.blocked
     report.warnings += outcome.warnings
-    resources = plan.defs.resources
-    _, left_out = pool_shards(resources["lake"], resources["clip"].model_id,
-                              instance.get_dynamic_partitions(shard_partitions.name))
-    report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
-                        for shard, lacks in left_out.items()]
     if outcome.crashed:
         report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
-    report.cross_shard_assets = sorted(k.to_user_string() for k in todo)
+    report.cross_shard_assets = sorted({*report.cross_shard_assets, *(k.to_user_string() for k in todo)})
 
 
 def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterServer, in_process: bool = False,
@@ -411,7 +445,8 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterSe
 
     `defs` must be the definitions `server`'s code location builds (the same settings).
     `shards` limits the per-shard work to those shards (parallel processes take disjoint
-    slices); `cross_shard=False` leaves the cross-shard assets to a later call.
+    slices); `cross_shard=False` leaves the cross-shard assets, and the per-shard ones below
+    them, to a later call.
     """
     started = time.time()
     crawl, lake = defs.resources["crawl"], defs.resources["lake"]
@@ -441,9 +476,19 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterSe
         report.failures.append(f"run {run_id} observing the crawl failed:\n{_failures(observed)}")
         raise PipelineFailed(report)
     plan = Plan.of(defs, crawl)
-    _run_per_shard(plan, server, instance, runs, shards, report, log)
-    if cross_shard:
-        _run_cross_shard(plan, server, instance, runs, report, log)
+    for stage in plan.stages:
+        if stage <= plan.per_shard:
+            _run_per_shard(plan, server, instance, runs, shards, stage, report, log)
+        elif not cross_shard:
+            break  # per-shard assets below a cross-shard one wait for the run that does it
+        else:
+            _run_cross_shard(plan, server, instance, runs, stage, report, log)
+    if report.cross_shard_assets:
+        resources = defs.resources
+        _, left_out = pool_shards(resources["lake"], resources["clip"].model_id,
+                                  instance.get_dynamic_partitions(shard_partitions.name))
+        report.warnings += [f"shard {shard} left out of the cross-shard assets: {lacks}"
+                            for shard, lacks in left_out.items()]
     report.seconds = time.time() - started
     if report.failures:
         raise PipelineFailed(report)

@@ -78,6 +78,13 @@ class Catalog:
     limits: SqlLimits = field(default_factory=SqlLimits)
     temp_directory: str | None = None  # the connection's private spill folder, removed on close
     left_out: dict[str, str] = field(default_factory=dict)  # shards out of the scored pool -> what they lack
+    lake_path: str = ""
+    model_id: str = ""
+
+    def lake_sql(self, relative: str) -> str:
+        """A file under sql/ with its {{lake}} and {{model}} filled in, as the views are."""
+        return read_sql(relative).replace("{{lake}}", _literal(self.lake_path.rstrip("/"))[1:-1]) \
+            .replace("{{model}}", self.model_id)
 
     def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
         try:
@@ -214,7 +221,8 @@ def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snap
         connection.register_filesystem(fsspec.filesystem(protocol))
     temp_directory = tempfile.mkdtemp(prefix="clipsieve-duckdb-")  # mode 0700: only this process writes there
     lockdown(connection, [lake_path], limits, temp_directory)
-    catalog = Catalog(connection, limits=limits, temp_directory=temp_directory)
+    catalog = Catalog(connection, limits=limits, temp_directory=temp_directory, lake_path=lake_path,
+                      model_id=model_id)
     # The scored pool: shards with every per-shard output (sql/views/02_embeddings_index.sql).
     complete, catalog.left_out = pool_shards(LakeResource(root=lake_path), model_id)
     connection.register("pool_shards", pa.table({"shard": pa.array(complete, pa.string())}))

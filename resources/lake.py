@@ -4,7 +4,10 @@
     <lake>/shards/<shard>/embeddings/<model>/keys.parquet    commits versions/<v>/{img_emb,text_emb}.npy, failures
     <lake>/shards/<shard>/scores/<filter>.parquet            model-independent filters
     <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
-    <lake>/dedup/<model>/clusters.parquet
+    <lake>/shards/<shard>/dedup/<model>/assignment.parquet   commits versions/<v>/{vectors,rows}.npy
+    <lake>/shards/<shard>/dedup/<model>/duplicates.parquet
+    <lake>/dedup/<model>/centroids.json                      commits centroids/<v>.npy
+    <lake>/dedup/<model>/state.json                          commits state/<v>/{pairs,groups}.parquet
     <lake>/subsets/<policy>/members.parquet                  commits versions/<v>/{uids.npy,checks.json}
     <lake>/indices/<policy>/<model>/index_info.json          commits versions/<v>/{image.index,keys.parquet}
     <lake>/audits/<policy>/metrics.json
@@ -93,8 +96,15 @@ def pool_shards(lake: "LakeResource", model_id: str,
     return complete, left_out
 
 
-def dedup_path(model_id: str) -> str:
-    return f"dedup/{model_id}/clusters.parquet"
+def dedup_dir(model_id: str) -> str:
+    """The pool-wide near-duplicate files of a model: centroids and the pairwise step's state."""
+    return f"dedup/{model_id}"
+
+
+def assignment_dir(shard: str, model_id: str) -> str:
+    """A shard's near-duplicate files: its cluster assignment and its duplicate groups."""
+    check_shard_name(shard)
+    return f"shards/{shard}/dedup/{model_id}"
 
 
 # A subset is committed by writing its members.parquet, whose key-value metadata (under
@@ -243,6 +253,12 @@ class LakeResource(ConfigurableResource):
             metadata = pq.read_schema(f).metadata or {}
         return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"ARROW:")}
 
+    def parquet_rows(self, relative: str) -> int:
+        """Rows of a Parquet file (its footer only is read)."""
+        fs, root = self._fs()
+        with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
     def write_npy(self, relative: str, array: np.ndarray) -> None:
         sink = io.BytesIO()
         np.save(sink, array, allow_pickle=False)
@@ -251,11 +267,35 @@ class LakeResource(ConfigurableResource):
     def read_npy(self, relative: str) -> np.ndarray:
         return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
 
+    def read_npy_rows(self, relative: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a C-ordered .npy array, reading only those bytes (a ranged
+        read on an object store)."""
+        fs, root = self._fs()
+        with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = _npy_header(f, version)
+            if fortran:
+                raise ValueError(f"{relative}: Fortran-ordered arrays cannot be read by rows")
+            start, stop = max(0, start), min(stop, shape[0])
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            f.seek(f.tell() + start * row_bytes)
+            data = f.read(max(0, stop - start) * row_bytes)
+        return np.frombuffer(data, dtype=dtype).reshape((max(0, stop - start), *shape[1:]))
+
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(relative, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
 
     def read_json(self, relative: str) -> Any:
         return json.loads(self.read_bytes(relative))
+
+
+def _npy_header(f: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from an open .npy file just past its magic string."""
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
 
 
 def temporary_owner(name: str) -> tuple[str, str, int] | None:

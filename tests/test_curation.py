@@ -12,7 +12,6 @@ import webdataset as wds
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.export import UID_DTYPE, derive_uid, uid_array
-from assets.near_duplicates import DedupParams, cluster_embeddings, find_duplicates, load_dedup_inputs
 from assets.scores.caption_terms import caption_groups, entries, group_patterns
 from assets.scores.text_match import PhraseMatcher, normalize
 from assets.subsets import calibrated_params
@@ -86,8 +85,9 @@ def test_aesthetic_rates_clean_pictures_above_watermarked_ones(catalog, truth):
     assert clean - marked > 1.5
 
 
-def test_near_duplicates_recall_and_precision_at_least_0_9(lake, truth):
-    table = lake.read_parquet(f"dedup/{MODEL_ID}/clusters.parquet").to_pylist()
+def test_near_duplicates_recall_and_precision_at_least_0_9(catalog, truth):
+    table = catalog.query("SELECT * FROM duplicates").to_pylist()
+    assert len(table) == catalog.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
     flagged = {r["key"] for r in table if r["is_duplicate"]}
     planted = {r["key"] for r in table if truth[r["key"]]["defect"] in ("exact_duplicate", "near_duplicate")}
     recall, precision = len(flagged & planted) / len(planted), len(flagged & planted) / len(flagged)
@@ -104,14 +104,17 @@ def test_near_duplicates_recall_and_precision_at_least_0_9(lake, truth):
             assert row["is_duplicate"] and row["duplicate_of"] in (original["key"], original["duplicate_of"])
 
 
-def test_dedup_clusters_instead_of_comparing_all_pairs(lake):
-    samples, vectors, left_out = load_dedup_inputs(lake, MODEL_ID)
-    assert left_out == {}
-    clusters = cluster_embeddings(vectors, cluster_size=100, seed=0)
-    assert len(np.unique(clusters)) == len(vectors) // 100
-    # The same input gives the same groups: the keeper choice is deterministic.
-    params = DedupParams(cluster_size=100)
-    assert find_duplicates(samples, vectors, params).equals(find_duplicates(samples, vectors, params))
+def test_dedup_clusters_the_pool_and_each_shard_is_assigned_against_the_same_centroids(lake, catalog):
+    info = lake.read_json(f"dedup/{MODEL_ID}/centroids.json")
+    pool = catalog.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
+    assert info["clusters"] == pool // 200 and info["training_samples"] == pool
+    shards = catalog.query("SELECT DISTINCT shard FROM scores ORDER BY shard").column("shard").to_pylist()
+    for shard in shards:
+        record = json.loads(lake.parquet_metadata(f"shards/{shard}/dedup/{MODEL_ID}/assignment.parquet")
+                            ["clipsieve.dedup_assignment"])
+        assert record["centroids"] == info["version"]
+    clusters = catalog.query("SELECT count(DISTINCT cluster) AS n FROM duplicates").column("n")[0].as_py()
+    assert 1 < clusters <= info["clusters"]
 
 
 def test_datacomp_policies(lake, catalog):

@@ -21,7 +21,7 @@ from tests.conftest import REPO, SAMPLES_PER_SHARD
 
 PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
              "scores/aesthetic", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
-             "scores/caption_terms"]
+             "scores/caption_terms", "dedup_assignment"]
 
 
 def test_graph_has_every_stage_with_shard_partitions():
@@ -30,7 +30,7 @@ def test_graph_has_every_stage_with_shard_partitions():
     assert {k.to_user_string() for k in per_shard_keys(defs)} == set(PER_SHARD)  # what every other test derives
     for policy in ("laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"):
         assert {f"{policy}_subset", f"{policy}_index", f"{policy}_audit"} <= keys
-    assert {"near_duplicates", "evaluation"} <= keys
+    assert {"dedup_centroids", "near_duplicates", "evaluation"} <= keys
     for name in PER_SHARD:
         node = graph.get(AssetKey.from_user_string(name))
         assert node.partitions_def.name == "shards" and node.code_version
@@ -47,7 +47,8 @@ def test_model_id_is_in_the_versions_of_everything_below_embeddings():
         other[k].key]}
     assert "ViT-B-32__laion2b_s34b_b79k" in other["embeddings"].code_versions_by_key[AssetKey("embeddings")]
     assert {"embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic",
-            "near_duplicates", "laion400m_subset", "laion400m_index", "laion400m_audit", "evaluation"} <= changed
+            "dedup_centroids", "dedup_assignment", "near_duplicates", "laion400m_subset", "laion400m_index",
+            "laion400m_audit", "evaluation"} <= changed
     assert not changed & {"samples", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
                           "scores/caption_terms"}
 

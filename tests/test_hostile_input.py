@@ -21,13 +21,13 @@ from assets import samples as samples_module
 from assets import subsets
 from assets.crawl.images import MAX_IMAGE_PIXELS, check_image
 from assets.crawl.reader import MAX_CAPTION_CHARS, coerce_column
-from assets.embeddings import embedding_failures
 from assets.export import export_webdataset
 from assets.samples import read_shard
 from orchestration.definitions import defs, per_shard_keys
 from resources.catalog import open_catalog, read_sql
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.embedding_files import embedding_failures
 from resources.lake import LakeResource, embeddings_dir, score_path
 from tests import hostile_crawl
 from tests.conftest import pipeline

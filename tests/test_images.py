@@ -116,20 +116,19 @@ def test_an_image_that_does_not_decode_is_a_hash_row_with_its_reason_not_a_faile
     assert hashes.thumbnails[1] is None and hashes.errors[1].startswith("unsupported format: TIFF")
 
 
-def test_near_duplicates_leave_out_a_shard_without_hashes_and_name_it(lake, tmp_path):
+def test_the_pool_leaves_out_a_shard_without_hashes_and_names_it(lake, tmp_path):
     import shutil
 
-    from assets.near_duplicates import load_dedup_inputs
     from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
-    from resources.lake import LakeResource
+    from resources.lake import LakeResource, pool_shards
 
     copy = tmp_path / "lake"
     shutil.copytree(lake.url, copy, ignore=shutil.ignore_patterns("_dagster"))
     (copy / "shards" / "00002" / "scores" / "image_hashes.parquet").unlink()
-    samples, vectors, left_out = load_dedup_inputs(LakeResource(root=str(copy)), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
+    pooled, left_out = pool_shards(LakeResource(root=str(copy)), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
     assert left_out == {"00002": "no scores/image_hashes"}
-    shards = set(samples.column("shard").to_pylist())
-    assert "00002" not in shards and len(shards) == 7 and len(vectors) == samples.num_rows
+    shards = set(pooled)
+    assert "00002" not in shards and len(shards) == 7
     catalog = open_catalog(str(copy), model_id(DEMO_MODEL, DEMO_CHECKPOINT))
     try:  # the scored pool every subset and audit reads leaves it out too, and says so
         pooled = catalog.query("SELECT DISTINCT shard FROM scores ORDER BY shard").column("shard").to_pylist()

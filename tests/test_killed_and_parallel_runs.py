@@ -209,8 +209,10 @@ def test_four_shard_runs_at_once_share_a_lake_and_an_instance(setup, reference, 
         assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
     assert run_statuses(home).count("SUCCESS") == SHARDS
 
-    final = _materialize(setup, lake, home)  # finds every shard done: only the cross-shard run
-    assert not re.search(r"^shards? ", final.stdout, re.M), final.stdout
+    # Every shard's per-shard work is done: what is left is the cross-shard runs and, between
+    # them, each shard's near-duplicate assignment (it needs the pool's centroids).
+    final = _materialize(setup, lake, home)
+    assert re.findall(r"^shards? .*: materializing (\d+) asset", final.stdout, re.M) == ["1"], final.stdout
     assert "cross-shard: materializing" in final.stdout, final.stdout
     assert _temporaries(lake) == []
     compare_outputs(reference, lake)

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
-from assets.embeddings import committed_version, load_embeddings
 from assets.indices import search
 from assets.subsets import calibrated_params
 from orchestration.definitions import defs, per_shard_keys
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
+from resources.embedding_files import committed_version, load_embeddings
 from resources.indexing import read_index
 from resources.lake import embeddings_dir, index_dir, score_path
 from tests.conftest import SHARDS, run_cli
@@ -42,18 +42,23 @@ def test_every_asset_materialized_per_partition_in_the_instance(materialized):
 
 def test_the_command_launches_the_jobs_through_the_instance_with_their_partitions(materialized):
     """As a UI backfill's runs: the per_shard job over a partition range, then cross_shard,
-    each launched through the instance's run launcher (its own process, not the command's)."""
+    each launched through the instance's run launcher (its own process, not the command's).
+    The near-duplicate assignment is per shard below the pool's centroids: a second pair of
+    runs."""
     from orchestration.runner import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG, PID_TAG
 
     instance = DagsterInstance.from_config(str(materialized["home"]))
     runs = sorted(instance.get_runs(), key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp)
-    runs = runs[:3]  # the fixture's command (later tests run it again)
-    assert [run.job_name for run in runs] == ["observe_crawl", "per_shard", "cross_shard"]
+    runs = runs[:5]  # the fixture's command (later tests run it again)
+    assert [run.job_name for run in runs] == ["observe_crawl", "per_shard", "cross_shard", "per_shard", "cross_shard"]
     assert all(run.status == DagsterRunStatus.SUCCESS and PID_TAG not in run.tags for run in runs)
-    per_shard = runs[1]
-    assert (per_shard.tags[PARTITION_RANGE_START_TAG], per_shard.tags[PARTITION_RANGE_END_TAG]) == \
-        (SHARD_NAMES[0], SHARD_NAMES[-1])
-    assert set(per_shard.asset_selection) == {AssetKey.from_user_string(name) for name in PER_SHARD}
+    for per_shard in (runs[1], runs[3]):
+        assert (per_shard.tags[PARTITION_RANGE_START_TAG], per_shard.tags[PARTITION_RANGE_END_TAG]) == \
+            (SHARD_NAMES[0], SHARD_NAMES[-1])
+    assignment = AssetKey("dedup_assignment")
+    assert set(runs[1].asset_selection) == {AssetKey.from_user_string(name) for name in PER_SHARD} - {assignment}
+    assert runs[2].asset_selection == {AssetKey("dedup_centroids")} and runs[3].asset_selection == {assignment}
+    assert AssetKey("near_duplicates") in runs[4].asset_selection
 
 
 def test_embeddings_record_where_their_time_went(materialized):
@@ -213,8 +218,8 @@ def test_a_rewrite_of_a_shards_embeddings_never_hides_it_from_readers(lake, tmp_
     import shutil
     import threading
 
-    from assets.embeddings import ShardEmbeddings, write_embeddings
     from resources.catalog import open_catalog
+    from resources.embedding_files import ShardEmbeddings, write_embeddings
     from resources.lake import LakeResource
 
     copy = tmp_path / "lake"

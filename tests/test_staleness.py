@@ -14,7 +14,8 @@ from resources.clip_model import DEMO_CHECKPOINT, DEMO_DIR, DEMO_MODEL
 from tests.conftest import pipeline
 
 SHARD = "00000"
-PER_SHARD_MODEL = ["embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic"]
+PER_SHARD_MODEL = ["embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic",
+                   "dedup_assignment"]
 PER_SHARD_TEXT = ["samples", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
                   "scores/caption_terms"]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"]
@@ -62,7 +63,8 @@ def _other_model(world: dict) -> dict:
     return {"model_name": DEMO_MODEL, "pretrained": other / f"{DEMO_MODEL}.safetensors"}
 
 
-MODEL_CROSS_SHARD = {"near_duplicates"} | {f"{p}_{kind}" for kind in ("subset", "index", "audit") for p in POLICIES}
+MODEL_CROSS_SHARD = {"dedup_centroids", "near_duplicates"} | {f"{p}_{kind}" for kind in ("subset", "index", "audit")
+                                                              for p in POLICIES}
 
 
 def test_a_new_model_makes_embeddings_and_everything_below_stale(world):

@@ -5,9 +5,10 @@ import time
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
 from assets.definitions.partitions import for_each_shard, shard_batches, shard_partitions
-from assets.embeddings import CODE_VERSION, embed_shard, write_embeddings
+from assets.embeddings import CODE_VERSION, embed_shard
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
+from resources.embedding_files import write_embeddings
 from resources.lake import LakeResource, embeddings_dir, samples_path
 
 PROGRESS_SECONDS = 30.0  # how often a running embeddings step logs its progress

@@ -13,9 +13,10 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from assets.embeddings import encode_texts, load_embeddings
+from assets.embeddings import encode_texts
 from assets.scores.common import write_scores
 from resources.clip_model import ClipModelResource
+from resources.embedding_files import load_embeddings
 from resources.heads import HEADS, Head, HeadChoice
 from resources.lake import LakeResource
 from resources.zero_shot import PromptSet, ZeroShotHead, logit_scale

@@ -6,8 +6,8 @@ Embeddings are stored normalized, so the cosine is a row-wise dot product.
 import numpy as np
 import pyarrow as pa
 
-from assets.embeddings import load_embeddings
 from assets.scores.common import write_scores
+from resources.embedding_files import load_embeddings
 from resources.lake import LakeResource
 
 CODE_VERSION = "1"

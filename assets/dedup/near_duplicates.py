@@ -1,0 +1,328 @@
+"""near_duplicates: duplicate groups over the pool, found a group of clusters at a time.
+
+1. Every covered shard's cluster column (4 bytes a sample) gives the cluster sizes; clusters
+   are cut into contiguous ranges whose vectors fit `memory_budget_bytes`.
+2. For each range, every shard's rows of those clusters are one ranged read of its
+   assignment files; within each cluster, pairs with cosine >= 1 - eps are candidates
+   (assets/dedup/pairs.py), and a candidate is kept when the two 8x8 thumbnails correlate
+   at least `min_thumbnail_correlation` (0 turns the check off): that separates a re-upload of
+   one picture from a second picture of the same thing when the embedding does not.
+3. Byte-identical images (same sha256) and identical perceptual hashes are folded in
+   (sql/dedup/hash_pairs.sql). Groups are the connected components; a group keeps one sample
+   (the keep rule: first in (shard, key) order, SemDeDup's hard or easy, or random) and the
+   others are its duplicates.
+
+Only shards whose assignment changed since the last run are compared again (with every
+shard); the pairs among the others are kept from the state the last run committed, unless
+the centroids or the pair settings changed. Each covered shard gets
+shards/<shard>/dedup/<model>/duplicates.parquet (key, shard, cluster, is_duplicate,
+duplicate_of, duplicate_reason, group_size), rewritten only when its rows change.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from assets.dedup import pairs as arithmetic
+from assets.dedup.assignment import read_record
+from assets.dedup.centroids import read_centroids
+from resources.catalog import Catalog
+from resources.dedup import DedupSettings
+from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions
+
+CODE_VERSION = "2"
+PAIR_SETTINGS = ("eps", "min_thumbnail_correlation", "boundary_clusters")
+PAIR_SCHEMA = pa.schema([("a_shard", pa.string()), ("a_key", pa.string()), ("b_shard", pa.string()),
+                         ("b_key", pa.string()), ("reason", pa.string())])
+SHARD_BITS = 32  # a sample's id in a run: shard index << 32 | its row in the shard's embeddings
+
+
+@dataclass
+class ShardPart:
+    """One covered shard as the pairwise step reads it."""
+    shard: str
+    version: str  # its assignment version
+    clusters: np.ndarray  # cluster of each row of its vectors.npy (sorted)
+    dirty: bool
+
+    def files(self, model_id: str) -> str:
+        return f"{assignment_dir(self.shard, model_id)}/versions/{self.version}"
+
+
+def covered_shards(lake: LakeResource, model_id: str, shards: list[str],
+                   centroids_version: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """((shard, assignment version) of the shards assigned against these centroids, the
+    others -> why they are left out)."""
+    covered, left_out = [], {}
+    for shard in shards:
+        record = read_record(lake, shard, model_id)
+        if record is None:
+            left_out[shard] = "no dedup_assignment yet"
+        elif record["centroids"] != centroids_version:
+            left_out[shard] = "assigned against other centroids: its dedup_assignment is stale"
+        else:
+            covered.append((shard, record["version"]))
+    return covered, left_out
+
+
+def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) cluster ranges whose rows fit the budget (a larger cluster alone)."""
+    ranges, lo, used = [], 0, 0
+    for cluster, count in enumerate(counts):
+        size = int(count) * row_bytes
+        if used and used + size > budget_bytes:
+            ranges.append((lo, cluster))
+            lo, used = cluster, 0
+        used += size
+    if len(counts):
+        ranges.append((lo, len(counts)))
+    return ranges
+
+
+def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int,
+               hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, cluster, id, visitor, dirty) of every shard's rows in clusters [lo, hi)."""
+    vectors, clusters, ids, visitor, dirty = [], [], [], [], []
+    for index, part in enumerate(parts):
+        start, stop = np.searchsorted(part.clusters, [lo, hi])
+        if start == stop:
+            continue
+        rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)
+        vectors.append(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop).astype(np.float32))
+        clusters.append(rows[:, 0])
+        ids.append((np.int64(index) << SHARD_BITS) | rows[:, 1].astype(np.int64))
+        visitor.append(rows[:, 2].astype(bool))
+        dirty.append(np.full(stop - start, part.dirty))
+    if not vectors:
+        return (np.zeros((0, 1), np.float32), *(np.zeros(0, t) for t in (np.int32, np.int64, bool, bool)))
+    return (np.concatenate(vectors), np.concatenate(clusters), np.concatenate(ids), np.concatenate(visitor),
+            np.concatenate(dirty))
+
+
+def keys_of(lake: LakeResource, model_id: str, parts: list[ShardPart], ids: np.ndarray) -> pa.Table:
+    """(shard, key) of each sample id, in the order given."""
+    shard_of, row_of = ids >> SHARD_BITS, ids & ((1 << SHARD_BITS) - 1)
+    shards = np.empty(len(ids), dtype=object)
+    keys = np.empty(len(ids), dtype=object)
+    for index in np.unique(shard_of):
+        part = parts[int(index)]
+        wanted = np.flatnonzero(shard_of == index)
+        column = lake.read_parquet(f"{assignment_dir(part.shard, model_id)}/assignment.parquet", ["key"]).column(0)
+        keys[wanted] = column.take(pa.array(row_of[wanted])).to_pylist()
+        shards[wanted] = part.shard
+    return pa.table({"shard": pa.array(list(shards), pa.string()), "key": pa.array(list(keys), pa.string())})
+
+
+def thumbnails(lake: LakeResource, wanted: pa.Table) -> np.ndarray:
+    """Normalized thumbnails of the (shard, key) rows of `wanted`, in its order."""
+    out = np.zeros((wanted.num_rows, 64), np.float32)
+    shards = wanted.column("shard").to_numpy(zero_copy_only=False)
+    for shard in np.unique(shards):
+        rows = np.flatnonzero(shards == shard)
+        hashes = lake.read_parquet(f"shards/{shard}/scores/image_hashes.parquet", ["key", "thumbnail"])
+        at = pc.index_in(wanted.column("key").take(pa.array(rows)), value_set=hashes.column("key"))
+        found = hashes.column("thumbnail").take(at).to_pylist()
+        out[rows] = arithmetic.normalized_thumbnails(found)
+    return out
+
+
+def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], centroids: int,
+                   settings: DedupSettings, log: Callable[[str], None]) -> tuple[pa.Table, dict]:
+    """Thumbnail-confirmed pairs (a_shard, a_key, b_shard, b_key, reason 'semantic') with a dirty
+    side, a group of clusters at a time; and the step's figures."""
+    counts = np.zeros(centroids, np.int64)
+    for part in parts:
+        counts += np.bincount(part.clusters, minlength=centroids)
+    # A row read costs its float32 vector, about as much again in similarity blocks, and its ids.
+    row_bytes = 4 * 2 * (embedding_width(lake, model_id, parts) + 4)
+    ranges = cluster_ranges(counts, row_bytes, settings.memory_budget_bytes)
+    found_a, found_b, found_s = [], [], []
+    for number, (lo, hi) in enumerate(ranges, 1):
+        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi)
+        a, b, sims = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
+        found_a.append(a)
+        found_b.append(b)
+        found_s.append(sims)
+        if number % 10 == 0 or number == len(ranges):
+            log(f"near_duplicates: clusters {hi}/{centroids} compared ({number}/{len(ranges)} ranges)")
+    a, b, _ = arithmetic.unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s))
+    first, second = keys_of(lake, model_id, parts, a), keys_of(lake, model_id, parts, b)
+    alike = arithmetic.thumbnails_alike(thumbnails(lake, first), thumbnails(lake, second),
+                                        settings.min_thumbnail_correlation)
+    table = pa.table({"a_shard": first.column("shard"), "a_key": first.column("key"),
+                      "b_shard": second.column("shard"), "b_key": second.column("key"),
+                      "reason": pa.array(["semantic"] * len(a), pa.string())}).filter(pa.array(alike))
+    return table, {"cluster_ranges": len(ranges), "candidates": int(len(a)),
+                   "largest_cluster": int(counts.max()) if len(counts) else 0}
+
+
+def embedding_width(lake: LakeResource, model_id: str, parts: list[ShardPart]) -> int:
+    """Embedding width, from the first shard's vectors.npy header."""
+    for part in parts:
+        if len(part.clusters):
+            return lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", 0, 1).shape[1]
+    return 1
+
+
+def keep_rank(rule: str, nodes: pa.Table, similarity: np.ndarray, seed: int) -> np.ndarray:
+    """A distinct rank per node; its group keeps the lowest. `nodes` is in (shard, key) order."""
+    n = nodes.num_rows
+    if rule == "first":
+        return np.arange(n)
+    if rule in ("hard", "easy"):  # SemDeDup: hard keeps the sample farthest from its centroid
+        sims = np.nan_to_num(similarity, nan=1.0)
+        return np.argsort(np.argsort(sims if rule == "hard" else -sims, kind="stable"), kind="stable")
+    names = [f"{seed}/{s}/{k}" for s, k in zip(nodes.column("shard").to_pylist(), nodes.column("key").to_pylist())]
+    digests = [hashlib.sha256(name.encode()).hexdigest() for name in names]
+    return np.argsort(np.argsort(digests, kind="stable"), kind="stable")
+
+
+def duplicate_groups(db: Catalog, pairs: pa.Table, settings: DedupSettings) -> pa.Table:
+    """One row per sample in a group of two or more: shard, key, is_duplicate, duplicate_of,
+    duplicate_reason (exact | phash | semantic, against the kept sample), group_size."""
+    ends = pa.concat_tables([
+        pairs.select(["a_shard", "a_key"]).rename_columns(["shard", "key"]),
+        pairs.select(["b_shard", "b_key"]).rename_columns(["shard", "key"])])
+    nodes = ends.group_by(["shard", "key"]).aggregate([]).sort_by([("shard", "ascending"), ("key", "ascending")])
+    nodes = nodes.append_column("node", pa.array(np.arange(nodes.num_rows), pa.int64()))
+    db.connection.register("dedup_nodes", nodes)
+    attributes = db.query(db.lake_sql("dedup/node_attributes.sql"))
+    db.connection.unregister("dedup_nodes")
+
+    def node_of(shard: str, key: str) -> np.ndarray:
+        joined = pairs.select([shard, key]).rename_columns(["shard", "key"]).append_column(
+            "order", pa.array(np.arange(pairs.num_rows))).join(nodes, ["shard", "key"]).sort_by("order")
+        return joined.column("node").to_numpy()
+
+    similarity = attributes.column("centroid_similarity").to_numpy(zero_copy_only=False).astype(np.float64)
+    keeper = arithmetic.group_keepers(keep_rank(settings.keep, nodes, similarity, settings.seed),
+                                      node_of("a_shard", "a_key"), node_of("b_shard", "b_key"))
+    sizes = np.bincount(keeper, minlength=nodes.num_rows)[keeper]
+    keeper_index = pa.array(keeper)
+
+    def same_as_keeper(name: str) -> np.ndarray:
+        column = attributes.column(name)
+        return np.asarray(pc.fill_null(pc.equal(column, column.take(keeper_index)), False))
+
+    is_duplicate = keeper != np.arange(nodes.num_rows)
+    reasons = np.where(~is_duplicate, None, np.where(same_as_keeper("sha256"), "exact",
+                                                     np.where(same_as_keeper("phash"), "phash", "semantic")))
+    return pa.table({
+        "shard": nodes.column("shard"),
+        "key": nodes.column("key"),
+        "is_duplicate": pa.array(is_duplicate, pa.bool_()),
+        "duplicate_of": pc.if_else(pa.array(is_duplicate), nodes.column("key").take(keeper_index), None),
+        "duplicate_reason": pa.array(reasons, pa.string()),
+        "group_size": pa.array(sizes, pa.int32()),
+    })
+
+
+def shard_duplicates(lake: LakeResource, model_id: str, shard: str, groups: pa.Table) -> pa.Table:
+    """Every sample of the shard with its cluster and, for those in a group, the group's columns."""
+    assignment = lake.read_parquet(f"{assignment_dir(shard, model_id)}/assignment.parquet",
+                                   ["key", "shard", "cluster"])
+    mine = groups.filter(pc.equal(groups.column("shard"), shard)).drop_columns(["shard"])
+    joined = assignment.append_column("order", pa.array(np.arange(assignment.num_rows))) \
+        .join(mine, "key", join_type="left outer").sort_by("order")
+    return pa.table({
+        "key": joined.column("key"),
+        "shard": joined.column("shard"),
+        "cluster": joined.column("cluster"),
+        "is_duplicate": pc.fill_null(joined.column("is_duplicate"), False),
+        "duplicate_of": joined.column("duplicate_of"),
+        "duplicate_reason": joined.column("duplicate_reason"),
+        "group_size": pc.fill_null(joined.column("group_size"), 1).cast(pa.int32()),
+    })
+
+
+def read_state(lake: LakeResource, model_id: str) -> tuple[dict, pa.Table, pa.Table] | None:
+    """The last run's committed state: its record, semantic pairs and groups."""
+    path = f"{dedup_dir(model_id)}/state.json"
+    if not lake.exists(path):
+        return None
+    record = lake.read_json(path)
+    folder = f"{dedup_dir(model_id)}/state/{record['version']}"
+    return record, lake.read_parquet(f"{folder}/pairs.parquet"), lake.read_parquet(f"{folder}/groups.parquet")
+
+
+def _involving(pairs: pa.Table, shards: set[str]) -> pa.Array:
+    values = pa.array(sorted(shards), pa.string())
+    return pc.or_(pc.is_in(pairs.column("a_shard"), value_set=values),
+                  pc.is_in(pairs.column("b_shard"), value_set=values))
+
+
+def _rows_by_shard(groups: pa.Table) -> dict[str, str]:
+    """A digest of each shard's group rows, to tell which shards' files change."""
+    digests: dict = {}  # shard -> a running sha256
+    for row in groups.sort_by([("shard", "ascending"), ("key", "ascending")]).to_pylist():
+        digests.setdefault(row["shard"], hashlib.sha256()).update(json.dumps(row, sort_keys=True).encode())
+    return {shard: digest.hexdigest() for shard, digest in digests.items()}
+
+
+def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards: list[str],
+                         settings: DedupSettings, log: Callable[[str], None] = print) -> dict:
+    """Find the duplicate groups of the pool's `shards`, write each covered shard's
+    duplicates.parquet that changes, commit the state; the figures."""
+    committed = read_centroids(lake, model_id)
+    if committed is None:
+        raise ValueError(f"no dedup centroids for model {model_id} yet: materialize dedup_centroids first")
+    centroids, centroid_info = committed
+    covered, left_out = covered_shards(lake, model_id, shards, centroid_info["version"])
+    if not covered:
+        raise ValueError(f"no shard assigned against the current dedup centroids; left out: {left_out}")
+    state = read_state(lake, model_id)
+    same_basis = state is not None and state[0]["centroids"] == centroid_info["version"] \
+        and state[0]["settings"] == settings.digest(*PAIR_SETTINGS)
+    before = state[0]["shards"] if same_basis else {}
+    dirty = {shard for shard, version in covered if before.get(shard) != version}
+    gone = set(before) - {shard for shard, _ in covered}
+    parts = [ShardPart(shard, version, lake.read_npy(f"{assignment_dir(shard, model_id)}/versions/{version}/rows.npy")
+                       [:, 0].copy(), shard in dirty) for shard, version in covered]
+    new_pairs, figures = semantic_pairs(lake, model_id, parts, len(centroids), settings, log) if dirty \
+        else (PAIR_SCHEMA.empty_table(), {"cluster_ranges": 0, "candidates": 0})
+    kept = state[1].filter(pc.invert(_involving(state[1], dirty | gone))) if same_basis else PAIR_SCHEMA.empty_table()
+    semantic = pa.concat_tables([kept, new_pairs.cast(PAIR_SCHEMA)])
+    db.connection.register("dedup_shards", pa.table({"shard": pa.array([s for s, _ in covered], pa.string())}))
+    hashed = db.query(db.lake_sql("dedup/hash_pairs.sql")).cast(PAIR_SCHEMA)
+    db.connection.unregister("dedup_shards")
+    groups = duplicate_groups(db, pa.concat_tables([semantic, hashed]), settings)
+
+    old_rows = _rows_by_shard(state[2]) if state is not None else {}
+    new_rows = _rows_by_shard(groups)
+    rewrite = [shard for shard, _ in covered
+               if shard in dirty or old_rows.get(shard) != new_rows.get(shard)
+               or not lake.exists(f"{assignment_dir(shard, model_id)}/duplicates.parquet")]
+    for shard in rewrite:
+        lake.write_parquet(f"{assignment_dir(shard, model_id)}/duplicates.parquet",
+                           shard_duplicates(lake, model_id, shard, groups))
+    version = hashlib.sha256(json.dumps([covered, new_rows, semantic.num_rows], sort_keys=True).encode()) \
+        .hexdigest()[:16]
+    folder = dedup_dir(model_id)
+    lake.write_parquet(f"{folder}/state/{version}/pairs.parquet", semantic)
+    lake.write_parquet(f"{folder}/state/{version}/groups.parquet", groups)
+    reasons = groups.column("duplicate_reason").to_pylist()
+    samples = sum(lake.parquet_rows(f"{assignment_dir(s, model_id)}/assignment.parquet") for s, _ in covered)
+    result = {
+        "samples": samples,
+        "duplicates": sum(1 for r in reasons if r),
+        **{f"duplicates/{r}": reasons.count(r) for r in ("exact", "phash", "semantic")},
+        "groups": int(groups.num_rows - sum(1 for r in reasons if r)),
+        "clusters": int(len(centroids)),
+        "shards": len(covered),
+        "compared_shards": len(dirty),
+        "rewritten_shards": len(rewrite),
+        "mode": "incremental" if same_basis else "full",
+        "left_out_shards": left_out,
+        **figures,
+    }
+    previous = state[0]["version"] if state is not None else ""
+    lake.write_json(f"{folder}/state.json", {
+        "version": version, "centroids": centroid_info["version"], "settings": settings.digest(*PAIR_SETTINGS),
+        "shards": dict(covered), "figures": result})
+    prune_versions(lake, f"{folder}/state", {version, previous})
+    return result

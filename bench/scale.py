@@ -1,0 +1,139 @@
+"""Scale benchmark of the cross-shard steps: a synthetic pool of N samples, each step in a
+process of its own, wall time and peak RSS per step, then the cost of one more shard.
+
+    .venv/bin/python bench/scale.py                          # N = 1,000,000 (100 shards x 10,000), 512-d
+    .venv/bin/python bench/scale.py --samples 10000000 --lake /big/disk/lake
+    .venv/bin/python bench/scale.py --samples 200000 --keep   # keep the lake (reused when it matches)
+
+The pool (assets/demo/synthetic_pool.py) is written in the lake's own formats: per-shard
+float16 embeddings around 1,000 topic directions with planted exact and near duplicates,
+and scores/image_hashes; no model forward. The steps are the near-duplicate ones
+(dedup_centroids, dedup_assignment over every shard, near_duplicates), run through the
+same functions the assets call. "one more shard" writes one shard and runs the steps again:
+the centroids are kept, one shard is assigned, the pairwise step compares that shard only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "synthetic-512"
+
+
+def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
+    """Run one step in this process; its figures."""
+    from assets.dedup import assignment, centroids, near_duplicates
+    from resources.catalog import open_catalog
+    from resources.dedup import DedupSettings
+    from resources.lake import LakeResource
+
+    lake, dedup = LakeResource(root=lake_root), DedupSettings(**settings)
+    if name == "dedup_centroids":
+        info = centroids.update_centroids(lake, MODEL, shards, dedup)
+        return {k: info[k] for k in ("clusters", "training_samples", "retrained", "pool_now")}
+    if name == "dedup_assignment":
+        vectors, info = centroids.read_centroids(lake, MODEL)
+        todo = [s for s in shards if (assignment.read_record(lake, s, MODEL) or {}).get("centroids") != info["version"]]
+        visits = sum(assignment.assign_shard(lake, s, MODEL, vectors, info["version"], dedup)["visits"] for s in todo)
+        return {"shards_assigned": len(todo), "visits": visits}
+    db = open_catalog(lake.url, MODEL)
+    try:
+        figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, dedup, log=lambda _: None)
+    finally:
+        db.close()
+    return {k: figures[k] for k in ("samples", "duplicates", "mode", "compared_shards", "cluster_ranges",
+                                    "largest_cluster", "rewritten_shards")}
+
+
+def measured(name: str, lake: str, shards: list[str], settings: dict) -> dict:
+    """Run a step in a child process; its wall seconds, peak RSS and figures."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--step", name, "--lake", lake, "--settings",
+                              json.dumps(settings), "--shards", ",".join(shards)],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    out, _ = child.communicate()
+    seconds = time.perf_counter() - started
+    if child.returncode:
+        raise SystemExit(f"step {name} failed ({child.returncode})")
+    figures = json.loads(out.strip().splitlines()[-1])
+    return {"step": name, "seconds": round(seconds, 1), "peak_rss_mib": figures.pop("_peak_rss_mib"), **figures}
+
+
+def write_pool(lake_root: str, shards: int, per_shard: int, dim: int, start: int = 0) -> float:
+    from assets.demo.synthetic_pool import PoolSpec, _topics, write_synthetic_shard
+    from resources.lake import LakeResource
+
+    spec = PoolSpec(per_shard=per_shard, dim=dim)
+    topics, lake = _topics(spec), LakeResource(root=lake_root)
+    began = time.perf_counter()
+    for number in range(start, start + shards):
+        write_synthetic_shard(lake, spec, number, MODEL, topics)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--per-shard", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--lake", help="lake folder (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
+    parser.add_argument("--memory-budget-mb", type=int, default=1024, help="the pairwise step's vector budget")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--shards", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:  # a child: one step, its figures as the last line
+        import resource
+
+        figures = step(args.step, args.lake, args.shards.split(","), json.loads(args.settings))
+        figures["_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(json.dumps(figures))
+        return
+
+    from assets.demo.synthetic_pool import shard_name
+
+    lake = args.lake or tempfile.mkdtemp(prefix="clipsieve-scale-")
+    shards = args.samples // args.per_shard
+    names = [shard_name(n) for n in range(shards)]
+    settings = {"memory_budget_bytes": args.memory_budget_mb * 2**20}
+    marker = Path(lake) / "synthetic.json"
+    wanted = {"shards": shards, "per_shard": args.per_shard, "dim": args.dim}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        shutil.rmtree(lake, ignore_errors=True)
+        seconds = write_pool(lake, shards, args.per_shard, args.dim)
+        marker.write_text(json.dumps(wanted))
+        print(f"wrote {shards} shards x {args.per_shard} samples ({args.dim}-d) in {seconds:.0f} s: {lake}")
+    for derived in ("dedup", *(f"shards/{s}/dedup" for s in names + [shard_name(shards)])):
+        shutil.rmtree(Path(lake) / derived, ignore_errors=True)
+    shutil.rmtree(Path(lake) / "shards" / shard_name(shards), ignore_errors=True)
+
+    rows = [measured(name, lake, names, settings) for name in ("dedup_centroids", "dedup_assignment",
+                                                               "near_duplicates")]
+    full = sum(r["seconds"] for r in rows)
+    write_pool(lake, 1, args.per_shard, args.dim, start=shards)
+    grown = names + [shard_name(shards)]
+    more = [measured(name, lake, grown, settings) for name in ("dedup_centroids", "dedup_assignment",
+                                                               "near_duplicates")]
+    added = sum(r["seconds"] for r in more)
+    print(f"\npool: {args.samples:,} samples in {shards} shards, {args.dim}-d; pairwise budget "
+          f"{args.memory_budget_mb} MiB")
+    print(f"{'step':<20}{'seconds':>9}{'peak RSS MiB':>14}  figures")
+    for row in rows + [{"step": "-- one more shard", "seconds": "", "peak_rss_mib": ""}] + more:
+        extra = {k: v for k, v in row.items() if k not in ("step", "seconds", "peak_rss_mib")}
+        print(f"{row['step']:<20}{row['seconds']:>9}{row['peak_rss_mib']:>14}  {json.dumps(extra)}")
+    print(f"\nfull run {full:.1f} s; one more shard {added:.1f} s ({100 * added / full:.1f}% of the full run)")
+    if not args.keep and not args.lake:
+        shutil.rmtree(lake, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

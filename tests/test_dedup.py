@@ -1,0 +1,153 @@
+"""Near-duplicates in three steps (centroids, per-shard assignment, pairwise groups) on a
+synthetic pool written in the lake's real formats: equal to brute force, incremental, bounded."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from assets.dedup import assignment, centroids, near_duplicates
+from assets.dedup.pairs import brute_force_pairs, cluster_pairs
+from assets.demo.synthetic_pool import PoolSpec, shard_name, synthetic_shard, write_synthetic_shard
+from resources.catalog import open_catalog
+from resources.dedup import DedupSettings
+from resources.lake import LakeResource, assignment_dir, dedup_dir
+
+MODEL = "synthetic"
+
+
+def clustered_pairs(vectors: np.ndarray, eps: float, clusters: int, boundary_clusters: int) -> set[tuple[int, int]]:
+    """The pairs the assignment and pairwise steps find, on vectors stored as the lake stores them."""
+    trained = centroids.train_centroids(vectors, clusters, seed=0)
+    result = assignment.assign(vectors, trained, eps, boundary_clusters)
+    rows = assignment.cluster_order(result)
+    a, b, _ = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
+                            np.ones(len(rows), bool), eps)
+    return set(zip(a.tolist(), b.tolist()))
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.1])
+def test_clustered_search_equals_brute_force_on_20000_embeddings(eps):
+    data = synthetic_shard(PoolSpec(per_shard=20_000, dim=512, topics=100, seed=3), 0)
+    vectors = data.image.astype(np.float16).astype(np.float32)  # as assignment stores them
+    truth = brute_force_pairs(vectors, eps)
+    assert len(truth) > 500  # the planted duplicates, at least
+    assert clustered_pairs(vectors, eps, clusters=100, boundary_clusters=DedupSettings().boundary_clusters) == truth
+
+
+def test_boundary_visits_find_the_pairs_a_cluster_boundary_splits():
+    """Ten topics cut into a hundred clusters: boundaries run through dense regions, and
+    SemDeDup's within-cluster search misses pairs that visits to the next clusters find."""
+    data = synthetic_shard(PoolSpec(per_shard=20_000, dim=512, topics=10, seed=3), 0)
+    vectors = data.image.astype(np.float16).astype(np.float32)
+    truth = brute_force_pairs(vectors, 0.05)
+    within = clustered_pairs(vectors, 0.05, 100, boundary_clusters=0)
+    visiting = clustered_pairs(vectors, 0.05, 100, boundary_clusters=4)
+    assert within < truth and len(truth - within) >= 3
+    assert visiting == truth
+
+
+def run_steps(lake: LakeResource, shards: list[str], settings: DedupSettings) -> dict:
+    info = centroids.update_centroids(lake, MODEL, shards, settings)
+    vectors, _ = centroids.read_centroids(lake, MODEL)
+    for shard in shards:
+        record = assignment.read_record(lake, shard, MODEL)
+        if record is None or record["centroids"] != info["version"]:
+            assignment.assign_shard(lake, shard, MODEL, vectors, info["version"], settings)
+    db = open_catalog(lake.url, MODEL)
+    try:
+        return {**near_duplicates.find_near_duplicates(lake, db, MODEL, shards, settings, log=lambda _: None),
+                "centroids": info}
+    finally:
+        db.close()
+
+
+def duplicates(lake: LakeResource, shards: list[str]) -> pa.Table:
+    return pa.concat_tables([lake.read_parquet(f"{assignment_dir(s, MODEL)}/duplicates.parquet") for s in shards])
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """Three shards of 2,000 samples with planted duplicates, the three steps run over them."""
+    lake = LakeResource(root=str(tmp_path_factory.mktemp("dedup") / "lake"))
+    spec = PoolSpec(per_shard=2_000, dim=64, topics=20, seed=5)
+    planted = pa.concat_tables([write_synthetic_shard(lake, spec, n, MODEL) for n in range(3)])
+    settings = DedupSettings(cluster_size=100, eps=0.1, min_thumbnail_correlation=0.9)
+    first = run_steps(lake, [shard_name(n) for n in range(3)], settings)
+    return {"lake": lake, "spec": spec, "planted": planted, "settings": settings, "first": first}
+
+
+def test_planted_duplicates_are_found_and_the_first_sample_kept(pool):
+    lake, planted = pool["lake"], pool["planted"]
+    table = duplicates(lake, [shard_name(n) for n in range(3)])
+    assert table.num_rows == 6_000 and pool["first"]["mode"] == "full"
+    flagged = {(r["shard"], r["key"]) for r in table.to_pylist() if r["is_duplicate"]}
+    exact = planted.filter(pc.equal(planted.column("kind"), "exact"))
+    assert {(r["shard"], r["key"]) for r in exact.to_pylist()} <= flagged  # every exact copy
+    planted_keys = {(r["shard"], r["key"]) for r in planted.to_pylist()}
+    assert len(flagged & planted_keys) >= 0.9 * len(planted_keys)  # near ones within eps and alike
+    assert len(flagged - planted_keys) <= 0.02 * len(flagged)
+    rows = {r["key"]: r for r in table.to_pylist()}
+    for row in rows.values():
+        if row["is_duplicate"]:
+            keeper = rows[row["duplicate_of"]]
+            assert not keeper["is_duplicate"] and (keeper["shard"], keeper["key"]) < (row["shard"], row["key"])
+    reasons = pc.value_counts(table.column("duplicate_reason").drop_null()).to_pylist()
+    assert {r["values"] for r in reasons} >= {"exact", "semantic"}
+
+
+def test_a_new_shard_is_assigned_alone_and_compared_alone_with_the_same_result_as_a_full_run(pool, tmp_path):
+    lake, spec, settings = pool["lake"], pool["spec"], pool["settings"]
+    write_synthetic_shard(lake, spec, 3, MODEL)
+    shards = [shard_name(n) for n in range(4)]
+    before = {s: assignment.read_record(lake, s, MODEL)["version"] for s in shards[:3]}
+    grown = run_steps(lake, shards, settings)
+    assert not grown["centroids"]["retrained"]  # 8,000 samples: within twice the 6,000 trained for
+    assert {s: assignment.read_record(lake, s, MODEL)["version"] for s in shards[:3]} == before
+    assert grown["mode"] == "incremental" and grown["compared_shards"] == 1
+    incremental = duplicates(lake, shards)
+    lake.remove(f"{dedup_dir(MODEL)}/state.json")
+    full = run_steps(lake, shards, settings)
+    assert full["mode"] == "full" and full["compared_shards"] == 4
+    assert duplicates(lake, shards).equals(incremental)
+    assert incremental.filter(pc.equal(incremental.column("shard"), "000003")).column("is_duplicate").to_pylist() \
+        .count(True) > 0
+
+
+def test_a_small_memory_budget_takes_more_cluster_ranges_and_finds_the_same_groups(pool, tmp_path):
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    for n in range(2):
+        write_synthetic_shard(lake, spec, n, MODEL)
+    shards = [shard_name(n) for n in range(2)]
+    roomy = run_steps(lake, shards, DedupSettings(cluster_size=100))
+    groups = duplicates(lake, shards)
+    lake.remove(f"{dedup_dir(MODEL)}/state.json")
+    tight = run_steps(lake, shards, DedupSettings(cluster_size=100, memory_budget_bytes=64 * 1024))
+    assert roomy["cluster_ranges"] == 1 and tight["cluster_ranges"] > 10
+    assert duplicates(lake, shards).equals(groups)
+
+
+def test_the_hard_rule_keeps_the_sample_farthest_from_its_centroid(pool, tmp_path):
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    write_synthetic_shard(lake, spec, 0, MODEL)
+    run_steps(lake, ["000000"], DedupSettings(cluster_size=100, keep="hard", min_thumbnail_correlation=0))
+    table = duplicates(lake, ["000000"]).to_pylist()
+    similarity = dict(zip(*(lake.read_parquet(f"{assignment_dir('000000', MODEL)}/assignment.parquet")
+                            .select(["key", "centroid_similarity"]).to_pydict().values())))
+    members: dict[str, list[str]] = {}
+    for row in table:
+        if row["group_size"] > 1:
+            keeper = row["duplicate_of"] or row["key"]
+            members.setdefault(keeper, []).append(row["key"])
+    assert members
+    for keeper, group in members.items():
+        assert similarity[keeper] == min(similarity[k] for k in group)
+
+
+def test_ranged_npy_reads_return_the_rows_asked_for(tmp_path):
+    for root in (str(tmp_path / "lake"), "memory://ranged-npy"):
+        lake = LakeResource(root=root)
+        array = np.arange(7 * 5, dtype=np.float16).reshape(7, 5)
+        lake.write_npy("a.npy", array)
+        assert np.array_equal(lake.read_npy_rows("a.npy", 2, 5), array[2:5])
+        assert lake.read_npy_rows("a.npy", 6, 99).shape == (1, 5) and lake.read_npy_rows("a.npy", 3, 3).shape == (0, 5)
