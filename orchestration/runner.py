@@ -357,11 +357,17 @@ class Plan:
         """shard -> the per-shard assets (of `keys`, default all) to redo there: what Dagster
         reports STALE or MISSING and everything below it (shards with nothing to redo left out)."""
         keys = self.per_shard if keys is None else keys
+        # Per-shard parents from an earlier stage: a shard where one is missing (its step
+        # failed) cannot run this stage, and is left out of the pool until it is redone.
+        graph = self.defs.resolve_asset_graph()
+        parents = {p for k in keys for p in graph.get(k).parent_keys if p in self.per_shard} - keys
         work = {}
         for start in range(0, len(shards), STALE_CHUNK):
             chunk = shards[start:start + STALE_CHUNK]
-            statuses = server.stale_by_partition([k.path for k in keys], chunk)
+            statuses = server.stale_by_partition([k.path for k in keys | parents], chunk)
             for shard in chunk:
+                if any(statuses[(p.to_user_string(), shard)] == "MISSING" for p in parents):
+                    continue
                 out_of_date = {k for k in keys if statuses[(k.to_user_string(), shard)] in OUT_OF_DATE}
                 if out_of_date:
                     work[shard] = _relatives(self.defs, out_of_date, keys, down=True)

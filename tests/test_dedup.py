@@ -151,3 +151,26 @@ def test_ranged_npy_reads_return_the_rows_asked_for(tmp_path):
         lake.write_npy("a.npy", array)
         assert np.array_equal(lake.read_npy_rows("a.npy", 2, 5), array[2:5])
         assert lake.read_npy_rows("a.npy", 6, 99).shape == (1, 5) and lake.read_npy_rows("a.npy", 3, 3).shape == (0, 5)
+
+
+def test_a_shard_assigned_against_old_centroids_is_left_out_and_leaves_the_duplicates(pool, tmp_path):
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    for n in range(2):
+        write_synthetic_shard(lake, spec, n, MODEL)
+    shards = [shard_name(n) for n in range(2)]
+    run_steps(lake, shards, DedupSettings(cluster_size=100))
+    settings = DedupSettings(cluster_size=50)  # other centroids; only the first shard is assigned again
+    info = centroids.update_centroids(lake, MODEL, shards, settings)
+    assert info["retrained"] and info["reason"] == "cluster_size, max_training_samples or seed changed"
+    assignment.assign_shard(lake, shards[0], MODEL, centroids.read_centroids(lake, MODEL)[0], info["version"],
+                            settings)
+    db = open_catalog(lake.url, MODEL)
+    try:
+        figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, settings, log=lambda _: None)
+    finally:
+        db.close()
+    assert figures["left_out_shards"] == {shards[1]: "assigned against other centroids: its dedup_assignment is "
+                                                      "stale"}
+    assert figures["mode"] == "full" and figures["samples"] == spec.per_shard
+    assert lake.exists(f"{assignment_dir(shards[0], MODEL)}/duplicates.parquet")
+    assert not lake.exists(f"{assignment_dir(shards[1], MODEL)}/duplicates.parquet")

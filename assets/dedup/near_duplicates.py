@@ -300,6 +300,8 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     for shard in rewrite:
         lake.write_parquet(f"{assignment_dir(shard, model_id)}/duplicates.parquet",
                            shard_duplicates(lake, model_id, shard, groups))
+    for shard in left_out:  # out of the groups: out of the duplicates view too, never half in
+        lake.remove(f"{assignment_dir(shard, model_id)}/duplicates.parquet")
     version = hashlib.sha256(json.dumps([covered, new_rows, semantic.num_rows], sort_keys=True).encode()) \
         .hexdigest()[:16]
     folder = dedup_dir(model_id)
