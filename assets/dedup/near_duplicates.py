@@ -84,24 +84,27 @@ def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> lis
     return ranges
 
 
-def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int,
-               hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, cluster, id, visitor, dirty) of every shard's rows in clusters [lo, hi)."""
-    vectors, clusters, ids, visitor, dirty = [], [], [], [], []
-    for index, part in enumerate(parts):
-        start, stop = np.searchsorted(part.clusters, [lo, hi])
-        if start == stop:
-            continue
+def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int,
+               width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, cluster, id, visitor, dirty) of every shard's rows in clusters [lo, hi): each
+    shard's rows are one ranged read, written straight into one float32 array."""
+    spans = [(index, *np.searchsorted(part.clusters, [lo, hi])) for index, part in enumerate(parts)]
+    spans = [(index, int(start), int(stop)) for index, start, stop in spans if stop > start]
+    total = sum(stop - start for _, start, stop in spans)
+    vectors = np.empty((total, width), np.float32)
+    clusters, ids = np.empty(total, np.int32), np.empty(total, np.int64)
+    visitor, dirty = np.empty(total, bool), np.empty(total, bool)
+    at = 0
+    for index, start, stop in spans:
+        part, end = parts[index], at + stop - start
         rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)
-        vectors.append(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop).astype(np.float32))
-        clusters.append(rows[:, 0])
-        ids.append((np.int64(index) << SHARD_BITS) | rows[:, 1].astype(np.int64))
-        visitor.append(rows[:, 2].astype(bool))
-        dirty.append(np.full(stop - start, part.dirty))
-    if not vectors:
-        return (np.zeros((0, 1), np.float32), *(np.zeros(0, t) for t in (np.int32, np.int64, bool, bool)))
-    return (np.concatenate(vectors), np.concatenate(clusters), np.concatenate(ids), np.concatenate(visitor),
-            np.concatenate(dirty))
+        vectors[at:end] = lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)
+        clusters[at:end] = rows[:, 0]
+        ids[at:end] = (np.int64(index) << SHARD_BITS) | rows[:, 1]
+        visitor[at:end] = rows[:, 2] != 0
+        dirty[at:end] = part.dirty
+        at = end
+    return vectors, clusters, ids, visitor, dirty
 
 
 def keys_of(lake: LakeResource, model_id: str, parts: list[ShardPart], ids: np.ndarray) -> pa.Table:
@@ -131,19 +134,18 @@ def thumbnails(lake: LakeResource, wanted: pa.Table) -> np.ndarray:
     return out
 
 
-def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], centroids: int,
+def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], counts: np.ndarray,
                    settings: DedupSettings, log: Callable[[str], None]) -> tuple[pa.Table, dict]:
     """Thumbnail-confirmed pairs (a_shard, a_key, b_shard, b_key, reason 'semantic') with a dirty
-    side, a group of clusters at a time; and the step's figures."""
-    counts = np.zeros(centroids, np.int64)
-    for part in parts:
-        counts += np.bincount(part.clusters, minlength=centroids)
-    # A row read costs its float32 vector, about as much again in similarity blocks, and its ids.
-    row_bytes = 4 * 2 * (embedding_width(lake, model_id, parts) + 4)
+    side, a range of clusters at a time (`counts`: rows per cluster); and the step's figures."""
+    centroids = len(counts)
+    # A row read costs its float32 vector and its ids (similarity blocks are bounded apart).
+    width = embedding_width(lake, model_id, parts)
+    row_bytes = 4 * (width + 4)
     ranges = cluster_ranges(counts, row_bytes, settings.memory_budget_bytes)
     found_a, found_b, found_s = [], [], []
     for number, (lo, hi) in enumerate(ranges, 1):
-        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi)
+        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, width)
         a, b, sims = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
         found_a.append(a)
         found_b.append(b)
@@ -157,8 +159,7 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
     table = pa.table({"a_shard": first.column("shard"), "a_key": first.column("key"),
                       "b_shard": second.column("shard"), "b_key": second.column("key"),
                       "reason": pa.array(["semantic"] * len(a), pa.string())}).filter(pa.array(alike))
-    return table, {"cluster_ranges": len(ranges), "candidates": int(len(a)),
-                   "largest_cluster": int(counts.max()) if len(counts) else 0}
+    return table, {"cluster_ranges": len(ranges), "candidates": int(len(a))}
 
 
 def embedding_width(lake: LakeResource, model_id: str, parts: list[ShardPart]) -> int:
@@ -258,10 +259,13 @@ def _involving(pairs: pa.Table, shards: set[str]) -> pa.Array:
 
 def _rows_by_shard(groups: pa.Table) -> dict[str, str]:
     """A digest of each shard's group rows, to tell which shards' files change."""
-    digests: dict = {}  # shard -> a running sha256
-    for row in groups.sort_by([("shard", "ascending"), ("key", "ascending")]).to_pylist():
-        digests.setdefault(row["shard"], hashlib.sha256()).update(json.dumps(row, sort_keys=True).encode())
-    return {shard: digest.hexdigest() for shard, digest in digests.items()}
+    groups = groups.sort_by([("shard", "ascending"), ("key", "ascending")])
+    text = pc.binary_join_element_wise(*(pc.fill_null(groups.column(name).cast(pa.string()), "-")
+                                         for name in groups.column_names), "\x1f")
+    shards = groups.column("shard").to_numpy(zero_copy_only=False)
+    edges = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(shards)]
+    return {shards[a]: hashlib.sha256("\n".join(text[a:b].to_pylist()).encode()).hexdigest()
+            for a, b in zip(edges, edges[1:]) if b > a}
 
 
 def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards: list[str],
@@ -283,8 +287,12 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     gone = set(before) - {shard for shard, _ in covered}
     parts = [ShardPart(shard, version, lake.read_npy(f"{assignment_dir(shard, model_id)}/versions/{version}/rows.npy")
                        [:, 0].copy(), shard in dirty) for shard, version in covered]
-    new_pairs, figures = semantic_pairs(lake, model_id, parts, len(centroids), settings, log) if dirty \
+    counts = np.zeros(len(centroids), np.int64)
+    for part in parts:
+        counts += np.bincount(part.clusters, minlength=len(centroids))
+    new_pairs, figures = semantic_pairs(lake, model_id, parts, counts, settings, log) if dirty \
         else (PAIR_SCHEMA.empty_table(), {"cluster_ranges": 0, "candidates": 0})
+    figures["largest_cluster"] = int(counts.max())
     kept = state[1].filter(pc.invert(_involving(state[1], dirty | gone))) if same_basis else PAIR_SCHEMA.empty_table()
     semantic = pa.concat_tables([kept, new_pairs.cast(PAIR_SCHEMA)])
     db.connection.register("dedup_shards", pa.table({"shard": pa.array([s for s, _ in covered], pa.string())}))
