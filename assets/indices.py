@@ -23,24 +23,27 @@ comfortably, "IVF<nlist>,Flat" then "IVF<nlist>,PQ<m>" (compressed codes) as the
 grows. Search parameters (nprobe, efSearch) are tuned on held-out queries — the text
 embeddings of a sample of members, which are not in the index — to the target recall,
 and recall@10 is measured on them against exact search.
+
+Vectors are read a shard at a time (assets/index_vectors.py): a build holds the index, the
+training sample (IVF, at most TRAINING_SAMPLE vectors) and one shard's vectors; exact search
+for the recall truth streams over the shards too, and only the queries' text rows are read.
 """
 
-import hashlib
 import math
 import time
 
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from assets.embeddings import encode_images, encode_texts
+from assets.index_vectors import ArrayVectors, MemberVectors
 from resources.clip_model import LoadedClip
-from resources.embedding_files import load_embeddings
 from resources.indexing import IndexSettings, read_index, write_index
 from resources.lake import LakeResource, committed_subset, index_dir, members_path
 
-CODE_VERSION = "3"
+CODE_VERSION = "4"
+Vectors = ArrayVectors | MemberVectors
 
 
 def choose_factory(count: int, dim: int, memory_budget_bytes: int) -> str:
@@ -60,14 +63,29 @@ def choose_factory(count: int, dim: int, memory_budget_bytes: int) -> str:
 
 
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the exact top k of each query among `vectors` (in memory)."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     return exact.search(queries, k)
 
 
-def recall_at_k(index: faiss.Index, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray], k: int = 10) -> float:
+def exact_top_scores(source: Vectors, queries: np.ndarray, k: int) -> tuple[np.ndarray, None]:
+    """The exact top-k scores of each query over every vector of `source`, a chunk at a time
+    (no flat copy of the set): the truth recall is measured against."""
+    best = np.full((len(queries), k), -np.inf, np.float32)
+    for _, vectors in source.chunks():
+        scores = queries @ vectors.T
+        if scores.shape[1] > k:
+            scores = -np.partition(-scores, k - 1, axis=1)[:, :k]
+        best = -np.partition(-np.concatenate([best, scores], axis=1), k - 1, axis=1)[:, :k]
+    return -np.sort(-best, axis=1), None
+
+
+def recall_at_k(index: faiss.Index, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray | None],
+                k: int = 10) -> float:
     """Share of the exact top-k the index returns. Ties count: a returned vector scoring at
-    least the exact k-th score is a hit, so equal vectors in either order do not lower it."""
+    least the exact k-th score is a hit, so equal vectors in either order do not lower it
+    (`truth`: the exact top-k scores, and their rows, which are not needed)."""
     kth = truth[0][:, k - 1]
     scores, found = index.search(queries, k)
     hits = ((found >= 0) & (scores >= kth[:, None] - 1e-4)).sum(axis=1)
@@ -99,48 +117,57 @@ def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: f
     return best
 
 
-def _measure(index: faiss.Index, factory: str, vectors: np.ndarray, queries: np.ndarray,
+def _measure(index: faiss.Index, factory: str, source: Vectors, queries: np.ndarray,
              settings: IndexSettings) -> tuple[str, float]:
     """Tune the search parameters on `queries` and return (parameters, recall@10)."""
-    if not len(vectors) or not len(queries):
+    if not source.count or not len(queries):
         return "", 1.0
-    k = min(10, len(vectors))
-    return tune(index, factory, queries, exact_neighbours(vectors, queries, k), settings.target_recall, k)
+    k = min(10, source.count)
+    return tune(index, factory, queries, exact_top_scores(source, queries, k), settings.target_recall, k)
 
 
-def _centroid_similarity(index: faiss.Index, vectors: np.ndarray) -> float | None:
-    """Mean similarity of vectors to their nearest IVF centroid (None for other index types)."""
+def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray | None = None) -> float | None:
+    """Mean similarity of the vectors (at `positions`, default all) to their nearest IVF
+    centroid (None for other index types)."""
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None or not len(vectors):
+    if ivf is None:
         return None
-    return float(ivf.quantizer.search(vectors, 1)[0].mean())
+    total, count = 0.0, 0
+    for _, vectors in source.chunks(positions):
+        total += float(ivf.quantizer.search(vectors, 1)[0].sum())
+        count += len(vectors)
+    return total / count if count else None
 
 
-def build_index(vectors: np.ndarray, queries: np.ndarray, settings: IndexSettings = IndexSettings(),
+TRAINING_SAMPLE = 256 * 64 * 16  # vectors an IVF quantizer (and PQ) trains on, at most
+
+
+def build_index(source: Vectors | np.ndarray, queries: np.ndarray, settings: IndexSettings = IndexSettings(),
                 seed: int = 0) -> tuple[faiss.Index, dict]:
-    """An inner-product index over normalized `vectors`, tuned and measured on `queries`."""
-    count, dim = vectors.shape
+    """An inner-product index over the normalized vectors of `source`, added a chunk at a
+    time after training on a bounded sample, tuned and measured on `queries`."""
+    source = ArrayVectors(source) if isinstance(source, np.ndarray) else source
+    count, dim = source.count, source.dim
     factory = choose_factory(count, dim, settings.memory_budget_bytes)
     started = time.perf_counter()
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(count, size=min(count, 256 * 64 * 16), replace=False)]
-        index.train(sample)
-    index.add(vectors)
+        sample = np.random.default_rng(seed).choice(count, size=min(count, TRAINING_SAMPLE), replace=False)
+        index.train(np.concatenate([vectors for _, vectors in source.chunks(sample)]))
+    for _, vectors in source.chunks():
+        index.add(vectors)
     build_seconds = time.perf_counter() - started
-    params, recall = _measure(index, factory, vectors, queries, settings)
+    params, recall = _measure(index, factory, source, queries, settings)
     return index, {
         "factory": factory,
         "search_params": params,
         "metric": "inner_product",
         "count": int(count),
         "dim": int(dim),
-        "memory_bytes": int(faiss.serialize_index(index).nbytes),
         "build_seconds": round(build_seconds, 4),
         "recall_at_10": recall,
         "recall_queries": int(len(queries)),
-        "centroid_similarity": _centroid_similarity(index, vectors),
+        "centroid_similarity": _centroid_similarity(index, source),
         "build_mode": "rebuilt",
     }
 
@@ -148,89 +175,60 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, settings: IndexSetting
 DRIFT_TOLERANCE = 0.05  # new vectors this much further from their IVF centroids than at training: retrain
 
 
-def update_index(previous: tuple[faiss.Index, pa.Table, dict] | None, keys: pa.Table, vectors: np.ndarray,
-                 queries: np.ndarray, settings: IndexSettings = IndexSettings(),
+def update_index(previous: tuple[faiss.Index, pa.Table, dict] | None, source: Vectors, queries: np.ndarray,
+                 settings: IndexSettings = IndexSettings(),
                  shard_versions: dict[str, str] | None = None) -> tuple[faiss.Index, pa.Table, dict]:
     """Grow the previous index by the new members' vectors when that is sound, else rebuild.
 
     Growing needs every previous member still in the subset with unchanged embeddings (its
-    shard's digest in `shard_versions`), the same index type for the new size, and, for
-    IVF, new vectors about as close to the trained centroids as the training vectors were
-    (no drift). `build_mode` and `rebuild_reason` say what happened.
+    shard's embeddings version in `shard_versions`), the same index type for the new size,
+    and, for IVF, new vectors about as close to the trained centroids as the training vectors
+    were (no drift). `build_mode` and `rebuild_reason` say what happened.
     """
     shard_versions = shard_versions or {}
+    keys = source.keys()
     reason = "no previous index"
     if previous is not None:
         index, old_keys, old_info = previous
-        position = {k: i for i, k in enumerate(keys.column("key").to_pylist())}
-        old = old_keys.column("key").to_pylist()
-        factory = choose_factory(len(position), vectors.shape[1], settings.memory_budget_bytes)
+        old = set(zip(old_keys.column("shard").to_pylist(), old_keys.column("key").to_pylist()))
+        now = list(zip(keys.column("shard").to_pylist(), keys.column("key").to_pylist()))
+        factory = choose_factory(len(now), source.dim, settings.memory_budget_bytes)
         changed = [s for s, v in old_info.get("shard_versions", {}).items() if shard_versions.get(s, v) != v]
-        if not set(old) <= set(position):
+        if not old <= set(now):
             reason = "members left the subset"
         elif changed:
             reason = f"embeddings of shard(s) {', '.join(sorted(changed))} changed"
-        elif factory != old_info.get("factory") or vectors.shape[1] != old_info.get("dim"):
+        elif factory != old_info.get("factory") or source.dim != old_info.get("dim"):
             reason = f"index type changes to {factory}"
         else:
-            kept = set(old)
-            added = [i for k, i in position.items() if k not in kept]
+            added = np.array([i for i, member in enumerate(now) if member not in old], np.int64)
             trained = old_info.get("centroid_similarity")
-            fresh = _centroid_similarity(index, vectors[added])
+            fresh = _centroid_similarity(index, source, added) if len(added) else None
             if trained is not None and fresh is not None and fresh < trained - DRIFT_TOLERANCE:
                 reason = f"drift: new vectors' centroid similarity {fresh:.3f} vs {trained:.3f} at training"
             else:
                 started = time.perf_counter()
-                if added:
-                    index.add(np.ascontiguousarray(vectors[added]))
+                order = []
+                for positions, vectors in source.chunks(added):
+                    index.add(vectors)
+                    order.append(positions)
                 seconds = time.perf_counter() - started
-                order = [position[k] for k in old] + added
-                params, recall = _measure(index, factory, vectors[order], queries, settings)
+                params, recall = _measure(index, factory, source, queries, settings)
                 info = {**old_info, "search_params": params, "count": int(index.ntotal), "recall_at_10": recall,
-                        "memory_bytes": int(faiss.serialize_index(index).nbytes), "build_seconds": round(seconds, 4),
-                        "build_mode": "grown", "added": len(added), "recall_queries": int(len(queries)),
+                        "build_seconds": round(seconds, 4), "build_mode": "grown", "added": len(added),
+                        "recall_queries": int(len(queries)),
                         "shard_versions": {**old_info.get("shard_versions", {}), **shard_versions}}
                 info.pop("rebuild_reason", None)
-                return index, pa.concat_tables([old_keys, keys.take(pa.array(added, pa.int64()))]), info
-    index, info = build_index(vectors, queries, settings)
+                grown = keys.take(pa.array(np.concatenate(order) if order else np.zeros(0, np.int64)))
+                return index, pa.concat_tables([old_keys.select(["key", "shard"]), grown]), info
+    index, info = build_index(source, queries, settings)
     return index, keys, {**info, "rebuild_reason": reason, "shard_versions": shard_versions}
 
 
-def gather_embeddings(lake: LakeResource, model_id: str, members: pa.Table,
-                      versions: dict[str, str] | None = None) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(key, shard) rows and float32 image and text embeddings of `members`, in members' order.
-
-    `versions`, when given, receives a digest of each shard's image embeddings.
-    """
-    keys, images, texts = [], [], []
-    for shard in sorted(set(members.column("shard").to_pylist())):
-        wanted = members.filter(pc.equal(members.column("shard"), shard)).column("key").to_pylist()
-        shard_keys, image, text = load_embeddings(lake, shard, model_id)
-        row_of = dict(zip(shard_keys.column("key").to_pylist(), shard_keys.column("row").to_pylist()))
-        missing = [k for k in wanted if k not in row_of]
-        if missing:
-            raise ValueError(f"shard {shard}: {len(missing)} member(s) have no embedding, e.g. {missing[:3]}")
-        rows = [row_of[k] for k in wanted]
-        if versions is not None:
-            versions[shard] = hashlib.sha256(image.tobytes()).hexdigest()[:16]
-        images.append(image[rows])
-        texts.append(text[rows])
-        keys.append(pa.table({"key": pa.array(wanted, pa.string()), "shard": pa.array([shard] * len(wanted))}))
-    if not keys:
-        empty = pa.table({"key": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
-        return empty, np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32)
-
-    def normalized(chunks: list[np.ndarray]) -> np.ndarray:
-        array = np.concatenate(chunks).astype(np.float32)
-        return np.ascontiguousarray(array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12))
-
-    return pa.concat_tables(keys), normalized(images), normalized(texts)
-
-
-def held_out_queries(text: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+def held_out_queries(source: Vectors, count: int, seed: int = 0) -> np.ndarray:
     """Text embeddings of a sample of members: queries that are not themselves indexed."""
     rng = np.random.default_rng(seed)
-    return np.ascontiguousarray(text[rng.choice(len(text), size=min(count, len(text)), replace=False)])
+    return source.texts(rng.choice(source.count, size=min(count, source.count), replace=False))
 
 
 def search(index: faiss.Index, keys: pa.Table, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -254,17 +252,14 @@ def encode_query(clip: LoadedClip, text: str | None = None, image: bytes | None 
 
 def index_subset(lake: LakeResource, policy: str, model_id: str, settings: IndexSettings) -> dict:
     """Grow or rebuild the policy's index over its committed members and commit it; its info."""
-    members = lake.read_parquet(members_path(policy))
+    members = lake.read_parquet(members_path(policy), ["key", "shard"])
     subset_version = (committed_subset(lake, policy) or {}).get("version")
-    versions: dict[str, str] = {}
-    keys, image, text = gather_embeddings(lake, model_id, members, versions)
+    source = MemberVectors(lake, model_id, members)
     folder = index_dir(policy, model_id)
     info_path = f"{folder}/index_info.json"
     previous = None
     if lake.exists(info_path) and "version" in (old_info := lake.read_json(info_path)):
         previous = (*read_index(lake, folder), old_info)
-    index, keys, info = update_index(previous, keys, image, held_out_queries(text, settings.queries), settings,
-                                     versions)
-    info = {**info, "subset_version": subset_version}
-    write_index(lake, folder, index, keys, info)
-    return info
+    index, keys, info = update_index(previous, source, held_out_queries(source, settings.queries), settings,
+                                     source.shard_versions())
+    return write_index(lake, folder, index, keys, {**info, "subset_version": subset_version})

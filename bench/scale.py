@@ -4,13 +4,15 @@ process of its own, wall time and peak RSS per step, then the cost of one more s
     .venv/bin/python bench/scale.py                          # N = 1,000,000 (100 shards x 10,000), 512-d
     .venv/bin/python bench/scale.py --samples 10000000 --lake /big/disk/lake
     .venv/bin/python bench/scale.py --samples 200000 --keep   # keep the lake (reused when it matches)
+    .venv/bin/python bench/scale.py --index                  # and a kNN index over the whole pool
 
 The pool (assets/demo/synthetic_pool.py) is written in the lake's own formats: per-shard
 float16 embeddings around 1,000 topic directions with planted exact and near duplicates,
 and scores/image_hashes; no model forward. The steps are the near-duplicate ones
-(dedup_centroids, dedup_assignment over every shard, near_duplicates), run through the
-same functions the assets call. "one more shard" writes one shard and runs the steps again:
-the centroids are kept, one shard is assigned, the pairwise step compares that shard only.
+(dedup_centroids, dedup_assignment over every shard, near_duplicates), and with --index a
+kNN index over the whole pool (a subset "all"), run through the functions the assets call.
+"one more shard" writes one shard and runs the steps again: the centroids are kept, one
+shard is assigned, the pairwise step compares that shard only, the index grows by it.
 """
 
 import argparse
@@ -43,6 +45,8 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         todo = [s for s in shards if (assignment.read_record(lake, s, MODEL) or {}).get("centroids") != info["version"]]
         visits = sum(assignment.assign_shard(lake, s, MODEL, vectors, info["version"], dedup)["visits"] for s in todo)
         return {"shards_assigned": len(todo), "visits": visits}
+    if name == "index":
+        return index_step(lake, shards)
     db = open_catalog(lake.url, MODEL)
     try:
         figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, dedup, log=lambda _: None)
@@ -50,6 +54,22 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         db.close()
     return {k: figures[k] for k in ("samples", "duplicates", "mode", "compared_shards", "cluster_ranges",
                                     "largest_cluster", "rewritten_shards")}
+
+
+def index_step(lake, shards: list[str]) -> dict:
+    """A kNN index over every sample of `shards` (the members of a subset named "all"): built,
+    or grown by the shards added since."""
+    import pyarrow as pa
+
+    from assets.indices import index_subset
+    from resources.indexing import IndexSettings
+    from resources.lake import members_path
+
+    keys = [lake.read_parquet(f"shards/{s}/embeddings/{MODEL}/keys.parquet", ["key", "shard"]) for s in shards]
+    lake.write_parquet(members_path("all"), pa.concat_tables(keys))
+    info = index_subset(lake, "all", MODEL, IndexSettings())
+    return {k: info.get(k) for k in ("factory", "build_mode", "count", "added", "recall_at_10", "search_params",
+                                     "memory_bytes")}
 
 
 def measured(name: str, lake: str, shards: list[str], settings: dict) -> dict:
@@ -87,6 +107,7 @@ def main() -> None:
     parser.add_argument("--lake", help="lake folder (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
     parser.add_argument("--memory-budget-mb", type=int, default=1024, help="the pairwise step's vector budget")
+    parser.add_argument("--index", action="store_true", help="also build a kNN index over the whole pool")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--shards", default="", help=argparse.SUPPRESS)
@@ -112,17 +133,16 @@ def main() -> None:
         seconds = write_pool(lake, shards, args.per_shard, args.dim)
         marker.write_text(json.dumps(wanted))
         print(f"wrote {shards} shards x {args.per_shard} samples ({args.dim}-d) in {seconds:.0f} s: {lake}")
-    for derived in ("dedup", *(f"shards/{s}/dedup" for s in names + [shard_name(shards)])):
+    for derived in ("dedup", "indices", "subsets", *(f"shards/{s}/dedup" for s in names + [shard_name(shards)])):
         shutil.rmtree(Path(lake) / derived, ignore_errors=True)
     shutil.rmtree(Path(lake) / "shards" / shard_name(shards), ignore_errors=True)
 
-    rows = [measured(name, lake, names, settings) for name in ("dedup_centroids", "dedup_assignment",
-                                                               "near_duplicates")]
+    steps = ("dedup_centroids", "dedup_assignment", "near_duplicates") + (("index",) if args.index else ())
+    rows = [measured(name, lake, names, settings) for name in steps]
     full = sum(r["seconds"] for r in rows)
     write_pool(lake, 1, args.per_shard, args.dim, start=shards)
     grown = names + [shard_name(shards)]
-    more = [measured(name, lake, grown, settings) for name in ("dedup_centroids", "dedup_assignment",
-                                                               "near_duplicates")]
+    more = [measured(name, lake, grown, settings) for name in steps]
     added = sum(r["seconds"] for r in more)
     print(f"\npool: {args.samples:,} samples in {shards} shards, {args.dim}-d; pairwise budget "
           f"{args.memory_budget_mb} MiB")

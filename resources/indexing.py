@@ -37,24 +37,31 @@ class IndexSettings:
     queries: int = 500
 
 
-def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Table, info: dict) -> None:
+def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Table, info: dict) -> dict:
     """Write the index and its keys into a version folder named by their content, then
-    index_info.json, which commits them: a reader sees the old index or the new one whole."""
-    # faiss writes to a file name; go through a local temporary so any lake (or URL) works.
+    index_info.json, which commits them: a reader sees the old index or the new one whole.
+    Returns the info as committed (with `memory_bytes`, the index file's size, and `version`)."""
+    # faiss writes to a file name: a local temporary, digested and uploaded in pieces, so any
+    # lake (or URL) works and the index is never copied whole in memory.
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "image.index")
         faiss.write_index(index, local)
+        digest = hashlib.sha256()
         with open(local, "rb") as f:
-            data = f.read()
-    rows = "\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
-                                                            keys.column("key").to_pylist()))
-    version = hashlib.sha256(data + rows.encode()).hexdigest()[:16]
-    lake.write_bytes(f"{folder}/versions/{version}/image.index", data)
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        digest.update("\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
+                                                                       keys.column("key").to_pylist())).encode())
+        version = digest.hexdigest()[:16]
+        lake.write_file(f"{folder}/versions/{version}/image.index", local)
+        size = os.path.getsize(local)
     lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
     previous = lake.read_json(f"{folder}/index_info.json").get("version") \
         if lake.exists(f"{folder}/index_info.json") else None
-    lake.write_json(f"{folder}/index_info.json", {**info, "version": version})
+    committed = {**info, "memory_bytes": size, "version": version}
+    lake.write_json(f"{folder}/index_info.json", committed)
     prune_versions(lake, f"{folder}/versions", {version, previous})
+    return committed
 
 
 def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
@@ -64,7 +71,10 @@ def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tup
     if "version" not in info:
         raise ValueError(f"{lake.path(folder)} was written by an older clipsieve: materialize its index again")
     files = f"{folder}/versions/{info['version']}"
-    index = faiss.deserialize_index(np.frombuffer(lake.read_bytes(f"{files}/image.index"), dtype=np.uint8))
+    if lake.is_local():  # faiss reads the file itself: no copy of it in memory first
+        index = faiss.read_index(lake.path(f"{files}/image.index"))
+    else:
+        index = faiss.deserialize_index(np.frombuffer(lake.read_bytes(f"{files}/image.index"), dtype=np.uint8))
     if info.get("search_params"):
         faiss.ParameterSpace().set_index_parameters(index, info["search_params"])
     return index, lake.read_parquet(f"{files}/keys.parquet")

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -195,7 +196,10 @@ class LakeResource(ConfigurableResource):
         return sorted(p[len(root) + 1:] if p.startswith(root) else p
                       for p in fs.glob(f"{root}/{check_relative(pattern)}"))
 
-    def write_bytes(self, relative: str, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _replacing(self, relative: str) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
+        """(filesystem, temporary path) to write; renamed to `relative` when the block ends
+        (a rename on a local disk: the final name appears complete or not at all)."""
         fs, root = self._fs()
         final = f"{root}/{check_relative(relative)}"
         folder = final.rsplit("/", 1)[0]
@@ -205,13 +209,22 @@ class LakeResource(ConfigurableResource):
         # Unique per writer: parallel runs never share a temporary, whatever they write.
         tmp = f"{final}{TEMPORARY}{host}-{pid}-{uuid.uuid4().hex[:12]}"
         try:
-            with fs.open(tmp, "wb") as f:
-                f.write(data)
-            fs.mv(tmp, final)  # a rename on a local disk: the final name appears complete or not at all
+            yield fs, tmp
+            fs.mv(tmp, final)
         except BaseException:
             with contextlib.suppress(Exception):
                 fs.rm(tmp)
             raise
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        with self._replacing(relative) as (fs, tmp), fs.open(tmp, "wb") as f:
+            f.write(data)
+
+    def write_file(self, relative: str, local_path: str) -> None:
+        """Copy a local file into the lake (streamed, never whole in memory), atomically as
+        write_bytes does."""
+        with self._replacing(relative) as (fs, tmp):
+            fs.put_file(local_path, tmp)
 
     def remove(self, relative: str, recursive: bool = False) -> None:
         """Delete a lake file (or with `recursive`, a folder) if it exists."""
@@ -252,6 +265,14 @@ class LakeResource(ConfigurableResource):
         with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
             metadata = pq.read_schema(f).metadata or {}
         return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"ARROW:")}
+
+    def file_tag(self, relative: str) -> str:
+        """Size and modification time (or an object store's ETag) of a lake file: it changes
+        whenever the file is written again."""
+        fs, root = self._fs()
+        info = fs.info(f"{root}/{check_relative(relative)}")
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+        return f"{info.get('size')}-{stamp}"
 
     def parquet_rows(self, relative: str) -> int:
         """Rows of a Parquet file (its footer only is read)."""

@@ -174,3 +174,27 @@ def test_a_shard_assigned_against_old_centroids_is_left_out_and_leaves_the_dupli
     assert figures["mode"] == "full" and figures["samples"] == spec.per_shard
     assert lake.exists(f"{assignment_dir(shards[0], MODEL)}/duplicates.parquet")
     assert not lake.exists(f"{assignment_dir(shards[1], MODEL)}/duplicates.parquet")
+
+
+def test_new_thumbnails_make_their_shard_compared_again(pool, tmp_path):
+    """A shard's pairs are kept only while its assignment and its image_hashes are unchanged:
+    thumbnails that no longer match undo the near duplicates they confirmed."""
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    planted = pa.concat_tables([write_synthetic_shard(lake, spec, n, MODEL) for n in range(2)])
+    shards = [shard_name(n) for n in range(2)]
+    settings = DedupSettings(cluster_size=100)
+    run_steps(lake, shards, settings)
+    near = planted.filter(pc.and_(pc.equal(planted.column("kind"), "near"), pc.equal(planted.column("shard"),
+                                                                                      shards[1])))
+    flagged = {r["key"] for r in duplicates(lake, shards).to_pylist() if r["duplicate_reason"] == "semantic"}
+    assert flagged & set(near.column("key").to_pylist())
+    hashes_path = f"shards/{shards[1]}/scores/image_hashes.parquet"
+    hashes = lake.read_parquet(hashes_path)
+    noise = np.random.default_rng(0).integers(0, 256, (hashes.num_rows, 64), dtype=np.uint8)
+    lake.write_parquet(hashes_path, hashes.set_column(
+        hashes.column_names.index("thumbnail"), "thumbnail",
+        pa.array([row.tobytes() for row in noise], pa.binary(64))))
+    again = run_steps(lake, shards, settings)
+    assert again["mode"] == "incremental" and again["compared_shards"] == 1
+    flagged = {r["key"] for r in duplicates(lake, shards).to_pylist() if r["duplicate_reason"] == "semantic"}
+    assert not flagged & set(near.column("key").to_pylist())

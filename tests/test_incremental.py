@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from assets.demo.sample_crawl import write_sample_crawl
+from assets.index_vectors import ArrayVectors
 from assets.indices import build_index, update_index
 from orchestration.definitions import defs, per_shard_keys
 from orchestration.runner import SHARDS_TAG, shard_batches
@@ -183,14 +184,14 @@ def test_an_ivf_index_is_rebuilt_when_new_vectors_drift():
 
     near = unit(centres[rng.integers(0, 50, 500)] + 0.1 * rng.standard_normal((500, 32)))
     keys = pa.concat_tables([old_keys, pa.table({"key": [f"b{i}" for i in range(500)], "shard": ["1"] * 500})])
-    grown_index, grown_keys, grown = update_index((index, old_keys, info), keys, np.concatenate([old, near]),
-                                                  old[:100], settings)
+    grown_index, grown_keys, grown = update_index((index, old_keys, info),
+                                                  ArrayVectors(np.concatenate([old, near]), keys), old[:100], settings)
     assert grown["build_mode"] == "grown" and grown_index.ntotal == 25_500 and grown_keys.num_rows == 25_500
 
     far = unit(rng.standard_normal((500, 32)))  # no cluster structure: far from every centroid
-    _, _, rebuilt = update_index((grown_index, grown_keys, grown), pa.concat_tables([grown_keys, pa.table({
-        "key": [f"c{i}" for i in range(500)], "shard": ["2"] * 500})]), np.concatenate([old, near, far]),
-        old[:100], settings)
+    _, _, rebuilt = update_index((grown_index, grown_keys, grown), ArrayVectors(
+        np.concatenate([old, near, far]), pa.concat_tables([grown_keys, pa.table({
+            "key": [f"c{i}" for i in range(500)], "shard": ["2"] * 500})])), old[:100], settings)
     assert rebuilt["build_mode"] == "rebuilt" and rebuilt["rebuild_reason"].startswith("drift")
 
 
@@ -201,10 +202,12 @@ def test_an_index_is_rebuilt_when_a_members_shard_changed():
     keys = pa.table({"key": [f"k{i}" for i in range(100)], "shard": ["00000"] * 100})
     index, info = build_index(vectors, vectors[:10])
     info["shard_versions"] = {"00000": "v1"}
-    same = update_index((index, keys, info), keys, vectors, vectors[:10], shard_versions={"00000": "v1"})[2]
+    same = update_index((index, keys, info), ArrayVectors(vectors, keys), vectors[:10],
+                        shard_versions={"00000": "v1"})[2]
     assert same["build_mode"] == "grown" and same["added"] == 0
     # Same keys, but the shard was rewritten: its vectors in the index are stale.
-    changed = update_index((index, keys, info), keys, vectors, vectors[:10], shard_versions={"00000": "v2"})[2]
+    changed = update_index((index, keys, info), ArrayVectors(vectors, keys), vectors[:10],
+                           shard_versions={"00000": "v2"})[2]
     assert changed["build_mode"] == "rebuilt" and "00000" in changed["rebuild_reason"]
 
 

@@ -11,12 +11,13 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.audits import formulas
-from assets.indices import build_index, choose_factory, recall_at_k
+from assets.index_vectors import ArrayVectors
+from assets.indices import build_index, choose_factory, exact_neighbours, exact_top_scores, recall_at_k
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.crawl import CrawlResource
-from resources.indexing import IndexSettings
-from resources.lake import index_dir
+from resources.indexing import IndexSettings, write_index
+from resources.lake import LakeResource, index_dir
 from tests.conftest import run_cli
 
 MODEL_ID = model_id(DEMO_MODEL, DEMO_CHECKPOINT)
@@ -38,7 +39,7 @@ def test_index_type_grows_with_the_set_and_shrinks_with_the_budget():
 
 
 @pytest.mark.parametrize("budget_bytes, family", [(10 * 2**20, "HNSW32"), (int(3.5 * 2**20), "IVF")])
-def test_approximate_index_recall_is_measured_against_exact_search(budget_bytes, family):
+def test_approximate_index_recall_is_measured_against_exact_search(budget_bytes, family, tmp_path):
     rng = np.random.default_rng(0)
     vectors, queries = _unit(rng, 25_000, 32), _unit(rng, 200, 32)
     index, info = build_index(vectors, queries, IndexSettings(budget_bytes, 0.9, 200))
@@ -50,7 +51,22 @@ def test_approximate_index_recall_is_measured_against_exact_search(budget_bytes,
     assert info["recall_at_10"] == pytest.approx(recomputed, abs=0.01)
     if family == "HNSW32":
         assert info["recall_at_10"] >= 0.9 and info["search_params"].startswith("efSearch")
-    assert info["memory_bytes"] == faiss.serialize_index(index).nbytes
+    written = write_index(LakeResource(root=str(tmp_path)), "index", index, ArrayVectors(vectors).keys(), info)
+    file = tmp_path / "index" / "versions" / written["version"] / "image.index"
+    assert written["memory_bytes"] == faiss.serialize_index(index).nbytes == file.stat().st_size
+
+
+def test_exact_scores_streamed_a_chunk_at_a_time_equal_one_exact_search():
+    rng = np.random.default_rng(2)
+    vectors, queries = _unit(rng, 5_000, 16), _unit(rng, 50, 16)
+
+    class Chunked(ArrayVectors):  # chunks of 700: top-k merged across chunks
+        def chunks(self, positions=None, size=700):
+            return super().chunks(positions, size)
+
+    streamed, _ = exact_top_scores(Chunked(vectors), queries, 10)
+    whole, _ = exact_neighbours(vectors, queries, 10)
+    assert np.allclose(streamed, whole, atol=1e-6)
 
 
 def test_recall_counts_ties_as_hits():

@@ -28,7 +28,8 @@ import pyarrow as pa
 from assets.audits import formulas
 from assets.audits.report import render_report
 from assets.embeddings import encode_texts
-from assets.indices import gather_embeddings, search
+from assets.index_vectors import MemberVectors
+from assets.indices import search
 from assets.scores.caption_terms import METADATA_PATH, entries
 from resources.catalog import Catalog, read_sql
 from resources.clip_model import LoadedClip
@@ -206,15 +207,22 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
 
 
 def _group_images(lake: LakeResource, model_id: str, labelled: pa.Table) -> dict[str, np.ndarray]:
-    """Image embeddings of up to WEAT_SAMPLE members per caption group."""
-    _, images, _ = gather_embeddings(lake, model_id, labelled.select(["key", "shard"]))
+    """Image embeddings of up to WEAT_SAMPLE members per caption group: the sample is drawn
+    first and only its vectors are read."""
     groups = np.array(labelled.column("group_name").to_pylist(), dtype=object)
     rng = np.random.default_rng(0)
-    sampled = {}
-    for group in sorted(set(groups)):
-        rows = np.flatnonzero(groups == group)
-        sampled[group] = images[rng.choice(rows, size=min(WEAT_SAMPLE, len(rows)), replace=False)]
-    return sampled
+    chosen = {group: rng.choice(rows, size=min(WEAT_SAMPLE, len(rows)), replace=False)
+              for group in sorted(set(groups)) for rows in [np.flatnonzero(groups == group)]}
+    rows = np.concatenate(list(chosen.values())) if chosen else np.zeros(0, np.int64)
+    source = MemberVectors(lake, model_id, labelled.select(["key", "shard"]).take(pa.array(rows)))
+    # The source orders members by shard: find each chosen row's place in it.
+    place = {(s, k): i for i, (s, k) in enumerate(zip(source.keys().column("shard").to_pylist(),
+                                                      source.keys().column("key").to_pylist()))}
+    vectors = np.empty((source.count, source.dim), np.float32)
+    for positions, chunk in source.chunks():
+        vectors[positions] = chunk
+    shards, keys = labelled.column("shard").to_pylist(), labelled.column("key").to_pylist()
+    return {group: vectors[[place[(shards[r], keys[r])] for r in picked]] for group, picked in chosen.items()}
 
 
 def _cell(value: Any) -> str:

@@ -33,7 +33,7 @@ from assets.dedup.assignment import read_record
 from assets.dedup.centroids import read_centroids
 from resources.catalog import Catalog
 from resources.dedup import DedupSettings
-from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions
+from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions, score_path
 
 CODE_VERSION = "2"
 PAIR_SETTINGS = ("eps", "min_thumbnail_correlation", "boundary_clusters")
@@ -282,8 +282,10 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     state = read_state(lake, model_id)
     same_basis = state is not None and state[0]["centroids"] == centroid_info["version"] \
         and state[0]["settings"] == settings.digest(*PAIR_SETTINGS)
+    # A shard is compared again when its assignment or its thumbnails (image_hashes) changed.
+    inputs = {shard: f"{version}/{lake.file_tag(score_path(shard, 'image_hashes'))}" for shard, version in covered}
     before = state[0]["shards"] if same_basis else {}
-    dirty = {shard for shard, version in covered if before.get(shard) != version}
+    dirty = {shard for shard in inputs if before.get(shard) != inputs[shard]}
     gone = set(before) - {shard for shard, _ in covered}
     parts = [ShardPart(shard, version, lake.read_npy(f"{assignment_dir(shard, model_id)}/versions/{version}/rows.npy")
                        [:, 0].copy(), shard in dirty) for shard, version in covered]
@@ -333,6 +335,6 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     previous = state[0]["version"] if state is not None else ""
     lake.write_json(f"{folder}/state.json", {
         "version": version, "centroids": centroid_info["version"], "settings": settings.digest(*PAIR_SETTINGS),
-        "shards": dict(covered), "figures": result})
+        "shards": inputs, "figures": result})
     prune_versions(lake, f"{folder}/state", {version, previous})
     return result
