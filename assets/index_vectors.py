@@ -14,13 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from resources.embedding_files import EMBEDDINGS_VERSION_KEY
-from resources.lake import LakeResource, embeddings_dir
-
-
-def normalized(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
+from resources.embedding_files import committed_keys, normalized
+from resources.lake import LakeResource
 
 
 class ArrayVectors:
@@ -70,19 +65,13 @@ class MemberVectors:
         start = 0
         for shard in sorted(set(members.column("shard").to_pylist())):
             wanted = members.filter(pc.equal(members.column("shard"), shard)).column("key")
-            folder = embeddings_dir(shard, model_id)
-            keys = lake.read_parquet(f"{folder}/keys.parquet")
-            version = (keys.schema.metadata or {}).get(EMBEDDINGS_VERSION_KEY.encode())
-            if version is None:
-                raise ValueError(f"shard {shard}: its embeddings were written by an older clipsieve: materialize "
-                                 "embeddings for it again")
+            keys, version, folder = committed_keys(lake, shard, model_id)
             at = pc.index_in(wanted, value_set=keys.column("key"))
             if at.null_count:
                 missing = wanted.filter(pc.is_null(at)).to_pylist()
                 raise ValueError(f"shard {shard}: {len(missing)} member(s) have no embedding, e.g. {missing[:3]}")
             rows = keys.column("row").take(at).to_numpy()
-            self.parts.append(ShardMembers(shard, start, wanted.to_pylist(), rows,
-                                           f"{folder}/versions/{version.decode()}", version.decode()))
+            self.parts.append(ShardMembers(shard, start, wanted.to_pylist(), rows, folder, version))
             start += len(rows)
         self.count = start
         self.dim = lake.read_npy_rows(f"{self.parts[0].folder}/img_emb.npy", 0, 1).shape[1] if self.parts else 1

@@ -32,7 +32,7 @@ MODEL = "synthetic-512"
 def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
     """Run one step in this process; its figures."""
     from assets.dedup import assignment, centroids, near_duplicates
-    from resources.catalog import open_catalog
+    from resources.catalog import SqlLimits, open_catalog
     from resources.dedup import DedupSettings
     from resources.lake import LakeResource
 
@@ -47,7 +47,7 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         return {"shards_assigned": len(todo), "visits": visits}
     if name == "index":
         return index_step(lake, shards)
-    db = open_catalog(lake.url, MODEL)
+    db = open_catalog(lake.url, MODEL, limits=SqlLimits(memory_limit=dedup.duckdb_memory_limit))
     try:
         figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, dedup, log=lambda _: None)
     finally:

@@ -261,7 +261,9 @@ class CatalogResource(ConfigurableResource):
     timeout_seconds: float = Field(default=SqlLimits.timeout_seconds,
                                    description="A statement running longer is interrupted with an error.")
 
-    def open(self, lake_path: str, model_id: str, snapshot: bool = False) -> Catalog:
-        """A catalog connection; `snapshot`: with the scored pool in memory when it is small enough."""
+    def open(self, lake_path: str, model_id: str, snapshot: bool = False, memory_limit: str | None = None) -> Catalog:
+        """A catalog connection; `snapshot`: with the scored pool in memory when it is small enough;
+        `memory_limit`: DuckDB's, in place of the resource's (a step with a budget of its own)."""
         return open_catalog(lake_path, model_id, self.threads or None, self.snapshot_max_rows if snapshot else 0,
-                            SqlLimits(self.memory_limit, self.max_temp_directory_size, self.timeout_seconds))
+                            SqlLimits(memory_limit or self.memory_limit, self.max_temp_directory_size,
+                                      self.timeout_seconds))

@@ -30,6 +30,7 @@ class DedupSettings:
     keep: str = "first"
     memory_budget_bytes: int = 1 << 30
     seed: int = 0
+    duckdb_memory_limit: str = "1GB"
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_RULES:
@@ -51,7 +52,9 @@ class DedupResource(ConfigurableResource):
     max_training_samples: int = Field(default=100_000, description="k-means trains on at most this many "
                                       "pool samples (drawn evenly from every shard), whatever the pool size; "
                                       "it places at most 1/39 as many clusters (beyond, clusters grow).")
-    eps: float = Field(default=0.1, description="Pairs with cosine >= 1 - eps are candidates (SemDeDup's epsilon).")
+    eps: float = Field(default=0.1, description="Pairs with cosine >= 1 - eps are candidates (SemDeDup's epsilon). "
+                       "The assignment's boundary visits use it too: after raising it, materialize "
+                       "dedup_assignment again for every shard.")
     min_thumbnail_correlation: float = Field(
         default=0.975, description="Keep a candidate pair only if its 8x8 thumbnails correlate this much (0: off).")
     boundary_clusters: int = Field(default=1, description="A sample within the eps radius of the boundary with "
@@ -63,7 +66,11 @@ class DedupResource(ConfigurableResource):
     memory_budget_mb: int = Field(default=1024, description="Vectors the pairwise step holds at once: clusters are "
                                   "processed in groups that fit.")
     seed: int = Field(default=0, description="Seed of the training sample, k-means and the random keep rule.")
+    duckdb_memory_limit: str = Field(default="1GB", description="DuckDB's memory_limit for the exact and "
+                                     "perceptual hash matches (it spills past it): with the vector budget, "
+                                     "what bounds the pairwise step's memory.")
 
     def settings(self) -> DedupSettings:
         return DedupSettings(self.cluster_size, self.max_training_samples, self.eps, self.min_thumbnail_correlation,
-                             self.boundary_clusters, self.keep, self.memory_budget_mb * 2**20, self.seed)
+                             self.boundary_clusters, self.keep, self.memory_budget_mb * 2**20, self.seed,
+                             self.duckdb_memory_limit)

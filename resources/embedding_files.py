@@ -22,6 +22,12 @@ import pyarrow as pa
 from resources.lake import LakeResource, embeddings_dir, prune_versions, with_metadata
 
 
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows of unit length (stored embeddings are float16: their norms are off by a little)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
+
+
 @dataclass
 class ShardEmbeddings:
     keys: list[str]
@@ -62,16 +68,21 @@ def committed_version(lake: LakeResource, shard: str, model_id: str) -> str | No
     return lake.parquet_metadata(path).get(EMBEDDINGS_VERSION_KEY) if lake.exists(path) else None
 
 
-def load_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(keys table, image embeddings, text embeddings) of one shard, as float32: the version
-    its keys.parquet commits, read whole whatever a concurrent rewrite does."""
+def committed_keys(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, str, str]:
+    """(keys table, version, the version's folder) of one shard's committed embeddings: the
+    arrays in that folder are the ones the keys name, whatever a concurrent rewrite does."""
     folder = embeddings_dir(shard, model_id)
     keys = lake.read_parquet(f"{folder}/keys.parquet")
     version = (keys.schema.metadata or {}).get(EMBEDDINGS_VERSION_KEY.encode())
     if version is None:
         raise ValueError(f"shard {shard}: its embeddings were written by an older clipsieve: materialize "
                          "embeddings for it again")
-    files = f"{folder}/versions/{version.decode()}"
+    return keys, version.decode(), f"{folder}/versions/{version.decode()}"
+
+
+def load_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(keys table, image embeddings, text embeddings) of one shard, as float32."""
+    keys, _, files = committed_keys(lake, shard, model_id)
     image = lake.read_npy(f"{files}/img_emb.npy").astype(np.float32)
     text = lake.read_npy(f"{files}/text_emb.npy").astype(np.float32)
     return keys, image, text
@@ -79,13 +90,8 @@ def load_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.T
 
 def load_image_embeddings(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, np.ndarray]:
     """(keys table, image embeddings as stored: float16) of one shard's committed version."""
-    folder = embeddings_dir(shard, model_id)
-    keys = lake.read_parquet(f"{folder}/keys.parquet")
-    version = (keys.schema.metadata or {}).get(EMBEDDINGS_VERSION_KEY.encode())
-    if version is None:
-        raise ValueError(f"shard {shard}: its embeddings were written by an older clipsieve: materialize "
-                         "embeddings for it again")
-    return keys, lake.read_npy(f"{folder}/versions/{version.decode()}/img_emb.npy")
+    keys, _, files = committed_keys(lake, shard, model_id)
+    return keys, lake.read_npy(f"{files}/img_emb.npy")
 
 
 def embedded_count(lake: LakeResource, shard: str, model_id: str) -> int:

@@ -22,9 +22,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from assets.dedup.centroids import normalized
 from resources.dedup import DedupSettings
-from resources.embedding_files import load_image_embeddings
+from resources.embedding_files import load_image_embeddings, normalized
 from resources.lake import LakeResource, assignment_dir, prune_versions, with_metadata
 
 CODE_VERSION = "1"

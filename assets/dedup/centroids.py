@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from resources.dedup import DedupSettings
-from resources.embedding_files import embedded_count, load_image_embeddings
+from resources.embedding_files import embedded_count, load_image_embeddings, normalized
 from resources.lake import LakeResource, dedup_dir, prune_versions
 
 CODE_VERSION = "1"
@@ -28,11 +28,6 @@ def cluster_count(pool_size: int, cluster_size: int, training_samples: int) -> i
     """The pool size over the target cluster size, at most what the training sample can place
     (past that, clusters grow with the pool and the pairwise step does more per sample)."""
     return max(1, min(pool_size // max(1, cluster_size), training_samples // MIN_POINTS_PER_CENTROID))
-
-
-def normalized(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
 
 
 def shard_sizes(lake: LakeResource, model_id: str, shards: list[str]) -> dict[str, int]:

@@ -104,11 +104,10 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     def near_duplicates_asset(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
                               dedup: DedupResource) -> MaterializeResult:
         """Duplicate groups across all shards: pairs within clusters, exact and perceptual hashes."""
-        shards = _pool(context, lake, model_id)
-        db = catalog.open(lake.url, model_id)
+        shards, settings = _pool(context, lake, model_id), dedup.settings()
+        db = catalog.open(lake.url, model_id, memory_limit=settings.duckdb_memory_limit)
         try:
-            figures = near_duplicates.find_near_duplicates(lake, db, model_id, shards, dedup.settings(),
-                                                           context.log.info)
+            figures = near_duplicates.find_near_duplicates(lake, db, model_id, shards, settings, context.log.info)
         finally:
             db.close()
         for shard, reason in figures["left_out_shards"].items():

@@ -7,26 +7,17 @@ WITH pool AS (
     JOIN read_parquet('{{lake}}/shards/*/dedup/{{model}}/assignment.parquet') AS a USING (shard, key)
     WHERE h.shard IN (SELECT shard FROM dedup_shards)
 ),
-by_sha256 AS (
-    SELECT shard, key, 'exact' AS reason,
-           first_value(shard) OVER same AS first_shard,
-           first_value(key) OVER same AS first_key
-    FROM pool
-    WHERE sha256 IS NOT NULL
-    WINDOW same AS (PARTITION BY sha256 ORDER BY shard, key)
-),
-by_phash AS (
-    SELECT shard, key, 'phash' AS reason,
-           first_value(shard) OVER same AS first_shard,
-           first_value(key) OVER same AS first_key
-    FROM pool
-    WHERE phash IS NOT NULL
-    WINDOW same AS (PARTITION BY phash ORDER BY shard, key)
+hashes AS (
+    SELECT shard, key, 'exact' AS reason, sha256 AS hash FROM pool WHERE sha256 IS NOT NULL
+    UNION ALL
+    SELECT shard, key, 'phash' AS reason, phash::VARCHAR AS hash FROM pool WHERE phash IS NOT NULL
 ),
 matches AS (
-    SELECT * FROM by_sha256
-    UNION ALL
-    SELECT * FROM by_phash
+    SELECT shard, key, reason,
+           first_value(shard) OVER same AS first_shard,
+           first_value(key) OVER same AS first_key
+    FROM hashes
+    WINDOW same AS (PARTITION BY reason, hash ORDER BY shard, key)
 )
 SELECT first_shard AS a_shard, first_key AS a_key, shard AS b_shard, key AS b_key, reason
 FROM matches
