@@ -266,14 +266,6 @@ class LakeResource(ConfigurableResource):
             metadata = pq.read_schema(f).metadata or {}
         return {k.decode(): v.decode() for k, v in metadata.items() if not k.startswith(b"ARROW:")}
 
-    def file_tag(self, relative: str) -> str:
-        """Size and modification time (or an object store's ETag) of a lake file: it changes
-        whenever the file is written again."""
-        fs, root = self._fs()
-        info = fs.info(f"{root}/{check_relative(relative)}")
-        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-        return f"{info.get('size')}-{stamp}"
-
     def parquet_rows(self, relative: str) -> int:
         """Rows of a Parquet file (its footer only is read)."""
         fs, root = self._fs()

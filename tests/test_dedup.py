@@ -9,6 +9,7 @@ import pytest
 from assets.dedup import assignment, centroids, near_duplicates
 from assets.dedup.pairs import brute_force_pairs, cluster_pairs
 from assets.demo.synthetic_pool import PoolSpec, shard_name, synthetic_shard, write_synthetic_shard
+from assets.scores.common import write_scores
 from resources.catalog import open_catalog
 from resources.dedup import DedupSettings
 from resources.lake import LakeResource, assignment_dir, dedup_dir
@@ -188,12 +189,11 @@ def test_new_thumbnails_make_their_shard_compared_again(pool, tmp_path):
                                                                                       shards[1])))
     flagged = {r["key"] for r in duplicates(lake, shards).to_pylist() if r["duplicate_reason"] == "semantic"}
     assert flagged & set(near.column("key").to_pylist())
-    hashes_path = f"shards/{shards[1]}/scores/image_hashes.parquet"
-    hashes = lake.read_parquet(hashes_path)
+    hashes = lake.read_parquet(f"shards/{shards[1]}/scores/image_hashes.parquet").replace_schema_metadata()
     noise = np.random.default_rng(0).integers(0, 256, (hashes.num_rows, 64), dtype=np.uint8)
-    lake.write_parquet(hashes_path, hashes.set_column(
-        hashes.column_names.index("thumbnail"), "thumbnail",
-        pa.array([row.tobytes() for row in noise], pa.binary(64))))
+    write_scores(lake, shards[1], "image_hashes", hashes.set_column(  # as the image_hashes step writes
+        hashes.column_names.index("thumbnail"), "thumbnail", pa.array([row.tobytes() for row in noise],
+                                                                      pa.binary(64))))
     again = run_steps(lake, shards, settings)
     assert again["mode"] == "incremental" and again["compared_shards"] == 1
     flagged = {r["key"] for r in duplicates(lake, shards).to_pylist() if r["duplicate_reason"] == "semantic"}

@@ -31,9 +31,10 @@ import pyarrow.compute as pc
 from assets.dedup import pairs as arithmetic
 from assets.dedup.assignment import read_record
 from assets.dedup.centroids import read_centroids
+from assets.scores.common import scores_digest
 from resources.catalog import Catalog
 from resources.dedup import DedupSettings
-from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions, score_path
+from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions
 
 CODE_VERSION = "2"
 PAIR_SETTINGS = ("eps", "min_thumbnail_correlation", "boundary_clusters")
@@ -283,7 +284,7 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     same_basis = state is not None and state[0]["centroids"] == centroid_info["version"] \
         and state[0]["settings"] == settings.digest(*PAIR_SETTINGS)
     # A shard is compared again when its assignment or its thumbnails (image_hashes) changed.
-    inputs = {shard: f"{version}/{lake.file_tag(score_path(shard, 'image_hashes'))}" for shard, version in covered}
+    inputs = {shard: f"{version}/{scores_digest(lake, shard, 'image_hashes')}" for shard, version in covered}
     before = state[0]["shards"] if same_basis else {}
     dirty = {shard for shard in inputs if before.get(shard) != inputs[shard]}
     gone = set(before) - {shard for shard, _ in covered}

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from assets.scores.common import write_scores
 from resources.embedding_files import ShardEmbeddings, write_embeddings
-from resources.lake import LakeResource, score_path
+from resources.lake import LakeResource
 
 THUMBNAIL_BYTES = 64
 
@@ -111,7 +112,7 @@ def write_synthetic_shard(lake: LakeResource, spec: PoolSpec, number: int, model
     write_embeddings(lake, name, model_id, ShardEmbeddings(data.keys, data.image.astype(np.float16),
                                                            text.astype(np.float16), []))
     n = len(data.keys)
-    lake.write_parquet(score_path(name, "image_hashes"), pa.table({
+    write_scores(lake, name, "image_hashes", pa.table({
         "key": pa.array(data.keys, pa.string()),
         "shard": pa.array([name] * n, pa.string()),
         "sha256": pa.array(data.sha256, pa.string()),

@@ -1,5 +1,7 @@
 """What every score shares: which samples are scored, and how scores are written."""
 
+import hashlib
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -13,6 +15,24 @@ def usable_samples(lake: LakeResource, shard: str, columns: list[str] | None = N
     return table.select(columns) if columns else table
 
 
+SCORES_DIGEST_KEY = "clipsieve.digest"  # Parquet metadata: a digest of the scores, for readers that cache
+
+
+def table_digest(table: pa.Table) -> str:
+    """A digest of a table's columns and rows (not its metadata)."""
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+        writer.write_table(table.combine_chunks())
+    digest.update(sink.getvalue())
+    return digest.hexdigest()[:16]
+
+
+def scores_digest(lake: LakeResource, shard: str, filter_name: str) -> str:
+    """The digest a shard's score file carries (its footer only is read)."""
+    return lake.parquet_metadata(score_path(shard, filter_name)).get(SCORES_DIGEST_KEY, "")
+
+
 def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Table,
                  model_id: str | None = None, file_metadata: dict[str, str] | None = None) -> dict:
     """Write one filter's scores (key, shard, score columns); return their figures.
@@ -21,8 +41,7 @@ def write_scores(lake: LakeResource, shard: str, filter_name: str, table: pa.Tab
     scores, for `clipsieve explain`)."""
     if table.column_names[:2] != ["key", "shard"]:
         raise ValueError(f"{filter_name}: score tables start with key, shard; got {table.column_names}")
-    if file_metadata:
-        table = with_metadata(table, file_metadata)
+    table = with_metadata(table, {**(file_metadata or {}), SCORES_DIGEST_KEY: table_digest(table)})
     path = score_path(shard, filter_name, model_id)
     lake.write_parquet(path, table)
     metadata: dict = {"rows": table.num_rows, "path": lake.path(path)}
