@@ -6,7 +6,7 @@
     <lake>/shards/<shard>/scores/<model>/<filter>.parquet    filters computed from embeddings
     <lake>/shards/<shard>/dedup/<model>/assignment.parquet   commits versions/<v>/{vectors,rows}.npy
     <lake>/shards/<shard>/dedup/<model>/duplicates.parquet
-    <lake>/dedup/<model>/centroids.json                      commits centroids/<v>.npy
+    <lake>/dedup/<model>/centroids.json                      names centroids/<v>/centroids.npy
     <lake>/dedup/<model>/state.json                          commits state/<v>/{pairs,groups}.parquet
     <lake>/subsets/<policy>/members.parquet                  commits versions/<v>/{uids.npy,checks.json}
     <lake>/indices/<policy>/<model>/index_info.json          commits versions/<v>/{image.index,keys.parquet}

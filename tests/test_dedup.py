@@ -22,7 +22,7 @@ def clustered_pairs(vectors: np.ndarray, eps: float, clusters: int, boundary_clu
     trained = centroids.train_centroids(vectors, clusters, seed=0)
     result = assignment.assign(vectors, trained, eps, boundary_clusters)
     rows = assignment.cluster_order(result)
-    a, b, _ = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
+    a, b = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
                             np.ones(len(rows), bool), eps)
     return set(zip(a.tolist(), b.tolist()))
 

@@ -216,8 +216,9 @@ def _group_images(lake: LakeResource, model_id: str, labelled: pa.Table) -> dict
     rows = np.concatenate(list(chosen.values())) if chosen else np.zeros(0, np.int64)
     source = MemberVectors(lake, model_id, labelled.select(["key", "shard"]).take(pa.array(rows)))
     # The source orders members by shard: find each chosen row's place in it.
-    place = {(s, k): i for i, (s, k) in enumerate(zip(source.keys().column("shard").to_pylist(),
-                                                      source.keys().column("key").to_pylist()))}
+    order = source.keys()
+    place = {(s, k): i for i, (s, k) in enumerate(zip(order.column("shard").to_pylist(),
+                                                      order.column("key").to_pylist()))}
     vectors = np.empty((source.count, source.dim), np.float32)
     for positions, chunk in source.chunks():
         vectors[positions] = chunk

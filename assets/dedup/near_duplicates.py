@@ -144,19 +144,20 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], co
     width = embedding_width(lake, model_id, parts)
     row_bytes = 4 * (width + 4)
     ranges = cluster_ranges(counts, row_bytes, settings.memory_budget_bytes)
-    found_a, found_b, found_s = [], [], []
+    found_a, found_b = [], []
     for number, (lo, hi) in enumerate(ranges, 1):
         vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, width)
-        a, b, sims = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
+        a, b = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
         found_a.append(a)
         found_b.append(b)
-        found_s.append(sims)
         if number % 10 == 0 or number == len(ranges):
             log(f"near_duplicates: clusters {hi}/{centroids} compared ({number}/{len(ranges)} ranges)")
-    a, b, _ = arithmetic.unique_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s))
-    first, second = keys_of(lake, model_id, parts, a), keys_of(lake, model_id, parts, b)
-    alike = arithmetic.thumbnails_alike(thumbnails(lake, first), thumbnails(lake, second),
-                                        settings.min_thumbnail_correlation)
+    a, b = arithmetic.unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
+    # Both ends at once: each shard's keys and thumbnails are read once.
+    ends = keys_of(lake, model_id, parts, np.concatenate([a, b]))
+    pictures = thumbnails(lake, ends)
+    alike = arithmetic.thumbnails_alike(pictures[:len(a)], pictures[len(a):], settings.min_thumbnail_correlation)
+    first, second = ends.slice(0, len(a)), ends.slice(len(a))
     table = pa.table({"a_shard": first.column("shard"), "a_key": first.column("key"),
                       "b_shard": second.column("shard"), "b_key": second.column("key"),
                       "reason": pa.array(["semantic"] * len(a), pa.string())}).filter(pa.array(alike))

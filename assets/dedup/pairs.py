@@ -10,8 +10,8 @@ MAX_BLOCK_ENTRIES = 1 << 24  # similarities computed at once (64 MiB of float32)
 
 
 def _above(rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray, threshold: float,
-           found: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Append the (row, col, similarity) of every rows x cols product at or above `threshold`."""
+           found: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Append the (row, col) of every rows x cols product at or above `threshold`."""
     if not len(rows) or not len(cols):
         return
     chunk = max(1, MAX_BLOCK_ENTRIES // len(cols))
@@ -20,15 +20,15 @@ def _above(rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray, threshold: f
         part = rows[start:start + chunk]
         sims = vectors[part] @ block
         i, j = np.nonzero(sims >= threshold)
-        found.append((part[i], cols[j], sims[i, j]))
+        found.append((part[i], cols[j]))
 
 
 def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, visitor: np.ndarray,
-                  dirty: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, similarity) with a < b (ids) for every pair in one cluster with cosine >= 1 - eps
+                  dirty: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) with a < b (ids) for every pair in one cluster with cosine >= 1 - eps
     and at least one dirty side. A cluster's own samples are compared with each other and with
     its visitors; visitors are not compared with each other (their own cluster does that)."""
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    found: list[tuple[np.ndarray, np.ndarray]] = []
     order = np.argsort(clusters, kind="stable")
     bounds = np.flatnonzero(np.diff(clusters[order])) + 1
     for members in np.split(order, bounds):
@@ -38,24 +38,18 @@ def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, vi
         _above(own[dirty[own]], members, vectors, 1 - eps, found)  # dirty own x everything
         _above(own[~dirty[own]], visiting[dirty[visiting]], vectors, 1 - eps, found)  # clean own x dirty visitors
     if not found:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     i = np.concatenate([f[0] for f in found])
     j = np.concatenate([f[1] for f in found])
-    sims = np.concatenate([f[2] for f in found]).astype(np.float32)
     a, b = np.minimum(ids[i], ids[j]), np.maximum(ids[i], ids[j])
     distinct = a != b
-    return a[distinct], b[distinct], sims[distinct]
+    return a[distinct], b[distinct]
 
 
-def unique_pairs(a: np.ndarray, b: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each (a, b) once, with its highest similarity."""
-    if not len(a):
-        return a, b, sims
-    order = np.lexsort((-sims, b, a))
-    a, b, sims = a[order], b[order], sims[order]
-    first = np.ones(len(a), bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return a[first], b[first], sims[first]
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (a, b) once (a pair met in two clusters, through a visit)."""
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def normalized_thumbnails(thumbnails: list[bytes | None]) -> np.ndarray:
@@ -91,7 +85,7 @@ def group_keepers(rank: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def brute_force_pairs(vectors: np.ndarray, eps: float) -> set[tuple[int, int]]:
     """Every (i, j), i < j, with cosine >= 1 - eps: the reference the clustered search must equal."""
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    found: list[tuple[np.ndarray, np.ndarray]] = []
     everything = np.arange(len(vectors))
     _above(everything, everything, vectors, 1 - eps, found)
     return {(int(i), int(j)) for part in found for i, j in zip(part[0], part[1]) if i < j}
