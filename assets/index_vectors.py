@@ -7,6 +7,7 @@ build), and the text vectors of chosen positions (held-out queries). Nothing hol
 whole set: an index build keeps one shard's vectors beside the index itself.
 """
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,16 @@ import pyarrow.compute as pc
 
 from resources.embedding_files import committed_keys, normalized
 from resources.lake import LakeResource
+
+
+@dataclass(frozen=True)
+class MemberGroup:
+    """A shard's members, at positions [start, start + count) in index order; `version`
+    changes when the members or their embeddings do."""
+    shard: str
+    start: int
+    count: int
+    version: str
 
 
 class ArrayVectors:
@@ -44,6 +55,13 @@ class ArrayVectors:
 
     def shard_versions(self) -> dict[str, str]:
         return {}
+
+    def groups(self) -> list[MemberGroup]:
+        """Runs of members of one shard, in index order; a run's version digests its vectors."""
+        shards = self._keys.column("shard").to_numpy(zero_copy_only=False)
+        bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1), self.count]
+        return [MemberGroup(str(shards[a]), a, b - a, hashlib.sha256(self.vectors[a:b].tobytes()).hexdigest()[:16])
+                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,12 @@ class MemberVectors:
             row = int(part.rows[position - part.start])
             out[i] = self.lake.read_npy_rows(f"{part.folder}/text_emb.npy", row, row + 1)[0]
         return normalized(out)
+
+    def groups(self) -> list[MemberGroup]:
+        """Each shard's members, in index order; a group's version digests the shard's
+        embeddings version and its member keys."""
+        return [MemberGroup(part.shard, part.start, len(part.rows), hashlib.sha256(
+            "\n".join([part.version, *part.keys]).encode()).hexdigest()[:16]) for part in self.parts]
 
     def shard_versions(self) -> dict[str, str]:
         """Each member shard's committed embeddings version."""

@@ -36,6 +36,8 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
     from resources.dedup import DedupSettings
     from resources.lake import LakeResource
 
+    settings = dict(settings)
+    index_budget = settings.pop("index_budget_bytes")
     lake, dedup = LakeResource(root=lake_root), DedupSettings(**settings)
     if name == "dedup_centroids":
         info = centroids.update_centroids(lake, MODEL, shards, dedup)
@@ -46,7 +48,7 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         visits = sum(assignment.assign_shard(lake, s, MODEL, vectors, info["version"], dedup)["visits"] for s in todo)
         return {"shards_assigned": len(todo), "visits": visits}
     if name == "index":
-        return index_step(lake, shards)
+        return index_step(lake, shards, index_budget)
     db = open_catalog(lake.url, MODEL, limits=SqlLimits(memory_limit=dedup.duckdb_memory_limit))
     try:
         figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, dedup, log=lambda _: None)
@@ -56,20 +58,20 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
                                     "largest_cluster", "rewritten_shards")}
 
 
-def index_step(lake, shards: list[str]) -> dict:
+def index_step(lake, shards: list[str], budget_bytes: int) -> dict:
     """A kNN index over every sample of `shards` (the members of a subset named "all"): built,
     or grown by the shards added since."""
     import pyarrow as pa
 
-    from assets.indices import index_subset
+    from assets.index_subset import index_subset
     from resources.indexing import IndexSettings
     from resources.lake import members_path
 
     keys = [lake.read_parquet(f"shards/{s}/embeddings/{MODEL}/keys.parquet", ["key", "shard"]) for s in shards]
     lake.write_parquet(members_path("all"), pa.concat_tables(keys))
-    info = index_subset(lake, "all", MODEL, IndexSettings())
-    return {k: info.get(k) for k in ("factory", "build_mode", "count", "added", "recall_at_10", "search_params",
-                                     "memory_bytes")}
+    info = index_subset(lake, "all", MODEL, IndexSettings(memory_budget_bytes=budget_bytes))
+    return {k: info.get(k) for k in ("factory", "build_mode", "rebuild_reason", "count", "encoded", "recall_at_10",
+                                     "search_params", "recall_truth", "memory_bytes")}
 
 
 def measured(name: str, lake: str, shards: list[str], settings: dict) -> dict:
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
     parser.add_argument("--memory-budget-mb", type=int, default=1024, help="the pairwise step's vector budget")
     parser.add_argument("--index", action="store_true", help="also build a kNN index over the whole pool")
+    parser.add_argument("--index-budget-mb", type=int, default=2048, help="the index's memory budget (picks its type)")
+    parser.add_argument("--only-index", action="store_true", help="run the index step alone (with --index)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--shards", default="", help=argparse.SUPPRESS)
@@ -125,7 +129,8 @@ def main() -> None:
     lake = args.lake or tempfile.mkdtemp(prefix="clipsieve-scale-")
     shards = args.samples // args.per_shard
     names = [shard_name(n) for n in range(shards)]
-    settings = {"memory_budget_bytes": args.memory_budget_mb * 2**20}
+    settings = {"memory_budget_bytes": args.memory_budget_mb * 2**20,
+                "index_budget_bytes": args.index_budget_mb * 2**20}
     marker = Path(lake) / "synthetic.json"
     wanted = {"shards": shards, "per_shard": args.per_shard, "dim": args.dim}
     if not marker.exists() or json.loads(marker.read_text()) != wanted:
@@ -137,7 +142,8 @@ def main() -> None:
         shutil.rmtree(Path(lake) / derived, ignore_errors=True)
     shutil.rmtree(Path(lake) / "shards" / shard_name(shards), ignore_errors=True)
 
-    steps = ("dedup_centroids", "dedup_assignment", "near_duplicates") + (("index",) if args.index else ())
+    steps = (() if args.only_index else ("dedup_centroids", "dedup_assignment", "near_duplicates")) + \
+        (("index",) if args.index or args.only_index else ())
     rows = [measured(name, lake, names, settings) for name in steps]
     full = sum(r["seconds"] for r in rows)
     write_pool(lake, 1, args.per_shard, args.dim, start=shards)

@@ -1,8 +1,14 @@
 """kNN indices: how they are built (the `indexing` resource) and their files in the lake.
 
-An index lives in `indices/<policy>/<model>/`: `versions/<version>/image.index` (faiss) and
-`keys.parquet` (the key and shard of each index row), committed by `index_info.json`, which
-names the version (see assets/indices.py for what the figures in it mean).
+An index lives in `indices/<policy>/<model>/`, committed by `index_info.json`, which names
+its version (see assets/indices.py for what the figures in it mean):
+
+    versions/<version>/image.index        an index held in memory (Flat, HNSW)
+    versions/<version>/populated.index    or an IVF merged from parts (assets/index_parts.py):
+    versions/<version>/lists.ivfdata      its inverted lists on disk, memory-mapped by search
+    versions/<version>/keys.parquet       the key and shard of each index row
+    trained/<trained>/trained.index       the IVF's trained quantizer and codes, no vectors
+    trained/<trained>/parts/<shard>/<part>.index   one shard's members' codes
 """
 
 import hashlib
@@ -37,41 +43,101 @@ class IndexSettings:
     queries: int = 500
 
 
+def _digest_file(path: str, digest) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+
+
+def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str, str], keys: pa.Table,
+                 info: dict, extra: dict[str, str] | None = None) -> dict:
+    """Upload the local index `files` and `extra` files (lake name: local path) and the row keys
+    into versions/<version>/, then write index_info.json, which commits them: a reader sees the
+    old index or the new one whole. Returns the info as committed (`memory_bytes`: the index
+    files' size; `version`)."""
+    for name, local in {**files, **(extra or {})}.items():
+        lake.write_file(f"{folder}/versions/{version}/{name}", local)
+    lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
+    previous = lake.read_json(f"{folder}/index_info.json").get("version") \
+        if lake.exists(f"{folder}/index_info.json") else None
+    committed = {**info, "memory_bytes": sum(os.path.getsize(p) for p in files.values()), "version": version}
+    lake.write_json(f"{folder}/index_info.json", committed)
+    prune_versions(lake, f"{folder}/versions", {version, previous})
+    return committed
+
+
 def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Table, info: dict) -> dict:
-    """Write the index and its keys into a version folder named by their content, then
-    index_info.json, which commits them: a reader sees the old index or the new one whole.
-    Returns the info as committed (with `memory_bytes`, the index file's size, and `version`)."""
+    """Commit an in-memory index (one file, image.index) and its row keys, in a version
+    folder named by their content (see commit_index)."""
     # faiss writes to a file name: a local temporary, digested and uploaded in pieces, so any
     # lake (or URL) works and the index is never copied whole in memory.
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "image.index")
         faiss.write_index(index, local)
         digest = hashlib.sha256()
-        with open(local, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
+        _digest_file(local, digest)
         digest.update("\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
                                                                        keys.column("key").to_pylist())).encode())
-        version = digest.hexdigest()[:16]
-        lake.write_file(f"{folder}/versions/{version}/image.index", local)
-        size = os.path.getsize(local)
-    lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
-    previous = lake.read_json(f"{folder}/index_info.json").get("version") \
-        if lake.exists(f"{folder}/index_info.json") else None
-    committed = {**info, "memory_bytes": size, "version": version}
-    lake.write_json(f"{folder}/index_info.json", committed)
-    prune_versions(lake, f"{folder}/versions", {version, previous})
-    return committed
+        return commit_index(lake, folder, digest.hexdigest()[:16], {"image.index": local}, keys,
+                            {**info, "layout": "single"})
+
+
+def write_faiss(lake: LakeResource, relative: str, index: faiss.Index) -> None:
+    """Write a faiss index to a lake file (through a local temporary)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "index")
+        faiss.write_index(index, local)
+        lake.write_file(relative, local)
+
+
+def local_file(lake: LakeResource, relative: str, scratch: str) -> str:
+    """A local path holding the lake file: the file itself in a local lake, else a copy
+    downloaded into the `scratch` folder (faiss opens files by name)."""
+    if lake.is_local():
+        return lake.path(relative)
+    local = os.path.join(scratch, relative.replace("/", "_"))
+    if not os.path.exists(local):
+        lake.download(relative, local)
+    return local
+
+
+def read_faiss(lake: LakeResource, relative: str) -> faiss.Index:
+    """A faiss index from a lake file, whole in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return faiss.read_index(local_file(lake, relative, tmp))
+
+
+ON_DISK_FILES = ("populated.index", "lists.ivfdata")  # an IVF whose lists faiss maps from disk
+
+
+def _on_disk_folder(lake: LakeResource, files: str) -> str:
+    """The local folder holding an on-disk index's two files: the lake's own in a local lake,
+    else a cache under the temporary folder, filled once per version."""
+    if lake.is_local():
+        return lake.path(files)
+    cache = os.path.join(tempfile.gettempdir(), "clipsieve-indices",
+                         hashlib.sha256(lake.path(files).encode()).hexdigest()[:16])
+    if not all(os.path.exists(os.path.join(cache, name)) for name in ON_DISK_FILES):
+        os.makedirs(cache, exist_ok=True)
+        for name in ON_DISK_FILES:
+            lake.download(f"{files}/{name}", os.path.join(cache, name))
+    return cache
 
 
 def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
     """The committed index with its tuned search parameters applied, and its row keys (`info`:
-    its index_info.json, when the caller has read it already)."""
+    its index_info.json, when the caller has read it already). An on-disk IVF is opened with
+    its lists memory-mapped from lists.ivfdata: searching it does not read the whole index."""
     info = info if info is not None else lake.read_json(f"{folder}/index_info.json")
     if "version" not in info:
         raise ValueError(f"{lake.path(folder)} was written by an older clipsieve: materialize its index again")
     files = f"{folder}/versions/{info['version']}"
-    if lake.is_local():  # faiss reads the file itself: no copy of it in memory first
+    if info.get("layout") == "on_disk":
+        # The index file names its lists file by the path it was merged at; SAME_DIR looks
+        # for it beside the index file instead.
+        local = os.path.join(_on_disk_folder(lake, files), "populated.index")
+        index = faiss.read_index(local, faiss.IO_FLAG_ONDISK_SAME_DIR)
+    elif lake.is_local():  # faiss reads the file itself: no copy of it in memory first
         index = faiss.read_index(lake.path(f"{files}/image.index"))
     else:
         index = faiss.deserialize_index(np.frombuffer(lake.read_bytes(f"{files}/image.index"), dtype=np.uint8))

@@ -226,6 +226,11 @@ class LakeResource(ConfigurableResource):
         with self._replacing(relative) as (fs, tmp):
             fs.put_file(local_path, tmp)
 
+    def download(self, relative: str, local_path: str) -> None:
+        """Copy a lake file to a local path (streamed)."""
+        fs, root = self._fs()
+        fs.get_file(f"{root}/{check_relative(relative)}", local_path)
+
     def remove(self, relative: str, recursive: bool = False) -> None:
         """Delete a lake file (or with `recursive`, a folder) if it exists."""
         fs, root = self._fs()

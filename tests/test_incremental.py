@@ -177,7 +177,7 @@ def test_an_ivf_index_is_rebuilt_when_new_vectors_drift():
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     old = unit(centres[rng.integers(0, 50, 25_000)] + 0.1 * rng.standard_normal((25_000, 32)))
-    settings = IndexSettings(int(3.5 * 2**20), 0.5, 100)
+    settings = IndexSettings(4 * 2**20, 0.5, 100)
     old_keys = pa.table({"key": [f"a{i}" for i in range(len(old))], "shard": ["0"] * len(old)})
     index, info = build_index(old, old[:100], settings)
     assert info["factory"].startswith("IVF") and info["centroid_similarity"] > 0.8

@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.audits import formulas
 from assets.index_vectors import ArrayVectors
-from assets.indices import build_index, choose_factory, exact_neighbours, exact_top_scores, recall_at_k
+from assets.indices import build_index, choose_factory, exact_neighbours, exact_top, recall_at_k
 from orchestration.definitions import build_definitions
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.crawl import CrawlResource
@@ -33,7 +33,8 @@ def test_index_type_grows_with_the_set_and_shrinks_with_the_budget():
     assert choose_factory(200_000, 128, 2**30) == "HNSW32"
     assert choose_factory(3_000_000, 128, 2**31).startswith("IVF") and choose_factory(
         3_000_000, 128, 2**31).endswith(",Flat")
-    assert choose_factory(3_000_000, 512, 2**31).split(",")[1].startswith("PQ")
+    assert choose_factory(3_000_000, 512, 2**31) == "IVF8192_HNSW32,SQ8"  # a byte a dimension
+    assert choose_factory(5_000_000, 512, 2**31).split(",")[1].startswith("PQ")
     with pytest.raises(ValueError, match="do not fit"):
         choose_factory(10**9, 512, 2**20)
 
@@ -64,9 +65,10 @@ def test_exact_scores_streamed_a_chunk_at_a_time_equal_one_exact_search():
         def chunks(self, positions=None, size=700):
             return super().chunks(positions, size)
 
-    streamed, _ = exact_top_scores(Chunked(vectors), queries, 10)
-    whole, _ = exact_neighbours(vectors, queries, 10)
+    streamed, rows = exact_top(Chunked(vectors), queries, 10)
+    whole, whole_rows = exact_neighbours(vectors, queries, 10)
     assert np.allclose(streamed, whole, atol=1e-6)
+    assert np.mean(rows == whole_rows) > 0.99  # the same neighbours (ties aside)
 
 
 def test_recall_counts_ties_as_hits():

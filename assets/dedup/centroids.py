@@ -11,9 +11,9 @@ against the same centroids, and nothing already assigned changes.
 
 import hashlib
 
-import faiss
 import numpy as np
 
+from assets.kmeans import spherical_kmeans
 from resources.dedup import DedupSettings
 from resources.embedding_files import embedded_count, load_image_embeddings, normalized
 from resources.lake import LakeResource, dedup_dir, prune_versions
@@ -53,14 +53,12 @@ def training_sample(lake: LakeResource, model_id: str, sizes: dict[str, int], li
 
 
 def train_centroids(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k unit centroids by spherical k-means (one centroid, the normalized mean, when k is 1)."""
+    """k unit centroids by spherical k-means (assets/kmeans.py; one centroid, the normalized
+    mean, when k is 1)."""
     if k <= 1 or len(vectors) <= k:
         mean = vectors.mean(axis=0, keepdims=True) if len(vectors) else np.ones((1, vectors.shape[1]), np.float32)
         return normalized(mean)
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True,
-                          max_points_per_centroid=max(256, len(vectors) // k + 1))
-    kmeans.train(vectors)
-    return normalized(kmeans.centroids)
+    return spherical_kmeans(vectors, k, seed)
 
 
 def retrain_reason(info: dict | None, model_id: str, pool_size: int, settings: DedupSettings) -> str | None:

@@ -4,7 +4,8 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Materiali
 
 from assets.definitions import checks
 from assets.definitions.policy_keys import index_key, subset_key
-from assets.indices import CODE_VERSION, index_subset
+from assets.index_subset import index_subset
+from assets.indices import CODE_VERSION
 from resources.indexing import IndexResource
 from resources.lake import LakeResource, index_dir
 
@@ -24,9 +25,13 @@ def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool
         description=f"faiss kNN index over the image embeddings of {policy}_subset.",
     )
     def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
-        info = index_subset(lake, policy, model_id, indexing.settings())
+        info = index_subset(lake, policy, model_id, indexing.settings(), log=context.log.info)
         results = checks.evaluate(checks.INDEX_CHECKS, limits, {"recall_at_10": info["recall_at_10"]}, blocking)
-        metadata = {k: v for k, v in info.items() if k != "shard_versions"}
+        metadata = {k: v for k, v in info.items() if k not in ("shard_versions", "groups", "trained", "parts")}
+        if "trained" in info:  # an IVF in parts: when and why its quantizer was trained
+            metadata.update({"parts": len(info["parts"]), "trained_version": info["trained"]["version"],
+                             "trained_reason": info["trained"]["reason"],
+                             "trained_on_members": info["trained"]["members"]})
         return MaterializeResult(check_results=results, metadata={
             **metadata, "model_id": model_id, "path": lake.path(index_dir(policy, model_id))})
 

@@ -1,0 +1,202 @@
+"""An IVF index built in parts, one per shard, merged into an index whose inverted lists stay
+on disk (faiss's on-disk merge, as autofaiss builds large indices).
+
+    trained/<t>/trained.index             the quantizer (IVF centroids) and codes (PQ), trained
+                                          once on a bounded sample of the members, no vectors
+    trained/<t>/parts/<shard>/<p>.index   one shard's members encoded with it; <p> digests the
+                                          trained version, the shard's embeddings version and
+                                          its member keys, so an unchanged shard keeps its part
+    versions/<v>/populated.index          the parts merged: the trained index, pointing at
+    versions/<v>/lists.ivfdata            its lists on disk (row i = member i in index order)
+
+A refresh encodes only the shards whose part is missing (new shards, or shards whose members
+or embeddings changed), then merges all parts again: reading and copying codes, no vector
+math. The quantizer is trained again only when it no longer fits, and the metadata says why
+(`rebuild_reason`): there is none yet, the member count moved the index to another type
+(another list count or code size), new members lie further from the centroids than the
+training sample did (drift), or the merged index's recall@10 on held-out queries fell
+below the target with the best search parameters tried, where it reached the target when
+the quantizer was trained (an index whose codes never reach it, as product codes may not,
+is not retrained on every refresh for it).
+
+Recall is measured against exact search over all members. The held-out queries and their
+exact top 20 are kept with each version (recall_truth.npz); when the members only grew at
+the end (new shards after the old ones), the truth is updated with the new members alone
+instead of searching everything again.
+"""
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
+
+from assets.index_vectors import ArrayVectors, MemberGroup, MemberVectors
+from assets.indices import DRIFT_TOLERANCE, exact_top, held_out_queries, merge_top, train_index, tune
+from resources.indexing import IndexSettings, commit_index, local_file, read_faiss, write_faiss
+from resources.lake import LakeResource, prune_versions
+
+Vectors = ArrayVectors | MemberVectors
+TRUTH_DEPTH = 20  # exact neighbours kept per held-out query: recall@10 with room for ties
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def part_path(folder: str, trained: str, group: MemberGroup) -> str:
+    """Where a shard's part lives; named by what it holds (its rows carry their positions in
+    index order as ids, so a part moves with its start: shards are appended at the end)."""
+    name = _digest(trained, group.shard, group.version, str(group.start))
+    return f"{folder}/trained/{trained}/parts/{group.shard}/{name}.index"
+
+
+def _retrain_reason(old: dict | None, factory: str, dim: int) -> str | None:
+    """Why the committed trained index cannot take the members, or None when it can."""
+    trained = (old or {}).get("trained")
+    if not trained:
+        return f"index type changes from {old['factory']} to {factory}" if old and "factory" in old \
+            else "no previous index"
+    if trained.get("factory") != factory or trained.get("dim") != dim:
+        return f"index type changes from {trained.get('factory')} to {factory}"
+    return None
+
+
+def _train(lake: LakeResource, folder: str, source: Vectors, factory: str, reason: str,
+           seed: int) -> tuple[faiss.Index, dict]:
+    """Train an empty index on a sample of the members and store it; its record."""
+    started = time.perf_counter()
+    index = train_index(source, factory, seed)
+    version = hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()[:16]
+    write_faiss(lake, f"{folder}/trained/{version}/trained.index", index)
+    sample = np.random.default_rng(seed + 1).choice(source.count, size=min(source.count, 20_000), replace=False)
+    return index, {"version": version, "factory": factory, "dim": source.dim, "members": source.count,
+                   "reason": reason, "seconds": round(time.perf_counter() - started, 2),
+                   "centroid_similarity": _centroid_similarity(index, source, sample)}
+
+
+def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray) -> float | None:
+    """Mean similarity of the vectors at `positions` to their nearest list centroid."""
+    ivf = faiss.extract_index_ivf(index)
+    total, count = 0.0, 0
+    for _, vectors in source.chunks(positions):
+        total += float(ivf.quantizer.search(vectors, 1)[0].sum())
+        count += len(vectors)
+    return total / count if count else None
+
+
+def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: str, source: Vectors,
+                log: Callable[[str], None]) -> tuple[list[str], np.ndarray]:
+    """Each group's part path, encoding the parts that are missing; the positions newly encoded."""
+    paths, encoded = [], []
+    for group in source.groups():
+        path = part_path(folder, version, group)
+        paths.append(path)
+        if lake.exists(path):
+            continue
+        part = faiss.clone_index(trained)
+        positions = np.arange(group.start, group.start + group.count)
+        for chunk, vectors in source.chunks(positions):
+            part.add_with_ids(vectors, chunk)
+        write_faiss(lake, path, part)
+        encoded.append(positions)
+        log(f"encoded the part of shard {group.shard} ({group.count} members)")
+    return paths, np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
+
+
+def _merge(lake: LakeResource, trained: faiss.Index, parts: list[str], out: str, scratch: str) -> None:
+    """Merge the parts into out/populated.index + out/lists.ivfdata (ids: positions in order)."""
+    index = faiss.clone_index(trained)
+    merge_ondisk(index, [local_file(lake, p, scratch) for p in parts], os.path.join(out, "lists.ivfdata"))
+    faiss.write_index(index, os.path.join(out, "populated.index"))
+
+
+def _truth(lake: LakeResource, folder: str, old: dict | None, source: Vectors, groups: list[MemberGroup],
+           settings: IndexSettings, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(queries, exact scores, exact positions, how): the old truth extended by the members
+    added after the old ones, when the old members are a prefix of the new; else fresh."""
+    old_groups = [tuple(g) for g in (old or {}).get("groups", [])]
+    new_groups = [(g.shard, g.version, g.count) for g in groups]
+    path = f"{folder}/versions/{(old or {}).get('version')}/recall_truth.npz"
+    if old_groups and new_groups[:len(old_groups)] == old_groups and lake.exists(path):
+        with tempfile.TemporaryDirectory() as tmp, np.load(local_file(lake, path, tmp)) as saved:
+            queries, best, rows = saved["queries"], saved["scores"], saved["positions"]
+        start = sum(count for _, _, count in old_groups)
+        for positions, vectors in source.chunks(np.arange(start, source.count)):
+            best, rows = merge_top(best, rows, queries @ vectors.T, positions, TRUTH_DEPTH)
+        return queries, best, rows, "extended"
+    queries = held_out_queries(source, settings.queries, seed)
+    return (queries, *exact_top(source, queries, min(TRUTH_DEPTH, source.count)), "searched")
+
+
+def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factory: str, settings: IndexSettings,
+                        old: dict | None, seed: int = 0, log: Callable[[str], None] = lambda message: None,
+                        extra_info: dict | None = None) -> dict:
+    """Bring the on-disk IVF index in `folder` up to the members of `source` and commit it;
+    the committed info (old: the previous index_info.json, if any)."""
+    groups = source.groups()
+    reason = _retrain_reason(old, factory, source.dim)
+    started = time.perf_counter()
+    for _attempt in range(2):
+        if reason is None:
+            record = old["trained"]
+            trained = read_faiss(lake, f"{folder}/trained/{record['version']}/trained.index")
+        else:
+            trained, record = _train(lake, folder, source, factory, reason, seed)
+        parts, encoded = _fill_parts(lake, folder, trained, record["version"], source, log)
+        if reason is None and len(encoded) and record.get("centroid_similarity") is not None:
+            sample = encoded[np.random.default_rng(seed).choice(len(encoded), min(len(encoded), 20_000), False)]
+            fresh = _centroid_similarity(trained, source, sample)
+            if fresh < record["centroid_similarity"] - DRIFT_TOLERANCE:
+                reason = (f"drift: new members' centroid similarity {fresh:.3f} vs "
+                          f"{record['centroid_similarity']:.3f} at training")
+                continue
+        queries, scores, positions, truth_mode = _truth(lake, folder, old, source, groups, settings, seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            _merge(lake, trained, parts, tmp, tmp)
+            index = faiss.read_index(os.path.join(tmp, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            k = min(10, source.count)
+            params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k)
+            if reason is None and recall < settings.target_recall <= record.get("recall_at_10", 0.0):
+                reason = (f"recall@10 fell to {recall:.3f}, below the target {settings.target_recall}, with the "
+                          f"index trained on {record['members']} members")
+                continue
+            if reason is not None:  # what the fresh quantizer reached: a later fall below the target retrains
+                record = {**record, "recall_at_10": recall}
+            np.savez(os.path.join(tmp, "recall_truth.npz"), queries=queries, scores=scores, positions=positions)
+            version = _digest(record["version"], *parts)
+            info = {
+                "factory": factory, "search_params": params, "metric": "inner_product", "layout": "on_disk",
+                "count": int(index.ntotal), "dim": int(source.dim), "recall_at_10": recall,
+                "recall_queries": int(len(queries)), "recall_truth": truth_mode,
+                "build_seconds": round(time.perf_counter() - started, 4),
+                "build_mode": "rebuilt" if reason else "grown", "encoded": int(len(encoded)),
+                "parts": parts, "trained": record, "centroid_similarity": record["centroid_similarity"],
+                "groups": [[g.shard, g.version, g.count] for g in groups],
+                **({"rebuild_reason": reason} if reason else {}), **(extra_info or {}),
+            }
+            del index  # the lists file is mapped while the index lives
+            committed = commit_index(lake, folder, version, {
+                "populated.index": os.path.join(tmp, "populated.index"),
+                "lists.ivfdata": os.path.join(tmp, "lists.ivfdata")}, source.keys(), info,
+                extra={"recall_truth.npz": os.path.join(tmp, "recall_truth.npz")})
+        _prune(lake, folder, committed, old)
+        return committed
+    raise AssertionError("a freshly trained index is not checked again")  # the loop returns on its second pass
+
+
+def _prune(lake: LakeResource, folder: str, committed: dict, old: dict | None) -> None:
+    """Remove trained indices and parts that neither the committed nor the previous index uses."""
+    kept = {committed["trained"]["version"], ((old or {}).get("trained") or {}).get("version")}
+    prune_versions(lake, f"{folder}/trained", {v for v in kept if v})
+    trained = committed["trained"]["version"]
+    wanted = set(committed["parts"])
+    if old and (old.get("trained") or {}).get("version") == trained:
+        wanted |= set(old.get("parts", []))
+    for path in lake.glob(f"{folder}/trained/{trained}/parts/*/*.index"):
+        if path not in wanted:
+            lake.remove(path)
