@@ -13,11 +13,9 @@ path before resources/safe_paths.py has checked it: a hostile key is exported un
 safe derived name (`member_stem`), never as a tar member like `../../evil.jpg`.
 """
 
-import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from pathlib import Path
 
@@ -27,40 +25,10 @@ import pyarrow.parquet as pq
 
 from resources.catalog import Catalog, read_sql
 from resources.crawl import IMAGE_EXTENSIONS, CrawlResource
-from resources.lake import CRAWL_METADATA_KEY, LakeResource, members_path, samples_path
+from resources.lake import CRAWL_METADATA_KEY, LakeResource, committed_subset, members_path, samples_path
 from resources.safe_paths import check_member_name, check_policy_name, check_shard_name, member_stem
 
 UID_DTYPE = np.dtype("u8,u8")
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-
-
-def derive_uid(key: str) -> str:
-    """The uid of a sample whose crawl has none: md5 of its key, as 32 hex digits."""
-    return hashlib.md5(key.encode()).hexdigest()
-
-
-def member_uids(uids: list[str | None], keys: list[str], shards: list[str]) -> list[str]:
-    """One distinct 32-hex uid per member: the crawl's uid, else md5(key); where two members
-    would share one (the same key in two merged crawls, a crawl that repeats a uid), the
-    later in (shard, key) order gets md5("<shard>/<key>") instead."""
-    chosen: dict[int, str] = {}
-    seen: set[str] = set()
-    for i in sorted(range(len(keys)), key=lambda i: (shards[i], keys[i])):
-        uid = uids[i] if uids[i] and _HEX32.match(uids[i]) else derive_uid(keys[i])
-        if uid.lower() in seen:
-            uid = derive_uid(f"{shards[i]}/{keys[i]}")
-        seen.add(uid.lower())
-        chosen[i] = uid
-    return [chosen[i] for i in range(len(keys))]
-
-
-def uid_array(uids: list[str | None], keys: list[str], shards: list[str]) -> np.ndarray:
-    """DataComp's subset array: sorted (high, low) 64-bit halves of each member's 128-bit uid."""
-    pairs = [(int(u[:16], 16), int(u[16:], 16)) for u in member_uids(uids, keys, shards)]
-    array = np.array(pairs, dtype=UID_DTYPE)
-    return np.sort(array, order=["f0", "f1"])
-
-
 def unique_stems(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """The tar member name of each (shard, key): member_stem(key), shard-qualified where two
     members would share one (the same key in two shards, or a key that equals another key's
@@ -126,12 +94,14 @@ def write_manifest(out: Path) -> None:
 
 
 def export_uids(lake: LakeResource, policy: str, out: Path) -> Path:
+    """DataComp's subset file: the committed subset's uid array (sql/subsets/uids.sql)."""
     check_policy_name(policy)  # it names the output file
-    members = lake.read_parquet(members_path(policy))
+    record = committed_subset(lake, policy)
+    if not record or "uids" not in record:
+        raise ValueError(f"subset {policy} has no committed uid array: materialize {policy}_subset")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{policy}_uids.npy"
-    np.save(path, uid_array(members.column("uid").to_pylist(), members.column("key").to_pylist(),
-                            members.column("shard").to_pylist()))
+    lake.download(record["uids"], str(path))
     return path
 
 

@@ -10,17 +10,20 @@ from run config. Adding a policy is adding a file: the asset appears on reload.
 import json
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from assets.audits.metrics import before_after_figures
-from assets.export import uid_array
+from assets.export import UID_DTYPE
 from resources.catalog import SQL_DIR, Catalog, SqlLimits, interrupt_after, locked_connection, read_sql
 from resources.lake import (
     SUBSET_RECORD_KEY,
@@ -34,7 +37,7 @@ from resources.lake import (
 )
 from resources.versions import text_digest
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 POLICY_DIR = SQL_DIR / "policies"  # the shipped policies (CurationFiles.policy_dir picks the folder)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SET_VARIABLE = re.compile(r"^\s*SET\s+VARIABLE\s+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.IGNORECASE)
@@ -125,8 +128,31 @@ def _sql_literal(value: object) -> str:
         return "'" + text.replace("'", "''") + "'"
 
 
-def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> tuple[pa.Table, dict[str, str]]:
-    """Members (key, shard) selected by the policy, and the parameters in effect."""
+@dataclass(frozen=True)
+class Members:
+    """A policy's members in a local Parquet file: policy, key, shard, uid, one row per member
+    in (shard, key) order. Written a batch at a time, read back the same way or by DuckDB."""
+    path: str
+    num_rows: int
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.path)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole file as a table (tests and small subsets)."""
+        return pq.read_table(self.path, columns=columns)
+
+    def dataset(self) -> ds.Dataset:
+        """The file as a dataset DuckDB scans a batch at a time."""
+        return ds.dataset(self.path, format="parquet")
+
+
+def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object],
+               scratch: str) -> tuple[Members, dict[str, str]]:
+    """Members selected by the policy, written into the local folder `scratch`, and the
+    parameters in effect. The policy's result goes to a file a batch at a time and is read
+    back by DuckDB: the members are never a Python object, whatever the pool's size."""
     connection = catalog.connection
     try:
         statements = connection.extract_statements(policy.sql)
@@ -137,6 +163,7 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> t
     unknown = sorted(set(params) - set(policy.parameters))
     if unknown:
         raise ValueError(f"policy {policy.name}: unknown parameter(s) {unknown}; it has {policy.parameters}")
+    result = os.path.join(scratch, f"{policy.name}_result.parquet")
     try:
         for statement in statements[:-1]:
             if statement.type != duckdb.StatementType.SET or not _SET_VARIABLE.match(_uncommented(statement.query)):
@@ -145,73 +172,94 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object]) -> t
             connection.execute(statement.query)
         for name, value in params.items():
             connection.execute(f"SET VARIABLE {name} = {_sql_literal(value)}")
-        members = catalog.query(statements[-1].query)
+        catalog.query_to_parquet(statements[-1].query, result)
     except duckdb.PermissionException as error:
         raise ValueError(f"policy {policy.name}: refused (policies may read only the lake): {error}") from None
     except duckdb.Error as error:
         raise ValueError(f"policy {policy.name}: query failed: {error}") from None
-    missing = {"key", "shard"} - set(members.column_names)
+    missing = {"key", "shard"} - set(pq.read_schema(result).names)
     if missing:
         raise ValueError(f"policy {policy.name}: result lacks column(s) {sorted(missing)}")
     effective = {
         name: str(connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]) for name in policy.parameters
     }
-    connection.register("policy_result", members.select(["key", "shard"]))
-    strays = connection.execute(read_sql("subsets/strays.sql")).fetchone()[0]
-    if strays:
-        raise ValueError(f"policy {policy.name}: {strays} returned key(s) are not in the scored pool")
-    # One row per member, in a stable order, with the DataComp uid when the crawl has one.
-    members = connection.execute(read_sql("subsets/members.sql"), {"policy": policy.name}).fetch_arrow_table()
-    connection.unregister("policy_result")
-    return members, effective
+    connection.register("policy_result", ds.dataset(result, format="parquet"))
+    try:
+        strays = connection.execute(read_sql("subsets/strays.sql")).fetchone()[0]
+        if strays:
+            raise ValueError(f"policy {policy.name}: {strays} returned key(s) are not in the scored pool")
+        # One row per member, in a stable order, with the crawl's uid when it has one.
+        path = os.path.join(scratch, f"{policy.name}_members.parquet")
+        rows = catalog.query_to_parquet(read_sql("subsets/members.sql"), path, {"policy": policy.name})
+    finally:
+        connection.unregister("policy_result")
+        os.remove(result)
+    return Members(path, rows), effective
 
 
-def subset_version(members: pa.Table, params: dict[str, str]) -> str:
-    """A candidate's version: a digest of its members and parameters, so the same subset
-    always gets the same version (and the same files) whichever run makes it."""
-    return text_digest(json.dumps([members.column("shard").to_pylist(), members.column("key").to_pylist(),
-                                   params], sort_keys=True))
+def subset_version(summary: pa.Table, params: dict[str, str]) -> str:
+    """A candidate's version, from its summary (sql/subsets/summary.sql: member count and
+    md5 sums per shard) and parameters: the same subset always gets the same version (and
+    the same files) whichever run makes it."""
+    return text_digest(json.dumps([summary.to_pylist(), params], sort_keys=True))
 
 
-def candidate_figures(db: Catalog, policy: str, members: pa.Table) -> dict:
+def candidate_figures(db: Catalog, policy: str, members: Members) -> dict:
     """The figures the subset checks read, for `members` before they are committed (the
     connection's subset_members is the candidate from then on: close it after)."""
-    db.connection.register("candidate", members.select(["policy", "key", "shard"]))
+    db.connection.register("candidate", members.dataset())
     db.connection.execute(read_sql("subsets/candidate_members.sql"))  # this connection's subset_members
     return before_after_figures(db, policy)
+
+
+def uid_array(db: Catalog) -> np.ndarray:
+    """DataComp's subset array for the registered `candidate` (sql/subsets/uids.sql): sorted
+    (high, low) 64-bit halves of each member's 128-bit uid."""
+    columns = db.connection.execute(read_sql("subsets/uids.sql")).fetchnumpy()
+    array = np.empty(len(columns["high"]), dtype=UID_DTYPE)
+    array["f0"], array["f1"] = columns["high"], columns["low"]
+    return array
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A policy's result before the checks decide whether it is committed."""
-    members: pa.Table  # policy, key, shard, uid: one row per member in (shard, key) order
+    members: Members  # policy, key, shard, uid: one row per member in (shard, key) order
     params: dict[str, str]  # the parameters in effect
     figures: dict  # before_after_figures of the candidate against the pool
     pool: int  # samples in the scored pool
     version: str
+    per_shard: dict[str, int]  # members of each shard, in shard order
+    uids: np.ndarray  # DataComp's subset array
 
 
-def select_candidate(catalog: Catalog, policy: Policy, params: dict[str, object]) -> Candidate:
-    """Run `policy` with `params` over the catalog's pool and measure what it keeps. The
-    catalog's subset_members is the candidate from then on: close it after."""
+def select_candidate(catalog: Catalog, policy: Policy, params: dict[str, object], scratch: str) -> Candidate:
+    """Run `policy` with `params` over the catalog's pool and measure what it keeps; its
+    members are written into the local folder `scratch`. The catalog's subset_members is the
+    candidate from then on: close it after."""
     pool = catalog.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
-    members, effective = run_policy(catalog, policy, params)
+    members, effective = run_policy(catalog, policy, params, scratch)
     figures = candidate_figures(catalog, policy.name, members)
-    return Candidate(members, effective, figures, pool, subset_version(members, effective))
+    summary = catalog.query(read_sql("subsets/summary.sql"))
+    per_shard = dict(zip(summary.column("shard").to_pylist(), summary.column("members").to_pylist()))
+    return Candidate(members, effective, figures, pool, subset_version(summary, effective), per_shard,
+                     uid_array(catalog))
 
 
-def members_per_shard(members: pa.Table) -> dict[str, int]:
-    """Member count of each shard, in shard order."""
-    counts = pc.value_counts(members.column("shard")).to_pylist()
-    return {e["values"]: e["counts"] for e in sorted(counts, key=lambda e: e["values"])}
-
-
-def commit_subset(lake: LakeResource, policy: str, members: pa.Table, version: str, record: dict) -> None:
-    """Write the version's files, then the members file that commits them (it carries `record`)."""
-    lake.write_npy(uids_path(policy, version), uid_array(members.column("uid").to_pylist(),
-                                                         members.column("key").to_pylist(),
-                                                         members.column("shard").to_pylist()))
+def commit_subset(lake: LakeResource, policy: str, members: Members | pa.Table, version: str, record: dict,
+                  uids: np.ndarray) -> None:
+    """Write the version's files, then the members file that commits them (it carries
+    `record` in its Parquet metadata; copied a batch at a time)."""
+    lake.write_npy(uids_path(policy, version), uids)
     previous = (committed_subset(lake, policy) or {}).get("version")
-    lake.write_parquet(members_path(policy),
-                       with_metadata(members, {SUBSET_RECORD_KEY: json.dumps(record, sort_keys=True)}))
+    metadata = {SUBSET_RECORD_KEY: json.dumps(record, sort_keys=True)}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "members.parquet")
+        batches = members.to_batches() if isinstance(members, pa.Table) else \
+            pq.ParquetFile(members.path).iter_batches(batch_size=100_000)
+        schema = with_metadata(members.schema.empty_table(), metadata).schema
+        with pq.ParquetWriter(local, schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        lake.write_file(members_path(policy), local)
     prune_versions(lake, subset_versions_dir(policy), {version, previous})

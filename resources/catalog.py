@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -86,10 +87,12 @@ class Catalog:
         return read_sql(relative).replace("{{lake}}", _literal(self.lake_path.rstrip("/"))[1:-1]) \
             .replace("{{model}}", self.model_id)
 
-    def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
+    @contextmanager
+    def _within_limits(self) -> Iterator[None]:
+        """Run a statement under the statement timeout, with clear errors for the limits."""
         try:
             with interrupt_after(self.connection, self.limits.timeout_seconds):
-                return self.connection.execute(sql, parameters if parameters is not None else []).fetch_arrow_table()
+                yield
         except duckdb.OutOfMemoryException as error:
             raise SqlLimitError(f"the statement needed more than memory_limit {self.limits.memory_limit} and "
                                   f"max_temp_directory_size {self.limits.max_temp_directory_size} allow: "
@@ -99,6 +102,25 @@ class Catalog:
                 hints = "; ".join(f"{name}: {why}" for name, why in self.missing.items())
                 raise duckdb.CatalogException(f"{error}\n(views not available yet: {hints})") from None
             raise
+
+    def query(self, sql: str, parameters: list | dict | None = None) -> pa.Table:
+        with self._within_limits():
+            return self.connection.execute(sql, parameters if parameters is not None else []).fetch_arrow_table()
+
+    def query_to_parquet(self, sql: str, path: str, parameters: list | dict | None = None,
+                         batch_rows: int = 100_000) -> int:
+        """Write a query's result to a local Parquet file a batch at a time (the result is
+        never whole in memory: DuckDB spills within its limits, Python holds one batch); its
+        row count. The connection cannot write files itself (lockdown.sql): Python does."""
+        rows = 0
+        with self._within_limits():
+            reader = self.connection.execute(sql, parameters if parameters is not None else []) \
+                .fetch_record_batch(batch_rows)
+            with pq.ParquetWriter(path, reader.schema, compression="zstd") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        return rows
 
     def select(self, sql: str, what: str = "query") -> pa.Table:
         """Run one untrusted SELECT (e.g. `clipsieve query`); anything else is refused."""

@@ -1,5 +1,6 @@
 """Curation measured against the sample crawl's ground truth: filters, policies, dedup, exports."""
 
+import hashlib
 import json
 import math
 import shutil
@@ -11,11 +12,12 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from dagster import AssetKey, DagsterInstance, materialize
 
-from assets.export import UID_DTYPE, derive_uid, uid_array
+from assets.export import UID_DTYPE
 from assets.scores.caption_terms import caption_groups, entries, group_patterns
 from assets.scores.text_match import PhraseMatcher, normalize
-from assets.subsets import calibrated_params
+from assets.subsets import calibrated_params, uid_array
 from orchestration.definitions import build_definitions
+from resources.catalog import Catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_MODEL, model_id
 from resources.lake import LakeResource
 from tests.conftest import run_cli
@@ -131,7 +133,7 @@ def test_datacomp_policies(lake, catalog):
         r["similarity"] for r in basic if r["key"] not in kept)
 
 
-def test_metaclip_balancing_keeps_the_tail_and_thins_the_head(lake, catalog):
+def test_metaclip_balancing_keeps_the_tail_and_thins_the_head(lake, catalog, tmp_path):
     t = PARAMS["metaclip_balanced"]["t"]
     rows = catalog.query("SELECT key, concept_ids FROM scores").to_pylist()
     kept = _members(lake, "metaclip_balanced")
@@ -150,8 +152,8 @@ def test_metaclip_balancing_keeps_the_tail_and_thins_the_head(lake, catalog):
     # Each (sample, entry) draw is a seeded hash: the same seed gives the same subset.
     from assets.subsets import load_policies, run_policy
     policy = next(p for p in load_policies() if p.name == "metaclip_balanced")
-    again, _ = run_policy(catalog, policy, {"t": t, "seed": 0})
-    other, _ = run_policy(catalog, policy, {"t": t, "seed": 1})
+    again = run_policy(catalog, policy, {"t": t, "seed": 0}, str(tmp_path))[0].read()
+    other = run_policy(catalog, policy, {"t": t, "seed": 1}, str(tmp_path))[0].read()
     assert set(again.column("key").to_pylist()) == kept
     assert set(other.column("key").to_pylist()) != kept
 
@@ -206,10 +208,15 @@ def test_export_formats_read_back_with_their_libraries(materialized, lake, tmp_p
 
 
 def test_uids_are_derived_from_keys_where_the_crawl_has_none():
-    array = uid_array([None, "f" * 32], ["000010001", "000010002"], ["00001", "00001"])
-    derived = derive_uid("000010001")
-    assert (int(derived[:16], 16), int(derived[16:], 16)) in set(array.tolist())
-    assert (int("f" * 16, 16), int("f" * 16, 16)) == tuple(array[-1].tolist())
+    db = Catalog(connection=duckdb.connect())
+    db.connection.register("candidate", pa.table({
+        "shard": ["00001", "00001", "00002"], "key": ["000010001", "000010002", "000010002"],
+        "uid": [None, "F" * 32, "f" * 32]}))  # the third repeats the second's uid
+    array = uid_array(db)
+    assert array.dtype == UID_DTYPE and len(array) == 3 and np.all(np.diff(array["f0"].astype(float)) >= 0)
+    halves = {tuple(int(h, 16) for h in (d[:16], d[16:])) for d in (
+        hashlib.md5(b"000010001").hexdigest(), "f" * 32, hashlib.md5(b"00002/000010002").hexdigest())}
+    assert set(map(tuple, array.tolist())) == halves
 
 
 def test_a_broken_policy_fails_alone(tmp_path, materialized):

@@ -276,7 +276,8 @@ def test_a_subset_is_committed_whole_and_readers_never_mix_versions(tmp_path, ma
     assert export().returncode == 0 and committed_subset(lake, "safe")["version"] == record["version"]
     # A new subset committed, its index not rebuilt yet: search refuses rather than serve the old members.
     members = lake.read_parquet(members_path("safe")).slice(0, 10)
-    commit_subset(lake, "safe", members, "newer", {**record, "version": "newer", "uids": uids_path("safe", "newer")})
+    commit_subset(lake, "safe", members, "newer", {**record, "version": "newer", "uids": uids_path("safe", "newer")},
+                  lake.read_npy(record["uids"])[:10])
     stale = run_cli("search", "--lake", str(copy), "--subset", "safe", "a red circle", check=False)
     assert stale.returncode != 0 and "covers another version of the subset" in stale.stderr
     assert lake.exists(record["uids"])  # the version before the committed one is kept for readers still on it

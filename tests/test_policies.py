@@ -54,20 +54,22 @@ def _policy(name: str) -> Policy:
     return next(p for p in load_policies() if p.name == name)
 
 
-def test_shipped_policies_apply_their_published_thresholds(catalog):
-    members, params = run_policy(catalog, _policy("laion400m"), {})
+def test_shipped_policies_apply_their_published_thresholds(catalog, tmp_path):
+    members, params = run_policy(catalog, _policy("laion400m"), {}, str(tmp_path))
+    members = members.read()
     assert members.column("key").to_pylist() == ["000000000", "000000002"]
     assert params == {"min_similarity": "0.3", "max_punsafe": "0.5"}
-    members, _ = run_policy(catalog, _policy("laion2b_en"), {})
+    members = run_policy(catalog, _policy("laion2b_en"), {}, str(tmp_path))[0].read()
     assert members.column("key").to_pylist() == ["000000000", "000000001"]
     assert members.column("uid").to_pylist() == ["a", "b"]
 
 
-def test_parameters_are_replaced_by_calibration_or_config(catalog):
-    members, params = run_policy(catalog, _policy("laion400m"), {"min_similarity": "0.05", "max_punsafe": 0.95})
+def test_parameters_are_replaced_by_calibration_or_config(catalog, tmp_path):
+    members, params = run_policy(catalog, _policy("laion400m"), {"min_similarity": "0.05", "max_punsafe": 0.95},
+                                 str(tmp_path))
     assert members.num_rows == 4 and params["min_similarity"] == "0.05"
     with pytest.raises(ValueError, match="unknown parameter"):
-        run_policy(catalog, _policy("laion400m"), {"threshold": 1})
+        run_policy(catalog, _policy("laion400m"), {"threshold": 1}, str(tmp_path))
 
 
 @pytest.mark.parametrize("sql, message", [
@@ -77,9 +79,9 @@ def test_parameters_are_replaced_by_calibration_or_config(catalog):
     ("CREATE TABLE t AS SELECT 1; SELECT key, shard FROM scores", "only SET VARIABLE"),
     ("SELECT 'nope' AS key, '00000' AS shard", "not in the scored pool"),
 ])
-def test_a_broken_policy_fails_with_its_name_and_reason(catalog, sql, message):
+def test_a_broken_policy_fails_with_its_name_and_reason(catalog, sql, message, tmp_path):
     with pytest.raises(ValueError, match=f"policy broken: .*{message}"):
-        run_policy(catalog, Policy("broken", sql), {})
+        run_policy(catalog, Policy("broken", sql), {}, str(tmp_path))
 
 
 def test_catalog_names_views_that_have_no_files_yet(tmp_path):
@@ -90,7 +92,7 @@ def test_catalog_names_views_that_have_no_files_yet(tmp_path):
     db.close()
 
 
-def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_files(lake):
+def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_files(lake, tmp_path):
     """Subsets and audits read `scores` from an in-memory copy when the pool is small enough."""
     from assets.audits.metrics import audit_metrics
     from resources.catalog import CatalogResource
@@ -108,7 +110,8 @@ def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_file
         snapshot.close()
         snapshot = memory.open(lake.url, model, snapshot=True)
         for policy in load_policies():
-            assert run_policy(plain, policy, {})[0].equals(run_policy(snapshot, policy, {})[0]), policy.name
+            assert run_policy(plain, policy, {}, str(tmp_path))[0].read().equals(
+                run_policy(snapshot, policy, {}, str(tmp_path))[0].read()), policy.name
             assert audit_metrics(plain, policy.name) == audit_metrics(snapshot, policy.name), policy.name
         too_small = CatalogResource(snapshot_max_rows=pool - 1).open(lake.url, model, snapshot=True)
         assert not too_small.snapshot  # a pool over the cap is queried from the files

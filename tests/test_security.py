@@ -22,13 +22,13 @@ from PIL import Image
 from assets.demo.sample_crawl import write_sample_crawl
 from assets.export import _write_shard, export_webdataset
 from assets.samples import read_samples
-from assets.subsets import Policy, run_policy
+from assets.subsets import Policy, commit_subset, run_policy, uid_array
 from orchestration.sensors import new_shards
-from resources.catalog import RefusedSQLError, open_catalog
+from resources.catalog import Catalog, RefusedSQLError, open_catalog
 from resources.clip_model import DEMO_CHECKPOINT, DEMO_DIR, DEMO_MODEL, ClipModelResource, model_id
 from resources.crawl import CrawlResource
 from resources.heads import HeadsResource
-from resources.lake import LakeResource, members_path, samples_path
+from resources.lake import LakeResource, members_path, samples_path, uids_path
 from resources.safe_paths import (
     UnsafeNameError,
     check_member_name,
@@ -340,10 +340,10 @@ def _policies(lake: str, outside: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(_policies("L", Path("/o/x.parquet"))))
-def test_policy_that_does_more_than_read_the_lake_is_refused(hostile_catalog, hostile, name):
+def test_policy_that_does_more_than_read_the_lake_is_refused(hostile_catalog, hostile, name, tmp_path):
     sql = _policies(hostile["lake"].url, hostile["outside"])[name]
     with pytest.raises(ValueError, match=f"policy {name}"):
-        run_policy(hostile_catalog, Policy(name, sql), {})
+        run_policy(hostile_catalog, Policy(name, sql), {}, str(tmp_path))
     assert not Path(hostile["lake"].url, "evil.csv").exists()
 
 
@@ -478,7 +478,13 @@ def merged(tmp_path_factory) -> dict:
         lake.write_parquet(samples_path(shard), samples)
         rows += [{"policy": "merged", "key": r["key"], "shard": shard, "uid": None}
                  for r in samples.to_pylist() if r["image_status"] == "ok"]
-    lake.write_parquet(members_path("merged"), pa.Table.from_pylist(rows))
+    # Committed as a subset asset commits one: its uid array made by sql/subsets/uids.sql.
+    members = pa.Table.from_pylist(rows, schema=pa.schema([("policy", pa.string()), ("key", pa.string()),
+                                                           ("shard", pa.string()), ("uid", pa.string())]))
+    db = Catalog(connection=duckdb.connect())
+    db.connection.register("candidate", members)
+    commit_subset(lake, "merged", members, "v1", {"version": "v1", "uids": uids_path("merged", "v1")}, uid_array(db))
+    db.close()
     return {"root": root, "crawl": crawl, "lake": lake, "members": rows}
 
 
