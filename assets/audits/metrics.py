@@ -29,7 +29,6 @@ from assets.audits import formulas
 from assets.audits.report import render_report
 from assets.embeddings import encode_texts
 from assets.index_vectors import MemberVectors
-from assets.indices import search
 from assets.scores.caption_terms import METADATA_PATH, entries
 from resources.catalog import Catalog, read_sql
 from resources.clip_model import LoadedClip
@@ -76,19 +75,13 @@ def representation(counts: pa.Table, before_total: int, after_total: int) -> dic
     return {"groups": groups, "max_removal_ratio": max(present) if present else None}
 
 
-def retrieval_bias(clip: LoadedClip, index, index_keys: pa.Table, labels: dict[str, str],
-                   prompts: list[str], k: int = RETRIEVAL_K) -> dict[str, Any]:
-    """MaxSkew@k and NDKL per prompt over the top k members that carry a caption group."""
-    groups = sorted(set(labels.values()))
-    if not groups or index.ntotal == 0:
-        return {"k": k, "prompts": [], "mean_max_skew": None, "mean_ndkl": None}
-    target = {g: list(labels.values()).count(g) / len(labels) for g in groups}
-    vectors = _encoded(clip, tuple(prompts))
-    # Retrieve deep enough to find k grouped members, as people-image benchmarks hold only people.
-    depth = min(index.ntotal, max(k * 20, 500))
+def retrieval_bias(prompts: list[str], retrieved: list[list[str]], target: dict[str, float],
+                   k: int = RETRIEVAL_K) -> dict[str, Any]:
+    """MaxSkew@k and NDKL per prompt over the first k retrieved members that carry a caption
+    group (`retrieved`: each prompt's groups in rank order; `target`: each group's share)."""
     per_prompt = []
-    for prompt, hits in zip(prompts, search(index, index_keys, vectors, depth)):
-        ranked = [labels[key] for key, _ in hits if key in labels][:k]
+    for prompt, groups in zip(prompts, retrieved):
+        ranked = groups[:k]
         if not ranked:
             continue
         per_prompt.append({"prompt": prompt, "results": len(ranked), "skews": formulas.skews(ranked, target),
@@ -100,6 +93,29 @@ def retrieval_bias(clip: LoadedClip, index, index_keys: pa.Table, labels: dict[s
         "mean_max_skew": float(np.mean([p["max_skew"] for p in per_prompt])) if per_prompt else None,
         "mean_ndkl": float(np.mean([p["ndkl"] for p in per_prompt])) if per_prompt else None,
     }
+
+
+def _retrieved_groups(catalog: Catalog, clip: LoadedClip, index, index_keys: pa.Table, prompts: list[str],
+                      k: int) -> list[list[str]]:
+    """Each prompt's retrieved members' caption groups, in rank order. Only the retrieved
+    members' groups are looked up (sql/audits/retrieved_groups.sql), not the subset's."""
+    if index.ntotal == 0:
+        return [[] for _ in prompts]
+    # Retrieve deep enough to find k grouped members, as people-image benchmarks hold only people.
+    depth = min(index.ntotal, max(k * 20, 500))
+    _, rows = index.search(np.ascontiguousarray(_encoded(clip, tuple(prompts))), depth)
+    found = index_keys.select(["shard", "key"]).take(pa.array(np.unique(rows[rows >= 0])))
+    catalog.connection.register("retrieved", found)
+    try:
+        labelled = catalog.query(read_sql("audits/retrieved_groups.sql"))
+    finally:
+        catalog.connection.unregister("retrieved")
+    group_of = dict(zip(zip(labelled.column("shard").to_pylist(), labelled.column("key").to_pylist()),
+                        labelled.column("group_name").to_pylist()))
+    shards, keys = index_keys.column("shard"), index_keys.column("key")
+    return [[group for row in ranked if row >= 0
+             and (group := group_of.get((shards[int(row)].as_py(), keys[int(row)].as_py()))) is not None]
+            for ranked in rows]
 
 
 @lru_cache(maxsize=32)
@@ -195,35 +211,38 @@ def audit_metrics(catalog: Catalog, policy: str, lake: LakeResource | None = Non
     metrics = _table_metrics(catalog, policy, entries_path)
     if lake is None or model_id is None or clip is None:
         return metrics
-    labelled = catalog.query(read_sql("audits/group_labels.sql"))
-    labels = dict(zip(labelled.column("key").to_pylist(), labelled.column("group_name").to_pylist()))
+    shares = catalog.query(read_sql("audits/group_shares.sql"))
+    total = sum(shares.column("members").to_pylist())
+    target = {g: n / total for g, n in zip(shares.column("group_name").to_pylist(),
+                                           shares.column("members").to_pylist())}
     index, index_keys = read_index(lake, index_dir(policy, model_id))
     prompts = [line.strip() for line in Path(prompts_path).read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    metrics["retrieval_bias"] = retrieval_bias(clip, index, index_keys, labels, prompts)
+    if target:
+        retrieved = _retrieved_groups(catalog, clip, index, index_keys, prompts, RETRIEVAL_K)
+        metrics["retrieval_bias"] = retrieval_bias(prompts, retrieved, target)
+    else:
+        metrics["retrieval_bias"] = {"k": RETRIEVAL_K, "prompts": [], "mean_max_skew": None, "mean_ndkl": None}
+    sample = catalog.query(read_sql("audits/weat_sample.sql"), {"per_group": WEAT_SAMPLE})
     metrics["association"] = association(clip, json.loads(Path(association_path).read_text()),
-                                         _group_images(lake, model_id, labelled))
+                                         _group_images(lake, model_id, sample))
     return metrics
 
 
-def _group_images(lake: LakeResource, model_id: str, labelled: pa.Table) -> dict[str, np.ndarray]:
-    """Image embeddings of up to WEAT_SAMPLE members per caption group: the sample is drawn
-    first and only its vectors are read."""
-    groups = np.array(labelled.column("group_name").to_pylist(), dtype=object)
-    rng = np.random.default_rng(0)
-    chosen = {group: rng.choice(rows, size=min(WEAT_SAMPLE, len(rows)), replace=False)
-              for group in sorted(set(groups)) for rows in [np.flatnonzero(groups == group)]}
-    rows = np.concatenate(list(chosen.values())) if chosen else np.zeros(0, np.int64)
-    source = MemberVectors(lake, model_id, labelled.select(["key", "shard"]).take(pa.array(rows)))
-    # The source orders members by shard: find each chosen row's place in it.
-    order = source.keys()
-    place = {(s, k): i for i, (s, k) in enumerate(zip(order.column("shard").to_pylist(),
-                                                      order.column("key").to_pylist()))}
+def _group_images(lake: LakeResource, model_id: str, sample: pa.Table) -> dict[str, np.ndarray]:
+    """Image embeddings of the sampled members of each caption group (sql/audits/weat_sample.sql:
+    at most WEAT_SAMPLE a group, so only that many vectors are read)."""
+    source = MemberVectors(lake, model_id, sample.select(["key", "shard"]))
     vectors = np.empty((source.count, source.dim), np.float32)
     for positions, chunk in source.chunks():
         vectors[positions] = chunk
-    shards, keys = labelled.column("shard").to_pylist(), labelled.column("key").to_pylist()
-    return {group: vectors[[place[(shards[r], keys[r])] for r in picked]] for group, picked in chosen.items()}
+    # The source orders members by shard, then as given: find each sampled member's place.
+    order = source.keys()
+    place = {pair: i for i, pair in enumerate(zip(order.column("shard").to_pylist(), order.column("key").to_pylist()))}
+    groups = sample.column("group_name").to_pylist()
+    pairs = list(zip(sample.column("shard").to_pylist(), sample.column("key").to_pylist()))
+    return {group: vectors[[place[pair] for pair, g in zip(pairs, groups) if g == group]]
+            for group in sorted(set(groups))}
 
 
 def _cell(value: Any) -> str:
