@@ -12,12 +12,13 @@ Needs a ground-truth file (`key`, `shard`, `defect`), as the sample crawl writes
 """
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from assets.scores.classifier_heads import Scorer, load_scorer
@@ -55,116 +56,78 @@ FILTERS = (
 )
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Probability that a positive outscores a negative (ties count half): Mann-Whitney U."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # Average ranks over ties.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _filter_scores(pool: pa.Table, spec: FilterSpec, threshold: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(badness score, flagged) per pooled sample: higher badness = more likely the defect."""
-    if spec.column == "english":
-        is_english = np.array([lang == "en" for lang in pool.column("language").to_pylist()])
-        probability = np.nan_to_num(pool.column("language_score").to_numpy(zero_copy_only=False).astype(float))
-        badness = 1 - np.where(is_english, probability, 0.0)
-        return badness, ~is_english
-    if spec.column == "duplicate":
-        flagged = np.array([bool(d) for d in pool.column("is_duplicate").to_pylist()])
-        return flagged.astype(float), flagged
-    values = np.nan_to_num(pool.column(spec.column).to_numpy(zero_copy_only=False).astype(float))
-    t = float(threshold)
-    if spec.keep == "at_least":
-        return -values, values < t
-    if spec.keep == "below":
-        return values, values >= t
-    return values, values > t
-
-
-def filter_metrics(pool: pa.Table, spec: FilterSpec, threshold: Any) -> dict[str, Any]:
-    defects = pool.column("defect").to_pylist()
-    positive = np.array([d in spec.defects for d in defects])
-    clean = np.array([d is None for d in defects])
-    badness, flagged = _filter_scores(pool, spec, threshold)
-    true_positives = int((flagged & positive).sum())
-    return {
-        "filter": spec.name,
-        "column": spec.column,
-        "defects": list(spec.defects),
-        "threshold": threshold if spec.parameter else "is_duplicate",
-        "samples": int(len(pool)),
-        "prevalence": float(positive.mean()) if len(pool) else 0.0,
-        "auroc": auroc(badness, positive),
-        "precision": true_positives / int(flagged.sum()) if flagged.any() else None,
-        "recall": true_positives / int(positive.sum()) if positive.any() else None,
-        "fpr": float((flagged & ~positive).sum() / max(1, (~positive).sum())),
-        "fpr_clean": float((flagged & clean).sum() / max(1, clean.sum())),
-    }
-
-
 # The head filters measured per kind of head: the FILTERS entry each one is read like.
 HEAD_FILTERS = {"nsfw": "nsfw", "watermark": "watermark"}
-# What `evaluate` needs to measure each kind of head: a function adding one score column per
-# kind to the pool, and the HeadChoice behind each column.
-HeadKinds = tuple[Callable[[pa.Table], pa.Table], dict[str, HeadChoice]]
+# What `evaluate` needs to measure each kind of head: a function writing each kind's scores
+# into a folder (see head_scores), and the HeadChoice behind each.
+HeadKinds = tuple[Callable[[Catalog, str, dict[str, Any]], ds.Dataset], dict[str, HeadChoice]]
+HEAD_SCHEMA = pa.schema([("filter", pa.string()), ("shard", pa.string()), ("key", pa.string()),
+                         ("value", pa.float64()), ("threshold", pa.float64())])
 
 
-def head_pool_scores(lake: LakeResource, model_id: str, pool: pa.Table,
-                     scorers: dict[str, Scorer]) -> pa.Table:
-    """`pool` (key, shard, ...) with one column per scorer, named by its `scorers` key,
-    computed from the shards' stored image embeddings."""
-    parts = []
-    for shard in sorted(set(pool.column("shard").to_pylist())):
+def head_scores(lake: LakeResource, model_id: str, catalog: Catalog, scorers: dict[str, FilterSpec],
+                predictors: dict[str, Scorer], thresholds: dict[str, Any], scratch: str) -> ds.Dataset:
+    """Every kind of head's score of every pooled sample, from the shards' stored image
+    embeddings, written a shard at a time into `scratch` (filter, shard, key, value,
+    threshold); the files as one dataset."""
+    shards = catalog.query(read_sql("evaluation/pool_shards.sql")).column("shard").to_pylist()
+    for shard in shards:
         keys, image, _ = load_embeddings(lake, shard, model_id)
-        parts.append(pa.table({"key": keys.column("key"), "shard": keys.column("shard"),
-                               **{name: pa.array(scorer.predict(image) if len(image) else [], pa.float32())
-                                  for name, scorer in scorers.items()}}))
-    if not parts:  # an empty pool
-        for name in scorers:
-            pool = pool.append_column(name, pa.array([], pa.float32()))
-        return pool
-    return pool.join(pa.concat_tables(parts), keys=["key", "shard"], join_type="inner")
+        parts = []
+        for name, spec in scorers.items():
+            threshold = thresholds.get(spec.name)
+            parts.append(pa.table({
+                "filter": pa.array([name] * len(keys), pa.string()), "shard": keys.column("shard"),
+                "key": keys.column("key"),
+                "value": pa.array(predictors[name].predict(image) if len(image) else [], pa.float64()),
+                "threshold": pa.array([None if threshold is None else float(threshold)] * len(keys), pa.float64()),
+            }, schema=HEAD_SCHEMA))
+        pq.write_table(pa.concat_tables(parts) if parts else HEAD_SCHEMA.empty_table(),
+                       os.path.join(scratch, f"heads-{shard}.parquet"))
+    if not shards:
+        pq.write_table(HEAD_SCHEMA.empty_table(), os.path.join(scratch, "heads-none.parquet"))
+    return ds.dataset(scratch, format="parquet", schema=HEAD_SCHEMA)
 
 
-def compare_heads(pool: pa.Table, choices: dict[str, HeadChoice],
-                  params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The head filters' figures for every kind of head: `pool` carries a column per
-    `choices` key (e.g. "nsfw/zero_shot"), read at the same threshold as the policy's."""
-    specs = {spec.name: spec for spec in FILTERS}
-    rows = []
-    for column, choice in choices.items():
-        spec = specs[HEAD_FILTERS[choice.name]]
-        variant = FilterSpec(f"{spec.name} ({choice.kind})", column, spec.keep, spec.policy, spec.parameter,
-                             spec.defects)
-        rows.append({**filter_metrics(pool, variant, params.get(spec.policy, {}).get(spec.parameter)),
-                     "head": choice.name, "kind": choice.kind, "source": choice.source})
-    return rows
+def _thresholds(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each filter's threshold: its policy's parameter (None when the policy is not loaded)."""
+    return {spec.name: params.get(spec.policy, {}).get(spec.parameter) for spec in FILTERS if spec.parameter}
 
 
-def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
-             calibration: dict[str, dict[str, object]], head_scores: HeadKinds | None = None) -> dict[str, Any]:
-    """Filter and policy figures for the lake behind `catalog` against `truth`; with
-    `head_scores` (see `head_kinds`), the head filters for each kind of head too (`heads`)."""
+def evaluate(catalog: Catalog, truth: ds.Dataset, policies: list[Policy],
+             calibration: dict[str, dict[str, object]], head_kinds: HeadKinds | None = None) -> dict[str, Any]:
+    """Filter and policy figures for the lake behind `catalog` against `truth` (a dataset:
+    DuckDB reads it a batch at a time); with `head_kinds` (see `head_kinds`), the head filters
+    for each kind of head too (`heads`). Everything is computed by DuckDB over the files
+    (sql/evaluation/): no per-sample value is held in Python."""
     connection = catalog.connection
-    connection.register("truth", truth.select(["key", "shard", "defect"]))
+    params = {p.name: effective_params(p, calibration) for p in policies}
+    thresholds = _thresholds(params)
+    choices = head_kinds[1] if head_kinds else {}
+    specs = {spec.name: spec for spec in FILTERS}
+    variants = {column: specs[HEAD_FILTERS[choice.name]] for column, choice in choices.items()}
+    named = [(spec.name, spec) for spec in FILTERS] + list(variants.items())
+    defects = pa.table({"filter": pa.array([name for name, spec in named for _ in spec.defects], pa.string()),
+                        "defect": pa.array([d for _, spec in named for d in spec.defects], pa.string())})
+    connection.register("truth", truth)
+    connection.register("filter_defects", defects)
     try:
-        pool = catalog.query(read_sql("evaluation/pool.sql"))
+        with tempfile.TemporaryDirectory(prefix="clipsieve-evaluation-") as scratch:
+            connection.execute(read_sql("evaluation/pool.sql"))
+            heads = head_kinds[0](catalog, scratch, thresholds) if head_kinds else HEAD_SCHEMA.empty_table()
+            connection.register("head_scores", heads)
+            figures = catalog.query(read_sql("evaluation/filters.sql"), {
+                "language": params.get("laion2b_en", {}).get("language"),
+                **{spec.parameter: thresholds[spec.name] for spec in FILTERS if spec.parameter}}).to_pylist()
+            connection.unregister("head_scores")
         survival = catalog.query(read_sql("evaluation/survival.sql")).to_pylist()
     finally:
         connection.unregister("truth")
-    params = {p.name: effective_params(p, calibration) for p in policies}
-    filters = [filter_metrics(pool, spec, params.get(spec.policy, {}).get(spec.parameter)) for spec in FILTERS
-               if spec.policy in params]
+        connection.unregister("filter_defects")
+    by_name = {row.pop("filter"): row for row in figures}
+    filters = [{"filter": spec.name, "column": spec.column, "defects": list(spec.defects),
+                "threshold": thresholds[spec.name] if spec.parameter else "is_duplicate", **by_name[spec.name]}
+               for spec in FILTERS if spec.policy in params and spec.name in by_name]
     by_policy: dict[str, dict[str, Any]] = {}
     for row in survival:
         entry = by_policy.setdefault(row["policy"], {"survives": {}, "crawl_rows": {}})
@@ -174,27 +137,33 @@ def evaluate(catalog: Catalog, truth: pa.Table, policies: list[Policy],
         clean = entry["survives"].get("clean")
         entry["clean_dropped"] = None if clean is None else 1 - clean
     result: dict[str, Any] = {"filters": filters, "policies": by_policy}
-    if head_scores is not None:
-        score, choices = head_scores
-        result["heads"] = compare_heads(score(pool), choices, params)
+    if head_kinds is not None:
+        result["heads"] = [{"filter": f"{variants[column].name} ({choice.kind})", "column": column,
+                            "defects": list(variants[column].defects), "threshold": thresholds[variants[column].name],
+                            **by_name.get(column, {}), "head": choice.name, "kind": choice.kind,
+                            "source": choice.source} for column, choice in choices.items()]
     return result
 
 
 def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: ClipModelResource) -> HeadKinds:
-    """The `head_scores` argument of `evaluate`: every kind of NSFW and watermark head that
+    """The `head_kinds` argument of `evaluate`: every kind of NSFW and watermark head that
     fits the model, scored from the lake's image embeddings."""
     choices = {f"{choice.name}/{choice.kind}": choice for name in HEAD_FILTERS
                for choice in heads.choices(name, clip.embedding_dim)}
-    scorers = {column: load_scorer(choice, clip) for column, choice in choices.items()}
-    return (lambda pool: head_pool_scores(lake, model_id, pool, scorers)), choices
+    predictors = {column: load_scorer(choice, clip) for column, choice in choices.items()}
+    specs = {spec.name: spec for spec in FILTERS}
+    scorers = {column: specs[HEAD_FILTERS[choice.name]] for column, choice in choices.items()}
+    return (lambda catalog, scratch, thresholds: head_scores(lake, model_id, catalog, scorers, predictors,
+                                                             thresholds, scratch)), choices
 
 
-def read_truth(path: str) -> pa.Table:
-    """The ground truth (key, shard, defect) at `path`, with a clear error when there is none."""
+def read_truth(path: str) -> ds.Dataset:
+    """The ground truth (key, shard, defect) at `path` as a dataset DuckDB scans, with a clear
+    error when there is none."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no ground truth at {path}: evaluation needs a crawl with planted "
                                 "defects, such as the sample crawl")
-    return pq.read_table(path)
+    return ds.dataset(path, format="parquet")
 
 
 def _number(value: Any) -> str:

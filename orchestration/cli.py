@@ -188,9 +188,8 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
 
-    from assets.evaluation import EVALUATION_PATH, evaluate, format_tables, head_kinds
+    from assets.evaluation import EVALUATION_PATH, evaluate, format_tables, head_kinds, read_truth
     from assets.subsets import calibrated_params, load_policies
     from resources.catalog import open_catalog
     from resources.clip_model import ClipModelResource
@@ -202,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
     catalog = open_catalog(lake.url, clip.model_id)
     try:
-        result = evaluate(catalog, pq.read_table(args.truth), load_policies(), calibrated_params(pretrained),
+        result = evaluate(catalog, read_truth(args.truth), load_policies(), calibrated_params(pretrained),
                           head_kinds(lake, clip.model_id, HeadsResource(), clip))
     finally:
         catalog.close()
