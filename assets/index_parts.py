@@ -3,7 +3,7 @@ on disk (faiss's on-disk merge, as autofaiss builds large indices).
 
     trained/<t>/trained.index             the quantizer (IVF centroids) and codes (PQ), trained
                                           once on a bounded sample of the members, no vectors
-    trained/<t>/parts/<shard>/<p>.index   one shard's members encoded with it; <p> digests the
+    trained/<t>/parts/<shard>/<p>.index   one shard's members' codes (no quantizer); <p> digests the
                                           trained version, the shard's embeddings version and
                                           its member keys, so an unchanged shard keeps its part
     versions/<v>/populated.index          the parts merged: the trained index, pointing at
@@ -27,6 +27,7 @@ instead of searching everything again.
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,6 +103,11 @@ def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: 
         positions = np.arange(group.start, group.start + group.count)
         for chunk, vectors in source.chunks(positions):
             part.add_with_ids(vectors, chunk)
+        # Only the lists are merged: an empty quantizer keeps the trained one (32 MiB at
+        # 16k lists) out of every part file.
+        ivf = faiss.extract_index_ivf(part)
+        empty = faiss.IndexFlat(source.dim, ivf.metric_type)
+        ivf.quantizer, ivf.own_fields = empty, False
         write_faiss(lake, path, part)
         encoded.append(positions)
         log(f"encoded the part of shard {group.shard} ({group.count} members)")
@@ -156,19 +162,35 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
                           f"{record['centroid_similarity']:.3f} at training")
                 continue
         queries, scores, positions, truth_mode = _truth(lake, folder, old, source, groups, settings, seed)
+        # Named by what it is made of and how it is tuned: the same inputs, the same folder.
+        version = _digest(record["version"], *parts, str(settings.target_recall), str(settings.queries))
+        if old and reason is None and old.get("version") == version:
+            # The committed index is this one: only its record is refreshed.
+            committed = {**old, "build_mode": "unchanged", "encoded": 0, **(extra_info or {})}
+            committed.pop("rebuild_reason", None)
+            lake.write_json(f"{folder}/index_info.json", committed)
+            return committed
         with tempfile.TemporaryDirectory() as tmp:
-            _merge(lake, trained, parts, tmp, tmp)
-            index = faiss.read_index(os.path.join(tmp, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            # A local lake's version folder is merged into directly (it is not read until
+            # index_info.json names it); another lake's is uploaded from a local folder.
+            out = lake.path(f"{folder}/versions/{version}") if lake.is_local() else tmp
+            if lake.is_local():
+                shutil.rmtree(out, ignore_errors=True)  # left by a run that stopped before its commit
+                os.makedirs(out)
+            _merge(lake, trained, parts, out, tmp)
+            index = faiss.read_index(os.path.join(out, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
             k = min(10, source.count)
             params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k)
             if reason is None and recall < settings.target_recall <= record.get("recall_at_10", 0.0):
                 reason = (f"recall@10 fell to {recall:.3f}, below the target {settings.target_recall}, with the "
                           f"index trained on {record['members']} members")
+                del index
+                if lake.is_local():
+                    shutil.rmtree(out, ignore_errors=True)
                 continue
             if reason is not None:  # what the fresh quantizer reached: a later fall below the target retrains
                 record = {**record, "recall_at_10": recall}
             np.savez(os.path.join(tmp, "recall_truth.npz"), queries=queries, scores=scores, positions=positions)
-            version = _digest(record["version"], *parts)
             info = {
                 "factory": factory, "search_params": params, "metric": "inner_product", "layout": "on_disk",
                 "count": int(index.ntotal), "dim": int(source.dim), "recall_at_10": recall,
@@ -181,8 +203,8 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             }
             del index  # the lists file is mapped while the index lives
             committed = commit_index(lake, folder, version, {
-                "populated.index": os.path.join(tmp, "populated.index"),
-                "lists.ivfdata": os.path.join(tmp, "lists.ivfdata")}, source.keys(), info,
+                "populated.index": os.path.join(out, "populated.index"),
+                "lists.ivfdata": os.path.join(out, "lists.ivfdata")}, source.keys(), info,
                 extra={"recall_truth.npz": os.path.join(tmp, "recall_truth.npz")})
         _prune(lake, folder, committed, old)
         return committed

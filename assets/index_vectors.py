@@ -68,7 +68,7 @@ class ArrayVectors:
 class ShardMembers:
     shard: str
     start: int  # position of its first member in index order
-    keys: list[str]
+    keys: pa.Array  # Arrow strings: a pool's keys as Python strings would take gigabytes
     rows: np.ndarray  # each member's row in the shard's embeddings
     folder: str  # the committed embeddings version's folder
     version: str
@@ -80,24 +80,28 @@ class MemberVectors:
 
     def __init__(self, lake: LakeResource, model_id: str, members: pa.Table):
         self.lake, self.parts = lake, []
+        # One stable sort by shard, then a slice per shard (not a scan of every member per shard).
+        members = members.take(pc.sort_indices(members, [("shard", "ascending")]))
+        counts = pc.value_counts(members.column("shard")).to_pylist()
         start = 0
-        for shard in sorted(set(members.column("shard").to_pylist())):
-            wanted = members.filter(pc.equal(members.column("shard"), shard)).column("key")
+        for shard, count in sorted((c["values"], c["counts"]) for c in counts):
+            wanted = members.column("key").slice(start, count)
             keys, version, folder = committed_keys(lake, shard, model_id)
             at = pc.index_in(wanted, value_set=keys.column("key"))
             if at.null_count:
                 missing = wanted.filter(pc.is_null(at)).to_pylist()
                 raise ValueError(f"shard {shard}: {len(missing)} member(s) have no embedding, e.g. {missing[:3]}")
             rows = keys.column("row").take(at).to_numpy()
-            self.parts.append(ShardMembers(shard, start, wanted.to_pylist(), rows, folder, version))
+            self.parts.append(ShardMembers(shard, start, wanted.combine_chunks(), rows, folder, version))
             start += len(rows)
         self.count = start
         self.dim = lake.read_npy_rows(f"{self.parts[0].folder}/img_emb.npy", 0, 1).shape[1] if self.parts else 1
 
     def keys(self) -> pa.Table:
         return pa.table({
-            "key": pa.array([k for part in self.parts for k in part.keys], pa.string()),
-            "shard": pa.array([part.shard for part in self.parts for _ in part.keys], pa.string())})
+            "key": pa.chunked_array([part.keys for part in self.parts], pa.string()),
+            "shard": pa.chunked_array([pa.repeat(pa.scalar(part.shard, pa.string()), len(part.keys))
+                                       for part in self.parts], pa.string())})
 
     def _within(self, part: ShardMembers, positions: np.ndarray | None) -> np.ndarray:
         """Positions (in index order) of `part`'s members among `positions` (all: None)."""
@@ -128,7 +132,7 @@ class MemberVectors:
         """Each shard's members, in index order; a group's version digests the shard's
         embeddings version and its member keys."""
         return [MemberGroup(part.shard, part.start, len(part.rows), hashlib.sha256(
-            "\n".join([part.version, *part.keys]).encode()).hexdigest()[:16]) for part in self.parts]
+            "\n".join([part.version, *part.keys.to_pylist()]).encode()).hexdigest()[:16]) for part in self.parts]
 
     def shard_versions(self) -> dict[str, str]:
         """Each member shard's committed embeddings version."""

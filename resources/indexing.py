@@ -56,7 +56,9 @@ def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str,
     old index or the new one whole. Returns the info as committed (`memory_bytes`: the index
     files' size; `version`)."""
     for name, local in {**files, **(extra or {})}.items():
-        lake.write_file(f"{folder}/versions/{version}/{name}", local)
+        target = f"{folder}/versions/{version}/{name}"
+        if not (lake.is_local() and os.path.abspath(local) == lake.path(target)):  # else written in place
+            lake.write_file(target, local)
     lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
     previous = lake.read_json(f"{folder}/index_info.json").get("version") \
         if lake.exists(f"{folder}/index_info.json") else None

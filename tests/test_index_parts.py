@@ -123,11 +123,14 @@ def test_drift_and_a_fall_in_recall_retrain_and_say_why(pool):
     assert drifted["trained"]["reason"] == drifted["rebuild_reason"]
     # Recall below a target the trained index once reached: retrained (a target it never
     # reached does not retrain it on every refresh).
+    assert index_subset(pool, "all", MODEL, SETTINGS)["build_mode"] == "unchanged"  # nothing to do
     never = index_subset(pool, "all", MODEL, IndexSettings(2 * 2**20, 0.9999, 200))
     assert never["build_mode"] == "grown" and never["recall_at_10"] < 0.9999
     info = pool.read_json(f"{FOLDER}/index_info.json")
     info["trained"]["recall_at_10"] = 1.0  # as if it had reached 1.0 when trained
     pool.write_json(f"{FOLDER}/index_info.json", info)
+    write_synthetic_shard(pool, PoolSpec(per_shard=1_000, dim=32, topics=40, seed=11), 5, MODEL)  # same topics
+    _subset(pool, shards + [shard_name(4), shard_name(5)])
     fell = index_subset(pool, "all", MODEL, IndexSettings(2 * 2**20, 0.9999, 200))
     assert fell["build_mode"] == "rebuilt" and fell["rebuild_reason"].startswith("recall@10 fell")
 
