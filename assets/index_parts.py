@@ -104,11 +104,14 @@ def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: 
         for chunk, vectors in source.chunks(positions):
             part.add_with_ids(vectors, chunk)
         # Only the lists are merged: an empty quantizer keeps the trained one (32 MiB at
-        # 16k lists) out of every part file.
+        # 16k lists) out of every part file. It is put back before the part is freed, which
+        # frees it with the part.
         ivf = faiss.extract_index_ivf(part)
-        empty = faiss.IndexFlat(source.dim, ivf.metric_type)
-        ivf.quantizer, ivf.own_fields = empty, False
+        quantizer, empty = ivf.quantizer, faiss.IndexFlat(source.dim, ivf.metric_type)
+        ivf.quantizer = empty
         write_faiss(lake, path, part)
+        ivf.quantizer = quantizer
+        del part
         encoded.append(positions)
         log(f"encoded the part of shard {group.shard} ({group.count} members)")
     return paths, np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
