@@ -37,7 +37,15 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from assets.index_vectors import ArrayVectors, MemberGroup, MemberVectors
-from assets.indices import DRIFT_TOLERANCE, exact_top, held_out_queries, merge_top, train_index, tune
+from assets.indices import (
+    DRIFT_TOLERANCE,
+    exact_top,
+    held_out_queries,
+    merge_top,
+    train_index,
+    training_sample,
+    tune,
+)
 from resources.indexing import IndexSettings, commit_index, local_file, read_faiss, write_faiss
 from resources.lake import LakeResource, prune_versions
 
@@ -71,13 +79,16 @@ def _train(lake: LakeResource, folder: str, source: Vectors, factory: str, reaso
            seed: int) -> tuple[faiss.Index, dict]:
     """Train an empty index on a sample of the members and store it; its record."""
     started = time.perf_counter()
-    index = train_index(source, factory, seed)
+    sample = training_sample(source, seed)
+    index = train_index(source, factory, seed, sample)
     version = hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()[:16]
     write_faiss(lake, f"{folder}/trained/{version}/trained.index", index)
-    sample = np.random.default_rng(seed + 1).choice(source.count, size=min(source.count, 20_000), replace=False)
+    # The sample is in index order (shard by shard): measure a random part of it.
+    probe = sample[np.random.default_rng(seed + 1).choice(len(sample), min(len(sample), 20_000), replace=False)]
+    similarity = float(faiss.extract_index_ivf(index).quantizer.search(probe, 1)[0].mean())
     return index, {"version": version, "factory": factory, "dim": source.dim, "members": source.count,
                    "reason": reason, "seconds": round(time.perf_counter() - started, 2),
-                   "centroid_similarity": _centroid_similarity(index, source, sample)}
+                   "centroid_similarity": similarity}
 
 
 def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray) -> float | None:
@@ -183,7 +194,8 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             _merge(lake, trained, parts, out, tmp)
             index = faiss.read_index(os.path.join(out, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
             k = min(10, source.count)
-            params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k)
+            params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k,
+                                  start=None if reason else (old or {}).get("search_params"))
             if reason is None and recall < settings.target_recall <= record.get("recall_at_10", 0.0):
                 reason = (f"recall@10 fell to {recall:.3f}, below the target {settings.target_recall}, with the "
                           f"index trained on {record['members']} members")

@@ -133,24 +133,41 @@ def _candidate_params(factory: str) -> list[str]:
         return [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512)]
     if factory.startswith("IVF"):
         nlist = nlist_of(factory)
-        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
+        probes = [2**i for i in range(13) if 2**i <= nlist]  # up to 4,096 lists a query
         if "_HNSW" in factory:  # the graph must return at least nprobe lists, and find the right ones
             return [f"nprobe={p},quantizer_efSearch={max(64, 2 * p)}" for p in probes]
         return [f"nprobe={p}" for p in probes]
     return [""]
 
 
-def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: float, k: int) -> tuple[str, float]:
-    """The cheapest search parameters reaching `target` recall@k (or the best tried)."""
-    best = ("", 0.0)
+def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: float, k: int,
+         start: str | None = None) -> tuple[str, float]:
+    """The cheapest search parameters reaching `target` recall@k (or the best tried), set on
+    the index. `start`: the parameters tuned last time; the search begins one step cheaper
+    (a grown index rarely needs fewer, and each step searches every query)."""
+    candidates = _candidate_params(factory)
     space = faiss.ParameterSpace()
-    for params in _candidate_params(factory):
-        if params:
-            space.set_index_parameters(index, params)
-        recall = recall_at_k(index, queries, truth, k)
-        best = max(best, (params, recall), key=lambda pair: pair[1])
+
+    def measure(at: int) -> float:
+        if candidates[at]:
+            space.set_index_parameters(index, candidates[at])
+        return recall_at_k(index, queries, truth, k)
+
+    at = max(0, candidates.index(start) - 1) if start in candidates else 0
+    recall = measure(at)
+    if recall >= target:  # walk down while the cheaper ones still reach it
+        while at > 0 and (cheaper := measure(at - 1)) >= target:
+            at, recall = at - 1, cheaper
+        if candidates[at]:
+            space.set_index_parameters(index, candidates[at])
+        return candidates[at], recall
+    best = (candidates[at], recall)
+    while at + 1 < len(candidates):  # walk up to the first that reaches it
+        at += 1
+        recall = measure(at)
+        best = max(best, (candidates[at], recall), key=lambda pair: pair[1])
         if recall >= target:
-            return params, recall
+            return candidates[at], recall
     if best[0]:
         space.set_index_parameters(index, best[0])
     return best
@@ -181,17 +198,23 @@ def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndar
 TRAINING_SAMPLE = 256 * 64 * 16  # vectors an IVF quantizer (and PQ) trains on, at most
 
 
-def train_index(source: Vectors, factory: str, seed: int = 0) -> faiss.Index:
-    """An empty index of `factory` over `source.dim` floats, trained on at most TRAINING_SAMPLE
-    of the source's vectors: an IVF's lists are spherical k-means centroids (assets/kmeans.py,
-    two-level when there are many), then its codes (PQ) train on the same sample. Flat and
-    HNSW need no training."""
+def training_sample(source: Vectors, seed: int = 0) -> np.ndarray:
+    """At most TRAINING_SAMPLE of the source's vectors, drawn at random (one read of each
+    shard that holds one)."""
+    positions = np.random.default_rng(seed).choice(source.count, size=min(source.count, TRAINING_SAMPLE),
+                                                   replace=False)
+    return np.concatenate([vectors for _, vectors in source.chunks(positions)])
+
+
+def train_index(source: Vectors, factory: str, seed: int = 0, sample: np.ndarray | None = None) -> faiss.Index:
+    """An empty index of `factory` over `source.dim` floats, trained on `sample` (default: a
+    training_sample of the source): an IVF's lists are spherical k-means centroids
+    (assets/kmeans.py, two-level when there are many), then its codes (SQ, PQ) train on the
+    same sample. Flat and HNSW need no training."""
     index = faiss.index_factory(source.dim, factory, faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
         return index
-    positions = np.random.default_rng(seed).choice(source.count, size=min(source.count, TRAINING_SAMPLE),
-                                                   replace=False)
-    sample = np.concatenate([vectors for _, vectors in source.chunks(positions)])
+    sample = training_sample(source, seed) if sample is None else sample
     ivf = faiss.extract_index_ivf(index)
     centroids = spherical_kmeans(sample, ivf.nlist, seed)
     if len(centroids) != ivf.nlist:

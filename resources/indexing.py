@@ -13,6 +13,7 @@ its version (see assets/indices.py for what the figures in it mean):
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -112,14 +113,21 @@ def read_faiss(lake: LakeResource, relative: str) -> faiss.Index:
 ON_DISK_FILES = ("populated.index", "lists.ivfdata")  # an IVF whose lists faiss maps from disk
 
 
-def _on_disk_folder(lake: LakeResource, files: str) -> str:
+def _on_disk_folder(lake: LakeResource, folder: str, version: str) -> str:
     """The local folder holding an on-disk index's two files: the lake's own in a local lake,
-    else a cache under the temporary folder, filled once per version."""
+    else a cache under the temporary folder, filled once per version (the index's other
+    cached versions are removed then)."""
+    files = f"{folder}/versions/{version}"
     if lake.is_local():
         return lake.path(files)
-    cache = os.path.join(tempfile.gettempdir(), "clipsieve-indices",
-                         hashlib.sha256(lake.path(files).encode()).hexdigest()[:16])
+    index_cache = os.path.join(tempfile.gettempdir(), "clipsieve-indices",
+                               hashlib.sha256(lake.path(folder).encode()).hexdigest()[:16])
+    cache = os.path.join(index_cache, version)
     if not all(os.path.exists(os.path.join(cache, name)) for name in ON_DISK_FILES):
+        if os.path.isdir(index_cache):
+            for other in os.listdir(index_cache):
+                if other != version:
+                    shutil.rmtree(os.path.join(index_cache, other), ignore_errors=True)
         os.makedirs(cache, exist_ok=True)
         for name in ON_DISK_FILES:
             lake.download(f"{files}/{name}", os.path.join(cache, name))
@@ -137,7 +145,7 @@ def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tup
     if info.get("layout") == "on_disk":
         # The index file names its lists file by the path it was merged at; SAME_DIR looks
         # for it beside the index file instead.
-        local = os.path.join(_on_disk_folder(lake, files), "populated.index")
+        local = os.path.join(_on_disk_folder(lake, folder, info["version"]), "populated.index")
         index = faiss.read_index(local, faiss.IO_FLAG_ONDISK_SAME_DIR)
     elif lake.is_local():  # faiss reads the file itself: no copy of it in memory first
         index = faiss.read_index(lake.path(f"{files}/image.index"))
