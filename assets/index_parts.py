@@ -1,17 +1,22 @@
 """An IVF index built in parts, one per shard, merged into an index whose inverted lists stay
 on disk (faiss's on-disk merge, as autofaiss builds large indices).
 
-    trained/<t>/trained.index             the quantizer (IVF centroids) and codes (PQ), trained
-                                          once on a bounded sample of the members, no vectors
-    trained/<t>/parts/<shard>/<p>.index   one shard's members' codes (no quantizer); <p> digests the
-                                          trained version, the shard's embeddings version and
-                                          its member keys, so an unchanged shard keeps its part
+    trained/<t>/trained.index             the quantizer (IVF centroids) and codes (SQ, PQ),
+                                          trained once on a bounded sample of the members
+    trained/<t>/parts/<shard>/<p>.index   one shard's members' codes and ids (no quantizer);
+                                          <p> digests the trained version, the shard's
+                                          embeddings version, its member keys and its first
+                                          position (ids are positions in index order)
     versions/<v>/populated.index          the parts merged: the trained index, pointing at
     versions/<v>/lists.ivfdata            its lists on disk (row i = member i in index order)
+    versions/<v>/recall_truth.npz         the held-out queries and their exact top 20
 
-A refresh encodes only the shards whose part is missing (new shards, or shards whose members
-or embeddings changed), then merges all parts again: reading and copying codes, no vector
-math. The quantizer is trained again only when it no longer fits, and the metadata says why
+A refresh encodes only the shards whose part is missing (new shards appended at the end,
+or shards whose members or embeddings changed, and the shards after them, whose positions
+moved), then merges all parts again: reading and copying codes, no vector math. A local
+lake's merge writes straight into the new version folder, which index_info.json then names.
+
+The quantizer is trained again only when it no longer fits, and the metadata says why
 (`rebuild_reason`): there is none yet, the member count moved the index to another type
 (another list count or code size), new members lie further from the centroids than the
 training sample did (drift), or the merged index's recall@10 on held-out queries fell
