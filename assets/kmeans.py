@@ -19,6 +19,8 @@ from resources.embedding_files import normalized
 
 TWO_LEVEL_FROM = 1024  # centroids above which training is two-level
 ITERATIONS = 20
+COARSE_POINTS_PER_CENTROID = 256  # the coarse level trains on at most this many vectors a centroid
+CHUNK = 100_000  # vectors made float32 at once to find their coarse cell
 
 
 def _flat_kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -57,15 +59,21 @@ def fine_shares(sizes: np.ndarray, k: int) -> np.ndarray:
 
 
 def spherical_kmeans(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Up to k unit centroids of the unit `vectors` (fewer when there are fewer vectors)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    """Up to k unit centroids of the unit `vectors` (fewer when there are fewer vectors).
+    float16 vectors stay float16 in the two-level path: only a sample for the coarse level and
+    one cell at a time are made float32 (a million 512-d training vectors: 1 GiB, not 2)."""
     if k < TWO_LEVEL_FROM or len(vectors) <= k:
-        return _flat_kmeans(vectors, k, seed)
-    coarse = _flat_kmeans(vectors, int(math.ceil(math.sqrt(k))), seed)
+        return _flat_kmeans(np.ascontiguousarray(vectors, dtype=np.float32), k, seed)
+    coarse_k = int(math.ceil(math.sqrt(k)))
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(vectors), size=min(len(vectors), COARSE_POINTS_PER_CENTROID * coarse_k), replace=False)
+    coarse = _flat_kmeans(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32), coarse_k, seed)
     index = faiss.IndexFlatIP(coarse.shape[1])
     index.add(coarse)
-    cells = index.search(vectors, 1)[1][:, 0]
+    cells = np.concatenate([
+        index.search(np.ascontiguousarray(vectors[start:start + CHUNK], dtype=np.float32), 1)[1][:, 0]
+        for start in range(0, len(vectors), CHUNK)])
     shares = fine_shares(np.bincount(cells, minlength=len(coarse)), k)
-    parts = [_flat_kmeans(vectors[cells == cell], int(share), seed + 1 + cell)
+    parts = [_flat_kmeans(np.ascontiguousarray(vectors[cells == cell], dtype=np.float32), int(share), seed + 1 + cell)
              for cell, share in enumerate(shares) if share > 0]
     return np.concatenate(parts)

@@ -1,6 +1,7 @@
 """Near-duplicates in three steps (centroids, per-shard assignment, pairwise groups) on a
 synthetic pool written in the lake's real formats: equal to brute force, incremental, bounded."""
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,19 @@ def test_clustered_search_equals_brute_force_on_20000_embeddings(eps):
     truth = brute_force_pairs(vectors, eps)
     assert len(truth) > 500  # the planted duplicates, at least
     assert clustered_pairs(vectors, eps, clusters=100, boundary_clusters=DedupSettings().boundary_clusters) == truth
+
+
+def test_many_clusters_are_assigned_through_an_ivf_and_find_the_same_pairs():
+    """5,000 clusters (two-level k-means), each vector's nearest found through an IVF over the
+    centroids: the same nearest as exact search, the same pairs as brute force."""
+    data = synthetic_shard(PoolSpec(per_shard=20_000, dim=512, topics=100, seed=3), 0)
+    vectors = data.image.astype(np.float16).astype(np.float32)
+    trained = centroids.train_centroids(vectors, 5_000, seed=0)
+    index = assignment.centroid_index(trained)
+    assert len(trained) == 5_000 and isinstance(index, faiss.IndexIVFFlat)
+    _, found = index.search(vectors, 1)
+    assert np.mean(found[:, 0] == (vectors @ trained.T).argmax(axis=1)) > 0.99
+    assert clustered_pairs(vectors, 0.1, clusters=5_000, boundary_clusters=1) == brute_force_pairs(vectors, 0.1)
 
 
 def test_boundary_visits_find_the_pairs_a_cluster_boundary_splits():

@@ -2,8 +2,9 @@
 
 Trained on at most `max_training_samples` vectors drawn evenly from every shard (one shard
 read at a time), so memory and time do not grow with the pool. The number of clusters is
-the pool size over the target cluster size, at most the training sample over 39 (fewer
-training vectors per centroid than that and faiss warns the centroids are unreliable).
+the pool size over the target cluster size, at most the training sample over 20; past
+1,024 clusters the k-means is two-level (assets/kmeans.py), so tens of thousands of
+clusters train in seconds.
 The centroids are kept while they still fit the pool (same model and settings, the pool
 within half to twice the size they were trained for): a new shard is then assigned alone,
 against the same centroids, and nothing already assigned changes.
@@ -20,7 +21,7 @@ from resources.lake import LakeResource, dedup_dir, prune_versions
 
 CODE_VERSION = "1"
 REGROW_FACTOR = 2.0  # retrain once the pool has grown (or shrunk) this much since training
-MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training vectors per centroid
+MIN_POINTS_PER_CENTROID = 20  # training vectors per centroid, at least (two-level k-means fits each cell's share)
 TRAINING_SETTINGS = ("cluster_size", "max_training_samples", "seed")
 
 
@@ -37,7 +38,8 @@ def shard_sizes(lake: LakeResource, model_id: str, shards: list[str]) -> dict[st
 
 def training_sample(lake: LakeResource, model_id: str, sizes: dict[str, int], limit: int,
                     seed: int) -> np.ndarray:
-    """Up to `limit` normalized image embeddings, each shard giving its share of the pool."""
+    """Up to `limit` normalized image embeddings (float16), each shard giving its share of
+    the pool."""
     total = sum(sizes.values())
     rng = np.random.default_rng(seed)
     chunks = []
@@ -47,16 +49,17 @@ def training_sample(lake: LakeResource, model_id: str, sizes: dict[str, int], li
             continue
         _, image = load_image_embeddings(lake, shard, model_id)
         rows = np.sort(rng.choice(len(image), size=min(take, len(image)), replace=False))
-        chunks.append(normalized(image[rows]))
+        chunks.append(normalized(image[rows]).astype(np.float16))  # as stored: half the memory
     dim = chunks[0].shape[1] if chunks else 1
-    return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)
 
 
 def train_centroids(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k unit centroids by spherical k-means (assets/kmeans.py; one centroid, the normalized
     mean, when k is 1)."""
     if k <= 1 or len(vectors) <= k:
-        mean = vectors.mean(axis=0, keepdims=True) if len(vectors) else np.ones((1, vectors.shape[1]), np.float32)
+        mean = vectors.astype(np.float32).mean(axis=0, keepdims=True) if len(vectors) else \
+            np.ones((1, vectors.shape[1]), np.float32)
         return normalized(mean)
     return spherical_kmeans(vectors, k, seed)
 
