@@ -25,7 +25,7 @@ from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
 from resources.clip_model import ClipModelResource
-from resources.embedding_files import load_embeddings
+from resources.embedding_files import load_image_embeddings
 from resources.heads import HeadChoice, HeadsResource
 from resources.lake import LakeResource
 
@@ -37,49 +37,48 @@ EVALUATION_PATH = "evaluation/metrics.json"
 class FilterSpec:
     name: str
     column: str
-    keep: str  # how a policy keeps a sample: "at_least", "below" or "at_most" the threshold
     policy: str  # the policy whose parameter is the threshold
     parameter: str
     defects: tuple[str, ...]
 
 
 FILTERS = (
-    FilterSpec("clip_similarity", "similarity", "at_least", "laion400m", "min_similarity", ("mismatched_caption",)),
-    FilterSpec("nsfw", "punsafe", "below", "safe", "max_punsafe", ("unsafe",)),
-    FilterSpec("watermark", "pwatermark", "below", "safe", "max_pwatermark", ("watermark",)),
-    FilterSpec("toxicity", "toxicity", "below", "safe", "max_toxicity", ("toxic_caption",)),
-    FilterSpec("language", "english", "at_least", "laion2b_en", "language", ("non_english",)),
-    FilterSpec("caption_words", "caption_words", "at_least", "datacomp_basic", "min_words", ("junk_caption",)),
-    FilterSpec("min_side", "min_side", "at_least", "datacomp_basic", "min_side", ("small_image",)),
-    FilterSpec("aspect_ratio", "aspect_ratio", "at_most", "datacomp_basic", "max_aspect_ratio", ("extreme_aspect",)),
-    FilterSpec("near_duplicates", "duplicate", "below", "safe", "", ("exact_duplicate", "near_duplicate")),
+    FilterSpec("clip_similarity", "similarity", "laion400m", "min_similarity", ("mismatched_caption",)),
+    FilterSpec("nsfw", "punsafe", "safe", "max_punsafe", ("unsafe",)),
+    FilterSpec("watermark", "pwatermark", "safe", "max_pwatermark", ("watermark",)),
+    FilterSpec("toxicity", "toxicity", "safe", "max_toxicity", ("toxic_caption",)),
+    FilterSpec("language", "english", "laion2b_en", "language", ("non_english",)),
+    FilterSpec("caption_words", "caption_words", "datacomp_basic", "min_words", ("junk_caption",)),
+    FilterSpec("min_side", "min_side", "datacomp_basic", "min_side", ("small_image",)),
+    FilterSpec("aspect_ratio", "aspect_ratio", "datacomp_basic", "max_aspect_ratio", ("extreme_aspect",)),
+    FilterSpec("near_duplicates", "duplicate", "safe", "", ("exact_duplicate", "near_duplicate")),
 )
 
 
 # The head filters measured per kind of head: the FILTERS entry each one is read like.
 HEAD_FILTERS = {"nsfw": "nsfw", "watermark": "watermark"}
 # What `evaluate` needs to measure each kind of head: a function writing each kind's scores
-# into a folder (see head_scores), and the HeadChoice behind each.
+# into a folder at each kind's threshold (see head_scores), and the HeadChoice behind each.
 HeadKinds = tuple[Callable[[Catalog, str, dict[str, Any]], ds.Dataset], dict[str, HeadChoice]]
 HEAD_SCHEMA = pa.schema([("filter", pa.string()), ("shard", pa.string()), ("key", pa.string()),
                          ("value", pa.float64()), ("threshold", pa.float64())])
 
 
-def head_scores(lake: LakeResource, model_id: str, catalog: Catalog, scorers: dict[str, FilterSpec],
-                predictors: dict[str, Scorer], thresholds: dict[str, Any], scratch: str) -> ds.Dataset:
+def head_scores(lake: LakeResource, model_id: str, catalog: Catalog, predictors: dict[str, Scorer],
+                thresholds: dict[str, Any], scratch: str) -> ds.Dataset:
     """Every kind of head's score of every pooled sample, from the shards' stored image
     embeddings, written a shard at a time into `scratch` (filter, shard, key, value,
-    threshold); the files as one dataset."""
+    threshold; `predictors` and `thresholds` by kind); the files as one dataset."""
     shards = catalog.query(read_sql("evaluation/pool_shards.sql")).column("shard").to_pylist()
     for shard in shards:
-        keys, image, _ = load_embeddings(lake, shard, model_id)
+        keys, image = load_image_embeddings(lake, shard, model_id)
         parts = []
-        for name, spec in scorers.items():
-            threshold = thresholds.get(spec.name)
+        for name, predictor in predictors.items():
+            threshold = thresholds.get(name)
             parts.append(pa.table({
                 "filter": pa.array([name] * len(keys), pa.string()), "shard": keys.column("shard"),
                 "key": keys.column("key"),
-                "value": pa.array(predictors[name].predict(image) if len(image) else [], pa.float64()),
+                "value": pa.array(predictor.predict(image) if len(image) else [], pa.float64()),
                 "threshold": pa.array([None if threshold is None else float(threshold)] * len(keys), pa.float64()),
             }, schema=HEAD_SCHEMA))
         pq.write_table(pa.concat_tables(parts) if parts else HEAD_SCHEMA.empty_table(),
@@ -114,7 +113,8 @@ def evaluate(catalog: Catalog, truth: ds.Dataset, policies: list[Policy],
     try:
         with tempfile.TemporaryDirectory(prefix="clipsieve-evaluation-") as scratch:
             connection.execute(read_sql("evaluation/pool.sql"))
-            heads = head_kinds[0](catalog, scratch, thresholds) if head_kinds else HEAD_SCHEMA.empty_table()
+            kind_thresholds = {column: thresholds[spec.name] for column, spec in variants.items()}
+            heads = head_kinds[0](catalog, scratch, kind_thresholds) if head_kinds else HEAD_SCHEMA.empty_table()
             connection.register("head_scores", heads)
             figures = catalog.query(read_sql("evaluation/filters.sql"), {
                 "language": params.get("laion2b_en", {}).get("language"),
@@ -151,10 +151,8 @@ def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: Cl
     choices = {f"{choice.name}/{choice.kind}": choice for name in HEAD_FILTERS
                for choice in heads.choices(name, clip.embedding_dim)}
     predictors = {column: load_scorer(choice, clip) for column, choice in choices.items()}
-    specs = {spec.name: spec for spec in FILTERS}
-    scorers = {column: specs[HEAD_FILTERS[choice.name]] for column, choice in choices.items()}
-    return (lambda catalog, scratch, thresholds: head_scores(lake, model_id, catalog, scorers, predictors,
-                                                             thresholds, scratch)), choices
+    return (lambda catalog, scratch, thresholds: head_scores(lake, model_id, catalog, predictors, thresholds,
+                                                             scratch)), choices
 
 
 def read_truth(path: str) -> ds.Dataset:

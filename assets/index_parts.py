@@ -43,7 +43,8 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from assets.index_vectors import ArrayVectors, MemberGroup, MemberVectors
 from assets.indices import (
-    DRIFT_TOLERANCE,
+    centroid_similarity,
+    drift_reason,
     exact_top,
     held_out_queries,
     merge_top,
@@ -94,16 +95,6 @@ def _train(lake: LakeResource, folder: str, source: Vectors, factory: str, reaso
     return index, {"version": version, "factory": factory, "dim": source.dim, "members": source.count,
                    "reason": reason, "seconds": round(time.perf_counter() - started, 2),
                    "centroid_similarity": similarity}
-
-
-def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray) -> float | None:
-    """Mean similarity of the vectors at `positions` to their nearest list centroid."""
-    ivf = faiss.extract_index_ivf(index)
-    total, count = 0.0, 0
-    for _, vectors in source.chunks(positions):
-        total += float(ivf.quantizer.search(vectors, 1)[0].sum())
-        count += len(vectors)
-    return total / count if count else None
 
 
 def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: str, source: Vectors,
@@ -173,12 +164,10 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
         else:
             trained, record = _train(lake, folder, source, factory, reason, seed)
         parts, encoded = _fill_parts(lake, folder, trained, record["version"], source, log)
-        if reason is None and len(encoded) and record.get("centroid_similarity") is not None:
+        if reason is None and len(encoded):
             sample = encoded[np.random.default_rng(seed).choice(len(encoded), min(len(encoded), 20_000), False)]
-            fresh = _centroid_similarity(trained, source, sample)
-            if fresh < record["centroid_similarity"] - DRIFT_TOLERANCE:
-                reason = (f"drift: new members' centroid similarity {fresh:.3f} vs "
-                          f"{record['centroid_similarity']:.3f} at training")
+            reason = drift_reason(record.get("centroid_similarity"), centroid_similarity(trained, source, sample))
+            if reason:
                 continue
         queries, scores, positions, truth_mode = _truth(lake, folder, old, source, groups, settings, seed)
         # Named by what it is made of and how it is tuned: the same inputs, the same folder.

@@ -182,7 +182,7 @@ def _measure(index: faiss.Index, factory: str, source: Vectors, queries: np.ndar
     return tune(index, factory, queries, exact_top(source, queries, 2 * k), settings.target_recall, k)
 
 
-def _centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray | None = None) -> float | None:
+def centroid_similarity(index: faiss.Index, source: Vectors, positions: np.ndarray | None = None) -> float | None:
     """Mean similarity of the vectors (at `positions`, default all) to their nearest IVF
     centroid (None for other index types)."""
     ivf = faiss.try_extract_index_ivf(index)
@@ -251,12 +251,20 @@ def build_index(source: Vectors | np.ndarray, queries: np.ndarray, settings: Ind
         "build_seconds": round(build_seconds, 4),
         "recall_at_10": recall,
         "recall_queries": int(len(queries)),
-        "centroid_similarity": _centroid_similarity(index, source),
+        "centroid_similarity": centroid_similarity(index, source),
         "build_mode": "rebuilt",
     }
 
 
 DRIFT_TOLERANCE = 0.05  # new vectors this much further from their IVF centroids than at training: retrain
+
+
+def drift_reason(trained: float | None, fresh: float | None) -> str | None:
+    """Why new vectors need the IVF retrained (their mean similarity to their nearest centroid,
+    `fresh`, fell well below the training vectors', `trained`), or None."""
+    if trained is None or fresh is None or fresh >= trained - DRIFT_TOLERANCE:
+        return None
+    return f"drift: new vectors' centroid similarity {fresh:.3f} vs {trained:.3f} at training"
 
 
 def update_index(previous: tuple[faiss.Index, pa.Table, dict] | None, source: Vectors, queries: np.ndarray,
@@ -286,10 +294,10 @@ def update_index(previous: tuple[faiss.Index, pa.Table, dict] | None, source: Ve
             reason = f"index type changes to {factory}"
         else:
             added = np.array([i for i, member in enumerate(now) if member not in old], np.int64)
-            trained = old_info.get("centroid_similarity")
-            fresh = _centroid_similarity(index, source, added) if len(added) else None
-            if trained is not None and fresh is not None and fresh < trained - DRIFT_TOLERANCE:
-                reason = f"drift: new vectors' centroid similarity {fresh:.3f} vs {trained:.3f} at training"
+            fresh = centroid_similarity(index, source, added) if len(added) else None
+            drift = drift_reason(old_info.get("centroid_similarity"), fresh)
+            if drift:
+                reason = drift
             else:
                 started = time.perf_counter()
                 order = []

@@ -44,12 +44,6 @@ class IndexSettings:
     queries: int = 500
 
 
-def _digest_file(path: str, digest) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-
-
 def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str, str], keys: pa.Table,
                  info: dict, extra: dict[str, str] | None = None) -> dict:
     """Upload the local index `files` and `extra` files (lake name: local path) and the row keys
@@ -78,7 +72,9 @@ def write_index(lake: LakeResource, folder: str, index: faiss.Index, keys: pa.Ta
         local = os.path.join(tmp, "image.index")
         faiss.write_index(index, local)
         digest = hashlib.sha256()
-        _digest_file(local, digest)
+        with open(local, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
         digest.update("\n".join(f"{shard}/{key}" for shard, key in zip(keys.column("shard").to_pylist(),
                                                                        keys.column("key").to_pylist())).encode())
         return commit_index(lake, folder, digest.hexdigest()[:16], {"image.index": local}, keys,
