@@ -23,7 +23,7 @@ KEEP_RULES = ("first", "hard", "easy", "random")
 @dataclass(frozen=True)
 class DedupSettings:
     cluster_size: int = 200
-    max_training_samples: int = 100_000
+    max_training_samples: int = 1_000_000
     eps: float = 0.1
     min_thumbnail_correlation: float = 0.975
     boundary_clusters: int = 1
@@ -49,10 +49,10 @@ class DedupResource(ConfigurableResource):
 
     cluster_size: int = Field(default=200, description="Target samples per k-means cluster: the number of "
                               "clusters is the pool size over this. Pairwise work grows with it.")
-    max_training_samples: int = Field(default=100_000, description="k-means trains on at most this many "
-                                      "pool samples (drawn evenly from every shard; float16), whatever the pool "
-                                      "size; it places at most 1/39 as many clusters (beyond, clusters grow). "
-                                      "More clusters make the pairwise step cheaper and the assignment dearer.")
+    max_training_samples: int = Field(default=1_000_000, description="k-means trains on at most this many "
+                                      "pool samples (drawn evenly from every shard; float16: 1 KiB each at "
+                                      "512-d), whatever the pool size; it places at most 1/20 as many clusters "
+                                      "(beyond, clusters grow and the pairwise step does more per sample).")
     eps: float = Field(default=0.1, description="Pairs with cosine >= 1 - eps are candidates (SemDeDup's epsilon). "
                        "The assignment's boundary visits use it too: after raising it, materialize "
                        "dedup_assignment again for every shard.")

@@ -1,13 +1,13 @@
 """Near-duplicates in three steps (centroids, per-shard assignment, pairwise groups) on a
 synthetic pool written in the lake's real formats: equal to brute force, incremental, bounded."""
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from assets.dedup import assignment, centroids, near_duplicates
+from assets.dedup.nearest import CentroidSearch
 from assets.dedup.pairs import brute_force_pairs, cluster_pairs
 from assets.demo.synthetic_pool import PoolSpec, shard_name, synthetic_shard, write_synthetic_shard
 from assets.scores.common import write_scores
@@ -37,17 +37,32 @@ def test_clustered_search_equals_brute_force_on_20000_embeddings(eps):
     assert clustered_pairs(vectors, eps, clusters=100, boundary_clusters=DedupSettings().boundary_clusters) == truth
 
 
-def test_many_clusters_are_assigned_through_an_ivf_and_find_the_same_pairs():
-    """5,000 clusters (two-level k-means), each vector's nearest found through an IVF over the
-    centroids: the same nearest as exact search, the same pairs as brute force."""
+def test_many_clusters_are_searched_in_two_levels_and_find_the_same_pairs():
+    """5,000 clusters (two-level k-means), each vector's nearest found by the two-level search
+    over the centroids: nearly always the exact nearest, and the same pairs as brute force."""
     data = synthetic_shard(PoolSpec(per_shard=20_000, dim=512, topics=100, seed=3), 0)
     vectors = data.image.astype(np.float16).astype(np.float32)
     trained = centroids.train_centroids(vectors, 5_000, seed=0)
-    index = assignment.centroid_index(trained)
-    assert len(trained) == 5_000 and isinstance(index, faiss.IndexIVFFlat)
-    _, found = index.search(vectors, 1)
-    assert np.mean(found[:, 0] == (vectors @ trained.T).argmax(axis=1)) > 0.99
+    search = CentroidSearch(trained)
+    assert len(trained) == 5_000 and search.two_level
+    similarity, found = search.search(vectors, 2)
+    exact = np.argsort(-(vectors @ trained.T), axis=1)[:, :2]
+    assert np.mean(found[:, 0] == exact[:, 0]) > 0.98
+    assert np.all(similarity[:, 0] >= similarity[:, 1])
+    np.testing.assert_allclose(similarity[:, 0], np.einsum("ij,ij->i", vectors, trained[found[:, 0]]), rtol=1e-5)
     assert clustered_pairs(vectors, 0.1, clusters=5_000, boundary_clusters=1) == brute_force_pairs(vectors, 0.1)
+
+
+def test_the_exact_search_returns_the_most_similar_centroids_in_order():
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((1_000, 16)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    search = CentroidSearch(points[:50])
+    assert not search.two_level
+    similarity, found = search.search(points, 3)
+    exact = np.argsort(-(points @ points[:50].T), axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(found, exact)
+    assert found.dtype == np.int64 and similarity.shape == (1_000, 3)
 
 
 def test_boundary_visits_find_the_pairs_a_cluster_boundary_splits():

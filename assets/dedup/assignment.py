@@ -18,15 +18,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
+from assets.dedup.nearest import CentroidSearch
 from resources.dedup import DedupSettings
 from resources.embedding_files import load_image_embeddings, normalized
 from resources.lake import LakeResource, assignment_dir, prune_versions, with_metadata
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 ASSIGNMENT_KEY = "clipsieve.dedup_assignment"  # Parquet metadata: {"version", "centroids", "eps", ...}
 
 
@@ -37,48 +37,25 @@ class Assignment:
     visits: np.ndarray  # int64 (m, 2): (sample row, cluster) of each boundary visit
 
 
-IVF_FROM = 4096  # centroids from which each vector's nearest are found through an IVF over them
-PROBES = 16  # of the IVF's ~sqrt(k) lists, searched per vector
+_searches: dict[str, CentroidSearch] = {}  # one per process: the centroids' version -> their search
 
 
-def centroid_index(centroids: np.ndarray, seed: int = 0) -> faiss.Index:
-    """An inner-product index over the centroids: exact search for fewer than IVF_FROM, else
-    an IVF over them (about sqrt(k) lists, PROBES searched), which finds the nearest of tens
-    of thousands of centroids at about a twentieth of the cost; a vector whose true nearest
-    is missed goes to the next nearest, and its pairs are still met through boundary visits."""
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    dim = centroids.shape[1]
-    if len(centroids) < IVF_FROM:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        lists = int(np.sqrt(len(centroids)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(centroids)
-        index.nprobe = PROBES
-    index.add(centroids)
-    return index
-
-
-_indices: dict[str, faiss.Index] = {}  # one per process: the centroids' version -> their index
-
-
-def cached_centroid_index(centroids: np.ndarray, version: str) -> faiss.Index:
-    """centroid_index, built once per process for a version of the centroids (a run assigns
-    many shards against the same ones)."""
-    if version not in _indices:
-        _indices.clear()
-        _indices[version] = centroid_index(centroids)
-    return _indices[version]
+def cached_centroid_search(centroids: np.ndarray, version: str) -> CentroidSearch:
+    """The centroids' search (assets/dedup/nearest.py), built once per process for a version
+    of the centroids (a run assigns many shards against the same ones)."""
+    if version not in _searches:
+        _searches.clear()
+        _searches[version] = CentroidSearch(centroids)
+    return _searches[version]
 
 
 def assign(vectors: np.ndarray, centroids: np.ndarray, eps: float, boundary_clusters: int,
-           index: faiss.Index | None = None) -> Assignment:
+           search: CentroidSearch | None = None) -> Assignment:
     """Nearest centroid of each unit vector, and the neighbouring clusters it visits
-    (`index`: centroid_index of the centroids, when the caller keeps one)."""
-    index = index if index is not None else centroid_index(centroids)
-    nearest = min(len(centroids), 1 + max(0, boundary_clusters))
-    similarity, cluster = index.search(np.ascontiguousarray(vectors, dtype=np.float32), nearest)
+    (`search`: the centroids' CentroidSearch, when the caller keeps one)."""
+    search = search if search is not None else CentroidSearch(centroids)
+    similarity, cluster = search.search(vectors, 1 + max(0, boundary_clusters))
+    nearest = cluster.shape[1]
     visits = np.zeros((0, 2), np.int64)
     if nearest > 1 and len(vectors):
         gap = np.linalg.norm(centroids[cluster[:, :1]] - centroids[cluster[:, 1:]], axis=2)
@@ -104,7 +81,7 @@ def assign_shard(lake: LakeResource, shard: str, model_id: str, centroids: np.nd
     keys, image = load_image_embeddings(lake, shard, model_id)
     vectors = normalized(image)
     result = assign(vectors, centroids, settings.eps, settings.boundary_clusters,
-                    cached_centroid_index(centroids, centroids_version))
+                    cached_centroid_search(centroids, centroids_version))
     rows = cluster_order(result)
     ordered = vectors[rows[:, 1]].astype(np.float16)
     digest = hashlib.sha256(ordered.tobytes() + rows.tobytes() + centroids_version.encode())

@@ -2,7 +2,7 @@
 
 Trained on at most `max_training_samples` vectors drawn evenly from every shard (one shard
 read at a time), so memory and time do not grow with the pool. The number of clusters is
-the pool size over the target cluster size, at most the training sample over 39; past
+the pool size over the target cluster size, at most the training sample over 20; past
 1,024 clusters the k-means is two-level (assets/kmeans.py), so tens of thousands of
 clusters train in seconds.
 The centroids are kept while they still fit the pool (same model and settings, the pool
@@ -21,7 +21,7 @@ from resources.lake import LakeResource, dedup_dir, prune_versions
 
 CODE_VERSION = "1"
 REGROW_FACTOR = 2.0  # retrain once the pool has grown (or shrunk) this much since training
-MIN_POINTS_PER_CENTROID = 39  # training vectors per centroid, at least (faiss's own minimum)
+MIN_POINTS_PER_CENTROID = 20  # training vectors per centroid, at least
 TRAINING_SETTINGS = ("cluster_size", "max_training_samples", "seed")
 
 
