@@ -1,4 +1,4 @@
-"""An IVF index built in parts, one per shard, merged into an index whose inverted lists stay
+"""An IVF index built in parts, one per shard, merged into segments whose inverted lists stay
 on disk (faiss's on-disk merge, as autofaiss builds large indices).
 
     trained/<t>/trained.index             the quantizer (IVF centroids) and codes (SQ, PQ),
@@ -7,27 +7,32 @@ on disk (faiss's on-disk merge, as autofaiss builds large indices).
                                           <p> digests the trained version, the shard's
                                           embeddings version, its member keys and its first
                                           position (ids are positions in index order)
-    versions/<v>/populated.index          the parts merged: the trained index, pointing at
-    versions/<v>/lists.ivfdata            its lists on disk (row i = member i in index order)
+    trained/<t>/segments/<s>/populated.index   a run of parts merged: the trained index,
+    trained/<t>/segments/<s>/lists.ivfdata     pointing at its lists on disk
     versions/<v>/recall_truth.npz         the held-out queries and their exact top 20
 
 A refresh encodes only the shards whose part is missing (new shards appended at the end,
 or shards whose members or embeddings changed, and the shards after them, whose positions
-moved), then merges all parts again: reading and copying codes, no vector math. A local
-lake's merge writes straight into the new version folder, which index_info.json then names.
+moved). The index is one or two segments: a base, and the parts appended since it was
+merged as a tail segment, merged again on each refresh while it holds at most `TAIL_SHARE`
+of the base's members; past that (or when a part of the base changed) every part is merged
+into one new base. A shard added to a large index so costs its own codes, not a copy of
+all of them. Search stacks the segments' lists (resources/indexing.py `open_segments`).
 
 The quantizer is trained again only when it no longer fits, and the metadata says why
 (`rebuild_reason`): there is none yet, the member count moved the index to another type
 (another list count or code size), new members lie further from the centroids than the
-training sample did (drift), or the merged index's recall@10 on held-out queries fell
-below the target with the best search parameters tried, where it reached the target when
-the quantizer was trained (an index whose codes never reach it, as product codes may not,
-is not retrained on every refresh for it).
+training sample did (drift), or the index's recall@10 on held-out queries fell below the
+target with the best search parameters tried, where it reached the target when the
+quantizer was trained (an index whose codes never reach it, as product codes may not, is
+not retrained on every refresh for it).
 
 Recall is measured against exact search over all members. The held-out queries and their
 exact top 20 are kept with each version (recall_truth.npz); when the members only grew at
 the end (new shards after the old ones), the truth is updated with the new members alone
-instead of searching everything again.
+instead of searching everything again, and recall is measured again (and the search
+parameters re-tuned, from the last ones up) once the members have grown `RECHECK_GROWTH`
+since it was last measured: `recall_members` says at how many.
 """
 
 import hashlib
@@ -52,11 +57,22 @@ from assets.indices import (
     training_sample,
     tune,
 )
-from resources.indexing import IndexSettings, commit_index, local_file, read_faiss, write_faiss
+from resources.indexing import (
+    ON_DISK_FILES,
+    IndexSettings,
+    commit_index,
+    local_file,
+    open_segments,
+    read_faiss,
+    segment_folders,
+    write_faiss,
+)
 from resources.lake import LakeResource, prune_versions
 
 Vectors = ArrayVectors | MemberVectors
 TRUTH_DEPTH = 20  # exact neighbours kept per held-out query: recall@10 with room for ties
+TAIL_SHARE = 0.1  # the newest parts stay a segment apart while they hold at most this share of the base
+RECHECK_GROWTH = 0.05  # recall is measured again once the members grew this much since it last was
 
 
 def _digest(*parts: str) -> str:
@@ -124,11 +140,37 @@ def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: 
     return paths, np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
 
 
-def _merge(lake: LakeResource, trained: faiss.Index, parts: list[str], out: str, scratch: str) -> None:
-    """Merge the parts into out/populated.index + out/lists.ivfdata (ids: positions in order)."""
+def plan_segments(parts: list[str], counts: list[int], old: dict | None, trained: str) -> list[tuple[int, int]]:
+    """The [start, stop) part ranges of the segments: the old base and a tail of the parts after
+    it, while the base's parts are unchanged and the tail holds at most TAIL_SHARE of its
+    members; else every part in one."""
+    if old and (old.get("trained") or {}).get("version") == trained and old.get("segments"):
+        stop = old["segments"][0]["parts"][1]
+        if 0 < stop <= len(parts) and old.get("parts", [])[:stop] == parts[:stop] \
+                and sum(counts[stop:]) <= TAIL_SHARE * sum(counts[:stop]):
+            return [(0, stop)] + ([(stop, len(parts))] if stop < len(parts) else [])
+    return [(0, len(parts))]
+
+
+def _merge_segment(lake: LakeResource, folder: str, trained: faiss.Index, version: str, parts: list[str],
+                   scratch: str) -> str:
+    """The segment of `parts` (merging them unless it exists); its path under `folder`."""
+    segment = f"trained/{version}/segments/{_digest(version, *parts)}"
+    if lake.exists(f"{folder}/{segment}/populated.index"):
+        return segment
+    # A local lake's segment is merged in place; another lake's in the local cache search
+    # opens, then uploaded (the index file last: a segment is whole once it exists).
+    out = segment_folders(lake, folder, [segment], download=False)[0]
+    shutil.rmtree(out, ignore_errors=True)  # left by a merge that stopped half way
+    os.makedirs(out)
     index = faiss.clone_index(trained)
     merge_ondisk(index, [local_file(lake, p, scratch) for p in parts], os.path.join(out, "lists.ivfdata"))
     faiss.write_index(index, os.path.join(out, "populated.index"))
+    del index
+    if not lake.is_local():
+        for name in ("lists.ivfdata", "populated.index"):
+            lake.write_file(f"{folder}/{segment}/{name}", os.path.join(out, name))
+    return segment
 
 
 def _truth(lake: LakeResource, folder: str, old: dict | None, source: Vectors, groups: list[MemberGroup],
@@ -179,55 +221,63 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             lake.write_json(f"{folder}/index_info.json", committed)
             return committed
         with tempfile.TemporaryDirectory() as tmp:
-            # A local lake's version folder is merged into directly (it is not read until
-            # index_info.json names it); another lake's is uploaded from a local folder.
-            out = lake.path(f"{folder}/versions/{version}") if lake.is_local() else tmp
-            if lake.is_local():
-                shutil.rmtree(out, ignore_errors=True)  # left by a run that stopped before its commit
-                os.makedirs(out)
-            _merge(lake, trained, parts, out, tmp)
-            index = faiss.read_index(os.path.join(out, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
-            k = min(10, source.count)
-            params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k,
-                                  start=None if reason else (old or {}).get("search_params"))
+            ranges = plan_segments(parts, [g.count for g in groups], old if reason is None else None,
+                                   record["version"])
+            segments = [{"folder": _merge_segment(lake, folder, trained, record["version"], parts[a:b], tmp),
+                         "parts": [a, b], "count": sum(g.count for g in groups[a:b])} for a, b in ranges]
+            index = open_segments(segment_folders(lake, folder, [s["folder"] for s in segments]))
+            measured_at = (old or {}).get("recall_members", 0)
+            if reason is None and truth_mode == "extended" and source.count <= measured_at * (1 + RECHECK_GROWTH) \
+                    and old.get("target_recall") == settings.target_recall:
+                # Grown by a little at the end: the last measured recall and parameters stand.
+                params, recall = old["search_params"], old["recall_at_10"]
+            else:
+                k, measured_at = min(10, source.count), source.count
+                params, recall = tune(index, factory, queries, (scores, positions), settings.target_recall, k,
+                                      start=None if reason else (old or {}).get("search_params"))
             if reason is None and recall < settings.target_recall <= record.get("recall_at_10", 0.0):
                 reason = (f"recall@10 fell to {recall:.3f}, below the target {settings.target_recall}, with the "
                           f"index trained on {record['members']} members")
                 del index
-                if lake.is_local():
-                    shutil.rmtree(out, ignore_errors=True)
                 continue
             if reason is not None:  # what the fresh quantizer reached: a later fall below the target retrains
                 record = {**record, "recall_at_10": recall}
             np.savez(os.path.join(tmp, "recall_truth.npz"), queries=queries, scores=scores, positions=positions)
+            files = [lake.path(f"{folder}/{s['folder']}/{name}") for s in segments for name in ON_DISK_FILES] \
+                if lake.is_local() else []
             info = {
                 "factory": factory, "search_params": params, "metric": "inner_product", "layout": "on_disk",
                 "count": int(index.ntotal), "dim": int(source.dim), "recall_at_10": recall,
-                "recall_queries": int(len(queries)), "recall_truth": truth_mode,
+                "recall_queries": int(len(queries)), "recall_truth": truth_mode, "recall_members": measured_at,
+                "target_recall": settings.target_recall,
                 "build_seconds": round(time.perf_counter() - started, 4),
                 "build_mode": "rebuilt" if reason else "grown", "encoded": int(len(encoded)),
-                "parts": parts, "trained": record, "centroid_similarity": record["centroid_similarity"],
+                "parts": parts, "segments": segments, "trained": record,
+                "centroid_similarity": record["centroid_similarity"],
                 "groups": [[g.shard, g.version, g.count] for g in groups],
+                **({"memory_bytes": sum(os.path.getsize(f) for f in files)} if files else {}),
                 **({"rebuild_reason": reason} if reason else {}), **(extra_info or {}),
             }
-            del index  # the lists file is mapped while the index lives
-            committed = commit_index(lake, folder, version, {
-                "populated.index": os.path.join(out, "populated.index"),
-                "lists.ivfdata": os.path.join(out, "lists.ivfdata")}, source.keys(), info,
-                extra={"recall_truth.npz": os.path.join(tmp, "recall_truth.npz")})
+            del index  # the lists files are mapped while the index lives
+            committed = commit_index(lake, folder, version, {}, source.keys(), info,
+                                     extra={"recall_truth.npz": os.path.join(tmp, "recall_truth.npz")})
         _prune(lake, folder, committed, old)
         return committed
     raise AssertionError("a freshly trained index is not checked again")  # the loop returns on its second pass
 
 
 def _prune(lake: LakeResource, folder: str, committed: dict, old: dict | None) -> None:
-    """Remove trained indices and parts that neither the committed nor the previous index uses."""
+    """Remove trained indices, parts and segments that neither the committed nor the previous
+    index uses."""
     kept = {committed["trained"]["version"], ((old or {}).get("trained") or {}).get("version")}
     prune_versions(lake, f"{folder}/trained", {v for v in kept if v})
     trained = committed["trained"]["version"]
     wanted = set(committed["parts"])
+    segments = {s["folder"].rsplit("/", 1)[1] for s in committed["segments"]}
     if old and (old.get("trained") or {}).get("version") == trained:
         wanted |= set(old.get("parts", []))
+        segments |= {s["folder"].rsplit("/", 1)[1] for s in old.get("segments", [])}
     for path in lake.glob(f"{folder}/trained/{trained}/parts/*/*.index"):
         if path not in wanted:
             lake.remove(path)
+    prune_versions(lake, f"{folder}/trained/{trained}/segments", segments)

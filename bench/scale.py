@@ -99,17 +99,43 @@ class AnonymousPeak:
         return round(self.peak / 1024)
 
 
-def measured(name: str, lake: str, shards: list[str], settings: dict) -> dict:
-    """Run a step in a child process; its wall seconds, peak RSS and figures."""
+def memory_cgroup(limit_mib: int) -> Path | None:
+    """A fresh memory cgroup (v1 or v2) under this process's own, limited to `limit_mib`, or
+    None where the machine does not let the bench make one. A step run inside it must fit:
+    its anonymous memory and the page cache of the files it reads and maps are charged to it,
+    and the kernel reclaims the cache (or kills the step) at the limit."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, limit_file = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes"
+            break
+        if number == "0" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            base, limit_file = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"
+    else:
+        return None
+    group = base / f"clipsieve-scale-{os.getpid()}"
+    try:
+        group.mkdir(exist_ok=True)
+        (group / limit_file).write_text(str(limit_mib * 2**20))
+    except OSError:
+        return None
+    return group
+
+
+def measured(name: str, lake: str, shards: list[str], settings: dict, cgroup: Path | None = None) -> dict:
+    """Run a step in a child process (inside `cgroup`, if given); its wall seconds, peak RSS
+    and figures."""
     started = time.perf_counter()
+    enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
     child = subprocess.Popen([sys.executable, __file__, "--step", name, "--lake", lake, "--settings",
                               json.dumps(settings), "--shards", ",".join(shards)],
-                             cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             cwd=REPO, stdout=subprocess.PIPE, text=True, preexec_fn=enter,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     out, _ = child.communicate()
     seconds = time.perf_counter() - started
     if child.returncode:
-        raise SystemExit(f"step {name} failed ({child.returncode})")
+        raise SystemExit(f"step {name} failed ({child.returncode}"
+                         f"{': killed at the memory limit?' if cgroup and child.returncode < 0 else ''})")
     figures = json.loads(out.strip().splitlines()[-1])
     return {"step": name, "seconds": round(seconds, 1), "peak_rss_mib": figures.pop("_peak_rss_mib"),
             "peak_anon_mib": figures.pop("_peak_anon_mib"), **figures}
@@ -138,6 +164,8 @@ def main() -> None:
     parser.add_argument("--index", action="store_true", help="also build a kNN index over the whole pool")
     parser.add_argument("--index-budget-mb", type=int, default=2048, help="the index's memory budget (picks its type)")
     parser.add_argument("--only-index", action="store_true", help="run the index step alone (with --index)")
+    parser.add_argument("--memory-limit-mb", type=int, default=0,
+                        help="run each step in a memory cgroup of this limit (page cache included; 0: none)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--shards", default="", help=argparse.SUPPRESS)
@@ -166,26 +194,33 @@ def main() -> None:
         seconds = write_pool(lake, shards, args.per_shard, args.dim)
         marker.write_text(json.dumps(wanted))
         print(f"wrote {shards} shards x {args.per_shard} samples ({args.dim}-d) in {seconds:.0f} s: {lake}")
-    for derived in ("dedup", "indices", "subsets", *(f"shards/{s}/dedup" for s in names + [shard_name(shards)])):
+    dedup_files = () if args.only_index else ("dedup", *(f"shards/{s}/dedup" for s in names + [shard_name(shards)]))
+    for derived in ("indices", "subsets", *dedup_files):  # what the steps make: made again
         shutil.rmtree(Path(lake) / derived, ignore_errors=True)
     shutil.rmtree(Path(lake) / "shards" / shard_name(shards), ignore_errors=True)
 
     steps = (() if args.only_index else ("dedup_centroids", "dedup_assignment", "near_duplicates")) + \
         (("index",) if args.index or args.only_index else ())
-    rows = [measured(name, lake, names, settings) for name in steps]
+    cgroup = memory_cgroup(args.memory_limit_mb) if args.memory_limit_mb else None
+    if args.memory_limit_mb and cgroup is None:
+        print(f"no memory cgroup could be made here: the steps run without the {args.memory_limit_mb} MiB limit")
+    rows = [measured(name, lake, names, settings, cgroup) for name in steps]
     full = sum(r["seconds"] for r in rows)
     write_pool(lake, 1, args.per_shard, args.dim, start=shards)
     grown = names + [shard_name(shards)]
-    more = [measured(name, lake, grown, settings) for name in steps]
+    more = [measured(name, lake, grown, settings, cgroup) for name in steps]
     added = sum(r["seconds"] for r in more)
     print(f"\npool: {args.samples:,} samples in {shards} shards, {args.dim}-d; pairwise budget "
-          f"{args.memory_budget_mb} MiB")
+          f"{args.memory_budget_mb} MiB" + (f"; each step within a {args.memory_limit_mb} MiB memory cgroup "
+                                            "(page cache included)" if cgroup else ""))
     print(f"{'step':<20}{'seconds':>9}{'peak RSS MiB':>14}{'anonymous MiB':>15}  figures")
     for row in rows + [{"step": "-- one more shard", "seconds": "", "peak_rss_mib": "", "peak_anon_mib": ""}] + more:
         extra = {k: v for k, v in row.items() if k not in ("step", "seconds", "peak_rss_mib", "peak_anon_mib")}
         print(f"{row['step']:<20}{row['seconds']:>9}{row['peak_rss_mib']:>14}{row['peak_anon_mib']:>15}  "
               f"{json.dumps(extra)}")
     print(f"\nfull run {full:.1f} s; one more shard {added:.1f} s ({100 * added / full:.1f}% of the full run)")
+    if cgroup:
+        cgroup.rmdir()
     if not args.keep and not args.lake:
         shutil.rmtree(lake, ignore_errors=True)
 

@@ -4,11 +4,14 @@ An index lives in `indices/<policy>/<model>/`, committed by `index_info.json`, w
 its version (see assets/indices.py for what the figures in it mean):
 
     versions/<version>/image.index        an index held in memory (Flat, HNSW)
-    versions/<version>/populated.index    or an IVF merged from parts (assets/index_parts.py):
-    versions/<version>/lists.ivfdata      its inverted lists on disk, memory-mapped by search
     versions/<version>/keys.parquet       the key and shard of each index row
-    trained/<trained>/trained.index       the IVF's trained quantizer and codes, no vectors
+    trained/<trained>/trained.index       or an IVF built in parts (assets/index_parts.py): its
+                                          trained quantizer and codes, no vectors
     trained/<trained>/parts/<shard>/<part>.index   one shard's members' codes
+    trained/<trained>/segments/<s>/populated.index  a run of parts merged, its inverted
+    trained/<trained>/segments/<s>/lists.ivfdata    lists on disk, memory-mapped by search
+The committed info of an IVF names its segments (one or two); search opens them as one
+index whose lists are the segments' lists stacked.
 """
 
 import hashlib
@@ -49,7 +52,7 @@ def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str,
     """Upload the local index `files` and `extra` files (lake name: local path) and the row keys
     into versions/<version>/, then write index_info.json, which commits them: a reader sees the
     old index or the new one whole. Returns the info as committed (`memory_bytes`: the index
-    files' size; `version`)."""
+    files' size, unless `info` says it; `version`)."""
     for name, local in {**files, **(extra or {})}.items():
         target = f"{folder}/versions/{version}/{name}"
         if not (lake.is_local() and os.path.abspath(local) == lake.path(target)):  # else written in place
@@ -57,7 +60,7 @@ def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str,
     lake.write_parquet(f"{folder}/versions/{version}/keys.parquet", keys)
     previous = lake.read_json(f"{folder}/index_info.json").get("version") \
         if lake.exists(f"{folder}/index_info.json") else None
-    committed = {**info, "memory_bytes": sum(os.path.getsize(p) for p in files.values()), "version": version}
+    committed = {"memory_bytes": sum(os.path.getsize(p) for p in files.values()), **info, "version": version}
     lake.write_json(f"{folder}/index_info.json", committed)
     prune_versions(lake, f"{folder}/versions", {version, previous})
     return committed
@@ -106,43 +109,72 @@ def read_faiss(lake: LakeResource, relative: str) -> faiss.Index:
         return faiss.read_index(local_file(lake, relative, tmp))
 
 
-ON_DISK_FILES = ("populated.index", "lists.ivfdata")  # an IVF whose lists faiss maps from disk
+ON_DISK_FILES = ("populated.index", "lists.ivfdata")  # an IVF segment whose lists faiss maps from disk
 
 
-def _on_disk_folder(lake: LakeResource, folder: str, version: str) -> str:
-    """The local folder holding an on-disk index's two files: the lake's own in a local lake,
-    else a cache under the temporary folder, filled once per version (the index's other
-    cached versions are removed then)."""
-    files = f"{folder}/versions/{version}"
+def segment_folders(lake: LakeResource, folder: str, segments: list[str], download: bool = True) -> list[str]:
+    """Local folders holding the on-disk segments (paths under `folder`): the lake's own in a
+    local lake, else a cache under the temporary folder, each segment downloaded once and the
+    index's other cached segments removed (`download=False`: only the cache paths, for a
+    segment about to be merged there)."""
     if lake.is_local():
-        return lake.path(files)
+        return [lake.path(f"{folder}/{segment}") for segment in segments]
     index_cache = os.path.join(tempfile.gettempdir(), "clipsieve-indices",
                                hashlib.sha256(lake.path(folder).encode()).hexdigest()[:16])
-    cache = os.path.join(index_cache, version)
-    if not all(os.path.exists(os.path.join(cache, name)) for name in ON_DISK_FILES):
-        if os.path.isdir(index_cache):
-            for other in os.listdir(index_cache):
-                if other != version:
-                    shutil.rmtree(os.path.join(index_cache, other), ignore_errors=True)
-        os.makedirs(cache, exist_ok=True)
-        for name in ON_DISK_FILES:
-            lake.download(f"{files}/{name}", os.path.join(cache, name))
-    return cache
+    caches = [os.path.join(index_cache, segment.replace("/", "_")) for segment in segments]
+    if not download:
+        return caches
+    if os.path.isdir(index_cache):
+        for other in set(os.listdir(index_cache)) - {os.path.basename(c) for c in caches}:
+            shutil.rmtree(os.path.join(index_cache, other), ignore_errors=True)
+    for segment, cache in zip(segments, caches):
+        if not all(os.path.exists(os.path.join(cache, name)) for name in ON_DISK_FILES):
+            os.makedirs(cache, exist_ok=True)
+            for name in ON_DISK_FILES:
+                lake.download(f"{folder}/{segment}/{name}", os.path.join(cache, name))
+    return caches
+
+
+def open_segments(local_folders: list[str]) -> faiss.Index:
+    """One IVF over on-disk segments (local folders holding populated.index + lists.ivfdata,
+    all filled from the same trained index): the first segment's index, its lists replaced by
+    every segment's lists stacked (faiss's HStackInvertedLists: a probed list is the
+    segments' lists of that number, one after the other). Search returns what one merged
+    index would."""
+    # The index file names its lists file by the path it was merged at; SAME_DIR looks for
+    # it beside the index file instead.
+    segments = [faiss.read_index(os.path.join(f, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+                for f in local_folders]
+    if len(segments) == 1:
+        return segments[0]
+    ivfs = [faiss.extract_index_ivf(segment) for segment in segments]
+    lists = faiss.InvertedListsPtrVector()
+    for ivf in ivfs:
+        lists.push_back(ivf.invlists)
+    stacked = faiss.HStackInvertedLists(lists.size(), lists.data())
+    # The first segment's own lists now belong to Python (the stack reads them), and the stack
+    # and the other segments live as long as the returned index.
+    first_lists = ivfs[0].invlists
+    ivfs[0].own_invlists = False
+    first_lists.this.acquire()
+    ivfs[0].replace_invlists(stacked, False)
+    total = sum(int(segment.ntotal) for segment in segments)
+    ivfs[0].ntotal = segments[0].ntotal = total
+    segments[0].referenced_objects = [stacked, first_lists, *segments[1:]]
+    return segments[0]
 
 
 def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
     """The committed index with its tuned search parameters applied, and its row keys (`info`:
-    its index_info.json, when the caller has read it already). An on-disk IVF is opened with
-    its lists memory-mapped from lists.ivfdata: searching it does not read the whole index."""
+    its index_info.json, when the caller has read it already). An IVF built in parts is opened
+    with its lists memory-mapped from its segments' lists.ivfdata: searching it does not read
+    the whole index."""
     info = info if info is not None else lake.read_json(f"{folder}/index_info.json")
-    if "version" not in info:
+    if "version" not in info or (info.get("layout") == "on_disk" and "segments" not in info):
         raise ValueError(f"{lake.path(folder)} was written by an older clipsieve: materialize its index again")
     files = f"{folder}/versions/{info['version']}"
     if info.get("layout") == "on_disk":
-        # The index file names its lists file by the path it was merged at; SAME_DIR looks
-        # for it beside the index file instead.
-        local = os.path.join(_on_disk_folder(lake, folder, info["version"]), "populated.index")
-        index = faiss.read_index(local, faiss.IO_FLAG_ONDISK_SAME_DIR)
+        index = open_segments(segment_folders(lake, folder, [s["folder"] for s in info["segments"]]))
     elif lake.is_local():  # faiss reads the file itself: no copy of it in memory first
         index = faiss.read_index(lake.path(f"{files}/image.index"))
     else:

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
+from faiss.contrib.ondisk import merge_ondisk
 
 from assets.demo.synthetic_pool import PoolSpec, shard_name, write_synthetic_shard
 from assets.index_subset import index_subset
@@ -90,6 +91,42 @@ def test_a_new_shard_adds_its_part_and_keeps_the_quantizer(pool):
     assert np.allclose(saved["scores"], scores, atol=1e-6)
 
 
+def test_small_shards_merge_into_a_tail_segment_searched_as_one_index_with_the_base(pool):
+    shards = [shard_name(n) for n in range(4)]
+    _subset(pool, shards)
+    first = index_subset(pool, "all", MODEL, SETTINGS)
+    assert len(first["segments"]) == 1 and first["recall_members"] == 24_000
+    small = PoolSpec(per_shard=2_000, dim=32, topics=40, seed=11)  # the same topics: no drift
+    write_synthetic_shard(pool, small, 4, MODEL)
+    _subset(pool, shards + [shard_name(4)])
+    grown = index_subset(pool, "all", MODEL, SETTINGS)  # 2,000 more: within TAIL_SHARE of the base
+    assert [s["parts"] for s in grown["segments"]] == [[0, 4], [4, 5]]
+    assert grown["segments"][0] == first["segments"][0]  # the base is not merged again
+    assert grown["recall_members"] == 26_000  # grown by over RECHECK_GROWTH: measured again
+    write_synthetic_shard(pool, PoolSpec(per_shard=400, dim=32, topics=40, seed=11), 5, MODEL)
+    members = _subset(pool, shards + [shard_name(4), shard_name(5)])
+    tail = index_subset(pool, "all", MODEL, SETTINGS)
+    assert [s["parts"] for s in tail["segments"]] == [[0, 4], [4, 6]] and tail["count"] == 26_400
+    assert tail["recall_members"] == 26_000 and tail["recall_at_10"] == grown["recall_at_10"]
+    assert tail["search_params"] == grown["search_params"]
+    # The stacked segments answer as the parts merged into one index do.
+    stacked, _ = read_index(pool, FOLDER)
+    trained = faiss.read_index(pool.path(f"{FOLDER}/trained/{tail['trained']['version']}/trained.index"))
+    merge_ondisk(trained, [pool.path(p) for p in tail["parts"]], str(pool.path("merged.ivfdata")))
+    faiss.ParameterSpace().set_index_parameters(trained, tail["search_params"])
+    queries = np.concatenate([v for _, v in MemberVectors(pool, MODEL, members).chunks()])[::50]
+    assert stacked.ntotal == trained.ntotal == 26_400
+    np.testing.assert_array_equal(stacked.search(queries, 10)[1], trained.search(queries, 10)[1])
+    # Past TAIL_SHARE every part is merged into one base again; the previous index's
+    # segments stay (a reader may have it open), older ones go.
+    write_synthetic_shard(pool, SPEC, 6, MODEL)
+    _subset(pool, shards + [shard_name(n) for n in (4, 5, 6)])
+    merged = index_subset(pool, "all", MODEL, SETTINGS)
+    assert [s["parts"] for s in merged["segments"]] == [[0, 7]] and merged["recall_members"] == 32_400
+    on_disk = {f"{FOLDER}/{s['folder']}" for s in merged["segments"] + tail["segments"]}
+    assert set(pool.glob(f"{FOLDER}/trained/*/segments/*")) == on_disk
+
+
 def test_members_leaving_re_encode_their_part_and_the_parts_after_it(pool):
     shards = [shard_name(n) for n in range(4)]
     _subset(pool, shards)
@@ -129,7 +166,8 @@ def test_drift_and_a_fall_in_recall_retrain_and_say_why(pool):
     info = pool.read_json(f"{FOLDER}/index_info.json")
     info["trained"]["recall_at_10"] = 1.0  # as if it had reached 1.0 when trained
     pool.write_json(f"{FOLDER}/index_info.json", info)
-    write_synthetic_shard(pool, PoolSpec(per_shard=1_000, dim=32, topics=40, seed=11), 5, MODEL)  # same topics
+    # Same topics, and enough members (over RECHECK_GROWTH) that recall is measured again.
+    write_synthetic_shard(pool, PoolSpec(per_shard=2_000, dim=32, topics=40, seed=11), 5, MODEL)
     _subset(pool, shards + [shard_name(4), shard_name(5)])
     fell = index_subset(pool, "all", MODEL, IndexSettings(2 * 2**20, 0.9999, 200))
     assert fell["build_mode"] == "rebuilt" and fell["rebuild_reason"].startswith("recall@10 fell")

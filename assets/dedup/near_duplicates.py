@@ -13,8 +13,8 @@
    others are its duplicates.
 
 Only shards whose assignment changed since the last run are compared again (with every
-shard); the pairs among the others are kept from the state the last run committed, unless
-the centroids or the pair settings changed. Each covered shard gets
+shard, in the clusters they have rows in); the pairs among the others are kept from the
+state the last run committed, unless the centroids or the pair settings changed. Each covered shard gets
 shards/<shard>/dedup/<model>/duplicates.parquet (key, shard, cluster, is_duplicate,
 duplicate_of, duplicate_reason, group_size), rewritten only when its rows change.
 """
@@ -85,21 +85,26 @@ def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> lis
     return ranges
 
 
-def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int,
-               width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, cluster, id, visitor, dirty) of every shard's rows in clusters [lo, hi): each
-    shard's rows are one ranged read, written straight into one float32 array."""
-    spans = [(index, *np.searchsorted(part.clusters, [lo, hi])) for index, part in enumerate(parts)]
-    spans = [(index, int(start), int(stop)) for index, start, stop in spans if stop > start]
-    total = sum(stop - start for _, start, stop in spans)
+def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int, width: int,
+               wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, cluster, id, visitor, dirty) of every shard's rows in the `wanted` clusters
+    (a bool per cluster) of [lo, hi): each shard's rows of the range are one ranged read, and
+    its wanted rows are written straight into one float32 array."""
+    spans = []
+    for index, part in enumerate(parts):
+        start, stop = (int(i) for i in np.searchsorted(part.clusters, [lo, hi]))
+        keep = wanted[part.clusters[start:stop]]
+        if keep.any():
+            spans.append((index, start, stop, keep))
+    total = sum(int(keep.sum()) for *_, keep in spans)
     vectors = np.empty((total, width), np.float32)
     clusters, ids = np.empty(total, np.int32), np.empty(total, np.int64)
     visitor, dirty = np.empty(total, bool), np.empty(total, bool)
     at = 0
-    for index, start, stop in spans:
-        part, end = parts[index], at + stop - start
-        rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)
-        vectors[at:end] = lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)
+    for index, start, stop, keep in spans:
+        part, end = parts[index], at + int(keep.sum())
+        rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
+        vectors[at:end] = lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep]
         clusters[at:end] = rows[:, 0]
         ids[at:end] = (np.int64(index) << SHARD_BITS) | rows[:, 1]
         visitor[at:end] = rows[:, 2] != 0
@@ -140,13 +145,19 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], co
     """Thumbnail-confirmed pairs (a_shard, a_key, b_shard, b_key, reason 'semantic') with a dirty
     side, a range of clusters at a time (`counts`: rows per cluster); and the step's figures."""
     centroids = len(counts)
+    # Only a cluster holding a dirty shard's rows can give a pair with a dirty side: after one
+    # new shard, the others' rows of the clusters it does not meet are neither kept nor compared.
+    wanted = np.zeros(centroids, bool)
+    for part in parts:
+        if part.dirty:
+            wanted[part.clusters] = True
     # A row read costs its float32 vector and its ids (similarity blocks are bounded apart).
     width = embedding_width(lake, model_id, parts)
     row_bytes = 4 * (width + 4)
-    ranges = cluster_ranges(counts, row_bytes, settings.memory_budget_bytes)
+    ranges = cluster_ranges(np.where(wanted, counts, 0), row_bytes, settings.memory_budget_bytes)
     found_a, found_b = [], []
     for number, (lo, hi) in enumerate(ranges, 1):
-        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, width)
+        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, width, wanted)
         a, b = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
         found_a.append(a)
         found_b.append(b)

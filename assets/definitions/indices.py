@@ -27,9 +27,11 @@ def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool
     def index_asset(context: AssetExecutionContext, lake: LakeResource, indexing: IndexResource) -> MaterializeResult:
         info = index_subset(lake, policy, model_id, indexing.settings(), log=context.log.info)
         results = checks.evaluate(checks.INDEX_CHECKS, limits, {"recall_at_10": info["recall_at_10"]}, blocking)
-        metadata = {k: v for k, v in info.items() if k not in ("shard_versions", "groups", "trained", "parts")}
+        metadata = {k: v for k, v in info.items()
+                    if k not in ("shard_versions", "groups", "trained", "parts", "segments")}
         if "trained" in info:  # an IVF in parts: when and why its quantizer was trained
-            metadata.update({"parts": len(info["parts"]), "trained_version": info["trained"]["version"],
+            metadata.update({"parts": len(info["parts"]), "segments": [s["count"] for s in info["segments"]],
+                             "trained_version": info["trained"]["version"],
                              "trained_reason": info["trained"]["reason"],
                              "trained_on_members": info["trained"]["members"]})
         return MaterializeResult(check_results=results, metadata={
