@@ -18,13 +18,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from resources.lake import LakeResource, embeddings_dir, prune_versions, with_metadata
 
 
+def as_float32(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`vectors` as float32 (into `out` when given). Stored embeddings are float16, and numpy
+    widens float16 element by element (about 0.7 G values/s here); torch's vectorized copy
+    does it about ten times faster, which matters where tens of GB are widened per run."""
+    if vectors.dtype != np.float16:
+        if out is None:
+            return np.asarray(vectors, dtype=np.float32)
+        out[...] = vectors
+        return out
+    out = np.empty(vectors.shape, np.float32) if out is None else out
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(vectors)))
+    return out
+
+
 def normalized(vectors: np.ndarray) -> np.ndarray:
     """float32 rows of unit length (stored embeddings are float16: their norms are off by a little)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = as_float32(vectors)
     return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
 
 

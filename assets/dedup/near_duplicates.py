@@ -34,6 +34,7 @@ from assets.dedup.centroids import read_centroids
 from assets.scores.common import scores_digest
 from resources.catalog import Catalog
 from resources.dedup import DedupSettings
+from resources.embedding_files import as_float32
 from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions
 
 CODE_VERSION = "2"
@@ -85,11 +86,13 @@ def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> lis
     return ranges
 
 
-def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int, width: int,
-               wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int,
+               wanted: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                              np.ndarray]:
     """(vectors, cluster, id, visitor, dirty) of every shard's rows in the `wanted` clusters
     (a bool per cluster) of [lo, hi): each shard's rows of the range are one ranged read, and
-    its wanted rows are written straight into one float32 array."""
+    its wanted rows are written straight into `buffer` (float32, reused range after range:
+    the vectors returned are a view of it)."""
     spans = []
     for index, part in enumerate(parts):
         start, stop = (int(i) for i in np.searchsorted(part.clusters, [lo, hi]))
@@ -97,14 +100,14 @@ def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: in
         if keep.any():
             spans.append((index, start, stop, keep))
     total = sum(int(keep.sum()) for *_, keep in spans)
-    vectors = np.empty((total, width), np.float32)
+    vectors = buffer[:total]
     clusters, ids = np.empty(total, np.int32), np.empty(total, np.int64)
     visitor, dirty = np.empty(total, bool), np.empty(total, bool)
     at = 0
     for index, start, stop, keep in spans:
         part, end = parts[index], at + int(keep.sum())
         rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
-        vectors[at:end] = lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep]
+        as_float32(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], out=vectors[at:end])
         clusters[at:end] = rows[:, 0]
         ids[at:end] = (np.int64(index) << SHARD_BITS) | rows[:, 1]
         visitor[at:end] = rows[:, 2] != 0
@@ -154,10 +157,13 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], co
     # A row read costs its float32 vector and its ids (similarity blocks are bounded apart).
     width = embedding_width(lake, model_id, parts)
     row_bytes = 4 * (width + 4)
-    ranges = cluster_ranges(np.where(wanted, counts, 0), row_bytes, settings.memory_budget_bytes)
+    wanted_counts = np.where(wanted, counts, 0)
+    ranges = cluster_ranges(wanted_counts, row_bytes, settings.memory_budget_bytes)
+    # One buffer for every range's vectors: a fresh one per range would page-fault its way in.
+    buffer = np.empty((max(int(wanted_counts[lo:hi].sum()) for lo, hi in ranges), width), np.float32)
     found_a, found_b = [], []
     for number, (lo, hi) in enumerate(ranges, 1):
-        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, width, wanted)
+        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, wanted, buffer)
         a, b = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
         found_a.append(a)
         found_b.append(b)
