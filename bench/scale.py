@@ -5,6 +5,7 @@ process of its own, wall time and peak RSS per step, then the cost of one more s
     .venv/bin/python bench/scale.py --samples 10000000 --lake /big/disk/lake
     .venv/bin/python bench/scale.py --samples 200000 --keep   # keep the lake (reused when it matches)
     .venv/bin/python bench/scale.py --index                  # and a kNN index over the whole pool
+    .venv/bin/python bench/scale.py --memory-limit-mb 4096   # each step inside a 4 GiB memory cgroup
 
 The pool (assets/demo/synthetic_pool.py) is written in the lake's own formats: per-shard
 float16 embeddings around 1,000 topic directions with planted exact and near duplicates,
@@ -13,6 +14,11 @@ and scores/image_hashes; no model forward. The steps are the near-duplicate ones
 kNN index over the whole pool (a subset "all"), run through the functions the assets call.
 "one more shard" writes one shard and runs the steps again: the centroids are kept, one
 shard is assigned, the pairwise step compares that shard only, the index grows by it.
+
+Peak RSS counts the pages of files a step maps (an on-disk index's lists), which the kernel
+reclaims at will; "anonymous" is the memory the step itself holds. With --memory-limit-mb a
+step runs in a memory cgroup whose limit charges both (where the machine lets the bench make
+one): a step that finishes inside it ran within that much memory.
 """
 
 import argparse
