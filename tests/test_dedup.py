@@ -227,3 +227,38 @@ def test_new_thumbnails_make_their_shard_compared_again(pool, tmp_path):
     assert again["mode"] == "incremental" and again["compared_shards"] == 1
     flagged = {r["key"] for r in duplicates(lake, shards).to_pylist() if r["duplicate_reason"] == "semantic"}
     assert not flagged & set(near.column("key").to_pylist())
+
+
+def test_a_hash_group_that_loses_its_first_sample_stays_one_group(pool, tmp_path):
+    """Exact-hash pairs link each sample to its group's first: when the first's shard changes and
+    its hash with it, the group's other samples are searched again, not left unlinked; the
+    incremental result equals a full run's."""
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    shards = [shard_name(n) for n in range(3)]
+    for n in range(3):
+        write_synthetic_shard(lake, spec, n, MODEL)
+
+    def set_sha256(shard: str, row: int, value: str) -> str:
+        hashes = lake.read_parquet(f"shards/{shard}/scores/image_hashes.parquet").replace_schema_metadata()
+        column = hashes.column("sha256").to_pylist()
+        column[row] = value
+        write_scores(lake, shard, "image_hashes", hashes.set_column(
+            hashes.column_names.index("sha256"), "sha256", pa.array(column, pa.string())))
+        return hashes.column("key")[row].as_py()
+
+    first, second, third = (set_sha256(shard, 7, "f" * 64) for shard in shards)
+    settings = DedupSettings(cluster_size=100)
+    run_steps(lake, shards, settings)
+    rows = {r["key"]: r for r in duplicates(lake, shards).to_pylist()}
+    assert rows[second]["duplicate_of"] == first and rows[third]["duplicate_of"] == first
+
+    set_sha256(shards[0], 7, "0" * 64)  # the group's first sample leaves it
+    again = run_steps(lake, shards, settings)
+    assert again["mode"] == "incremental" and again["compared_shards"] == 1
+    incremental = duplicates(lake, shards).sort_by([("shard", "ascending"), ("key", "ascending")])
+    rows = {r["key"]: r for r in incremental.to_pylist()}
+    assert rows[third]["duplicate_of"] == second and rows[third]["duplicate_reason"] == "exact"
+    assert rows[first]["duplicate_of"] != second and rows[second]["group_size"] == 2
+    lake.remove(f"{dedup_dir(MODEL)}/state.json")  # no state: a full run
+    assert run_steps(lake, shards, settings)["mode"] == "full"
+    assert duplicates(lake, shards).sort_by([("shard", "ascending"), ("key", "ascending")]).equals(incremental)

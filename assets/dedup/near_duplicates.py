@@ -12,11 +12,13 @@
    (the keep rule: first in (shard, key) order, SemDeDup's hard or easy, or random) and the
    others are its duplicates.
 
-Only shards whose assignment changed since the last run are compared again (with every
-shard, in the clusters they have rows in); the pairs among the others are kept from the
-state the last run committed, unless the centroids or the pair settings changed. Each covered shard gets
-shards/<shard>/dedup/<model>/duplicates.parquet (key, shard, cluster, is_duplicate,
-duplicate_of, duplicate_reason, group_size), rewritten only when its rows change.
+Only shards whose assignment or image_hashes changed since the last run are compared again
+(with every shard, in the clusters they have rows in; hash groups holding one of their
+samples, or that lost a link to one, are searched again); the pairs among the others are
+kept from the state the last run committed, unless the centroids or the pair settings
+changed. Each covered shard gets shards/<shard>/dedup/<model>/duplicates.parquet (key,
+shard, cluster, is_duplicate, duplicate_of, duplicate_reason, group_size), rewritten only
+when its rows change.
 """
 
 import hashlib
@@ -37,8 +39,9 @@ from resources.dedup import DedupSettings
 from resources.embedding_files import as_float32
 from resources.lake import LakeResource, assignment_dir, dedup_dir, prune_versions
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 PAIR_SETTINGS = ("eps", "min_thumbnail_correlation", "boundary_clusters")
+STATE_PAIRS = "semantic+hash"  # what the committed state's pairs.parquet holds
 PAIR_SCHEMA = pa.schema([("a_shard", pa.string()), ("a_key", pa.string()), ("b_shard", pa.string()),
                          ("b_key", pa.string()), ("reason", pa.string())])
 SHARD_BITS = 32  # a sample's id in a run: shard index << 32 | its row in the shard's embeddings
@@ -261,7 +264,7 @@ def shard_duplicates(lake: LakeResource, model_id: str, shard: str, groups: pa.T
 
 
 def read_state(lake: LakeResource, model_id: str) -> tuple[dict, pa.Table, pa.Table] | None:
-    """The last run's committed state: its record, semantic pairs and groups."""
+    """The last run's committed state: its record, pairs (semantic and hash) and groups."""
     path = f"{dedup_dir(model_id)}/state.json"
     if not lake.exists(path):
         return None
@@ -274,6 +277,32 @@ def _involving(pairs: pa.Table, shards: set[str]) -> pa.Array:
     values = pa.array(sorted(shards), pa.string())
     return pc.or_(pc.is_in(pairs.column("a_shard"), value_set=values),
                   pc.is_in(pairs.column("b_shard"), value_set=values))
+
+
+def hash_pairs(db: Catalog, shards: list[str], dirty: set[str], dropped: pa.Table, changed: set[str]) -> pa.Table:
+    """The exact and perceptual-hash pairs of every hash group that a dirty shard's sample is in,
+    or that lost a link to a changed (dirty or departed) shard's sample (`dropped`: the last
+    run's pairs with such a side; their other sides name the groups). In a full run every
+    shard is dirty and every group is searched (sql/dedup/hash_pairs.sql)."""
+    hashed = dropped.filter(pc.is_in(dropped.column("reason"), value_set=pa.array(["exact", "phash"])))
+    ends = pa.concat_tables([hashed.select(["a_shard", "a_key"]).rename_columns(["shard", "key"]),
+                             hashed.select(["b_shard", "b_key"]).rename_columns(["shard", "key"])])
+    linked = ends.filter(pc.invert(pc.is_in(ends.column("shard"), value_set=pa.array(sorted(changed), pa.string()))))
+    tables = {"dedup_shards": pa.table({"shard": pa.array(shards, pa.string())}),
+              "dedup_dirty": pa.table({"shard": pa.array(sorted(dirty), pa.string())}),
+              "dedup_linked": linked}
+    for name, table in tables.items():
+        db.connection.register(name, table)
+    try:
+        return db.query(db.lake_sql("dedup/hash_pairs.sql")).cast(PAIR_SCHEMA)
+    finally:
+        for name in tables:
+            db.connection.unregister(name)
+
+
+def _distinct(pairs: pa.Table) -> pa.Table:
+    """Each pair once (a hash group searched again gives some pairs the last run kept)."""
+    return pairs.group_by(PAIR_SCHEMA.names, use_threads=False).aggregate([]).cast(PAIR_SCHEMA)
 
 
 def _rows_by_shard(groups: pa.Table) -> dict[str, str]:
@@ -300,7 +329,7 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
         raise ValueError(f"no shard assigned against the current dedup centroids; left out: {left_out}")
     state = read_state(lake, model_id)
     same_basis = state is not None and state[0]["centroids"] == centroid_info["version"] \
-        and state[0]["settings"] == settings.digest(*PAIR_SETTINGS)
+        and state[0]["settings"] == settings.digest(*PAIR_SETTINGS) and state[0].get("pairs") == STATE_PAIRS
     # A shard is compared again when its assignment or its thumbnails (image_hashes) changed.
     inputs = {shard: f"{version}/{scores_digest(lake, shard, 'image_hashes')}" for shard, version in covered}
     before = state[0]["shards"] if same_basis else {}
@@ -314,12 +343,12 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     new_pairs, figures = semantic_pairs(lake, model_id, parts, counts, settings, log) if dirty \
         else (PAIR_SCHEMA.empty_table(), {"cluster_ranges": 0, "candidates": 0})
     figures["largest_cluster"] = int(counts.max())
-    kept = state[1].filter(pc.invert(_involving(state[1], dirty | gone))) if same_basis else PAIR_SCHEMA.empty_table()
-    semantic = pa.concat_tables([kept, new_pairs.cast(PAIR_SCHEMA)])
-    db.connection.register("dedup_shards", pa.table({"shard": pa.array([s for s, _ in covered], pa.string())}))
-    hashed = db.query(db.lake_sql("dedup/hash_pairs.sql")).cast(PAIR_SCHEMA)
-    db.connection.unregister("dedup_shards")
-    groups = duplicate_groups(db, pa.concat_tables([semantic, hashed]), settings)
+    old_pairs = state[1] if same_basis else PAIR_SCHEMA.empty_table()
+    changed = _involving(old_pairs, dirty | gone)
+    kept = old_pairs.filter(pc.invert(changed))
+    hashed = hash_pairs(db, [s for s, _ in covered], dirty, old_pairs.filter(changed), dirty | gone)
+    pairs = _distinct(pa.concat_tables([kept, new_pairs.cast(PAIR_SCHEMA), hashed]))
+    groups = duplicate_groups(db, pairs, settings)
 
     old_rows = _rows_by_shard(state[2]) if state is not None else {}
     new_rows = _rows_by_shard(groups)
@@ -331,10 +360,10 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
                            shard_duplicates(lake, model_id, shard, groups))
     for shard in left_out:  # out of the groups: out of the duplicates view too, never half in
         lake.remove(f"{assignment_dir(shard, model_id)}/duplicates.parquet")
-    version = hashlib.sha256(json.dumps([covered, new_rows, semantic.num_rows], sort_keys=True).encode()) \
+    version = hashlib.sha256(json.dumps([covered, new_rows, pairs.num_rows], sort_keys=True).encode()) \
         .hexdigest()[:16]
     folder = dedup_dir(model_id)
-    lake.write_parquet(f"{folder}/state/{version}/pairs.parquet", semantic)
+    lake.write_parquet(f"{folder}/state/{version}/pairs.parquet", pairs)
     lake.write_parquet(f"{folder}/state/{version}/groups.parquet", groups)
     reasons = groups.column("duplicate_reason").to_pylist()
     samples = sum(lake.parquet_rows(f"{assignment_dir(s, model_id)}/assignment.parquet") for s, _ in covered)
@@ -354,6 +383,6 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     previous = state[0]["version"] if state is not None else ""
     lake.write_json(f"{folder}/state.json", {
         "version": version, "centroids": centroid_info["version"], "settings": settings.digest(*PAIR_SETTINGS),
-        "shards": inputs, "figures": result})
+        "pairs": STATE_PAIRS, "shards": inputs, "figures": result})
     prune_versions(lake, f"{folder}/state", {version, previous})
     return result

@@ -1,22 +1,37 @@
 -- Exact and perceptual-hash matches among the near-duplicate step's samples: each sample
--- with the first sample (in shard, key order) that has the same sha256 (reason 'exact') or
--- the same phash (reason 'phash'). `dedup_shards` (registered by the step) lists the shards.
+-- with the first sample (in shard, key order) of its group, the samples that share its
+-- sha256 (reason 'exact') or its phash (reason 'phash'). Registered by the step:
+-- `dedup_shards` the covered shards, `dedup_dirty` the shards compared again (every one in a
+-- full run), `dedup_linked` (shard, key) of samples whose hash link to a changed shard's
+-- sample was dropped. Only the groups holding a dirty shard's sample or a linked sample are
+-- searched: after one new shard, a few groups of the pool's.
 WITH pool AS (
-    SELECT h.shard, h.key, h.sha256, h.phash
-    FROM read_parquet('{{lake}}/shards/*/scores/image_hashes.parquet') AS h
-    JOIN read_parquet('{{lake}}/shards/*/dedup/{{model}}/assignment.parquet') AS a USING (shard, key)
-    WHERE h.shard IN (SELECT shard FROM dedup_shards)
+    SELECT shard, key, sha256, phash
+    FROM read_parquet('{{lake}}/shards/*/scores/image_hashes.parquet')
+    WHERE shard IN (SELECT shard FROM dedup_shards)
 ),
 hashes AS (
     SELECT shard, key, 'exact' AS reason, sha256 AS hash FROM pool WHERE sha256 IS NOT NULL
     UNION ALL
     SELECT shard, key, 'phash' AS reason, phash::VARCHAR AS hash FROM pool WHERE phash IS NOT NULL
 ),
+touched AS (
+    SELECT DISTINCT reason, hash FROM hashes WHERE shard IN (SELECT shard FROM dedup_dirty)
+    UNION
+    SELECT DISTINCT h.reason, h.hash FROM hashes AS h SEMI JOIN dedup_linked USING (shard, key)
+),
+grouped AS (
+    -- Only samples the step covers (assigned against the current centroids) are grouped.
+    SELECT h.shard, h.key, h.reason, h.hash
+    FROM hashes AS h
+    SEMI JOIN touched USING (reason, hash)
+    SEMI JOIN read_parquet('{{lake}}/shards/*/dedup/{{model}}/assignment.parquet') AS a USING (shard, key)
+),
 matches AS (
     SELECT shard, key, reason,
            first_value(shard) OVER same AS first_shard,
            first_value(key) OVER same AS first_key
-    FROM hashes
+    FROM grouped
     WINDOW same AS (PARTITION BY reason, hash ORDER BY shard, key)
 )
 SELECT first_shard AS a_shard, first_key AS a_key, shard AS b_shard, key AS b_key, reason
