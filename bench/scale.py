@@ -210,20 +210,26 @@ def main() -> None:
     cgroup = memory_cgroup(args.memory_limit_mb) if args.memory_limit_mb else None
     if args.memory_limit_mb and cgroup is None:
         print(f"no memory cgroup could be made here: the steps run without the {args.memory_limit_mb} MiB limit")
-    rows = [measured(name, lake, names, settings, cgroup) for name in steps]
-    full = sum(r["seconds"] for r in rows)
-    write_pool(lake, 1, args.per_shard, args.dim, start=shards)
-    grown = names + [shard_name(shards)]
-    more = [measured(name, lake, grown, settings, cgroup) for name in steps]
-    added = sum(r["seconds"] for r in more)
     print(f"\npool: {args.samples:,} samples in {shards} shards, {args.dim}-d; pairwise budget "
           f"{args.memory_budget_mb} MiB" + (f"; each step within a {args.memory_limit_mb} MiB memory cgroup "
                                             "(page cache included)" if cgroup else ""))
     print(f"{'step':<20}{'seconds':>9}{'peak RSS MiB':>14}{'anonymous MiB':>15}  figures")
-    for row in rows + [{"step": "-- one more shard", "seconds": "", "peak_rss_mib": "", "peak_anon_mib": ""}] + more:
-        extra = {k: v for k, v in row.items() if k not in ("step", "seconds", "peak_rss_mib", "peak_anon_mib")}
-        print(f"{row['step']:<20}{row['seconds']:>9}{row['peak_rss_mib']:>14}{row['peak_anon_mib']:>15}  "
-              f"{json.dumps(extra)}")
+
+    def run(shards_now: list[str]) -> list[dict]:
+        """The steps over `shards_now`, each row printed as it finishes."""
+        rows = []
+        for name in steps:
+            row = measured(name, lake, shards_now, settings, cgroup)
+            extra = {k: v for k, v in row.items() if k not in ("step", "seconds", "peak_rss_mib", "peak_anon_mib")}
+            print(f"{row['step']:<20}{row['seconds']:>9}{row['peak_rss_mib']:>14}{row['peak_anon_mib']:>15}  "
+                  f"{json.dumps(extra)}", flush=True)
+            rows.append(row)
+        return rows
+
+    full = sum(r["seconds"] for r in run(names))
+    write_pool(lake, 1, args.per_shard, args.dim, start=shards)
+    print("-- one more shard")
+    added = sum(r["seconds"] for r in run(names + [shard_name(shards)]))
     print(f"\nfull run {full:.1f} s; one more shard {added:.1f} s ({100 * added / full:.1f}% of the full run)")
     if cgroup:
         cgroup.rmdir()
