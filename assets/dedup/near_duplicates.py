@@ -301,8 +301,10 @@ def hash_pairs(db: Catalog, shards: list[str], dirty: set[str], dropped: pa.Tabl
 
 
 def _distinct(pairs: pa.Table) -> pa.Table:
-    """Each pair once (a hash group searched again gives some pairs the last run kept)."""
-    return pairs.group_by(PAIR_SCHEMA.names, use_threads=False).aggregate([]).cast(PAIR_SCHEMA)
+    """Each pair once (a hash group searched again gives some pairs the last run kept), in a
+    fixed order: the same pool gives the same state file whatever order DuckDB returned."""
+    return pairs.group_by(PAIR_SCHEMA.names, use_threads=False).aggregate([]).cast(PAIR_SCHEMA) \
+        .sort_by([(name, "ascending") for name in PAIR_SCHEMA.names])
 
 
 def _rows_by_shard(groups: pa.Table) -> dict[str, str]:
