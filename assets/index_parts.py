@@ -225,7 +225,8 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
                                    record["version"])
             segments = [{"folder": _merge_segment(lake, folder, trained, record["version"], parts[a:b], tmp),
                          "parts": [a, b], "count": sum(g.count for g in groups[a:b])} for a, b in ranges]
-            index = open_segments(segment_folders(lake, folder, [s["folder"] for s in segments]))
+            local = segment_folders(lake, folder, [s["folder"] for s in segments])
+            index = open_segments(local)
             measured_at = (old or {}).get("recall_members", 0)
             if reason is None and truth_mode == "extended" and source.count <= measured_at * (1 + RECHECK_GROWTH) \
                     and old.get("target_recall") == settings.target_recall:
@@ -243,8 +244,6 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             if reason is not None:  # what the fresh quantizer reached: a later fall below the target retrains
                 record = {**record, "recall_at_10": recall}
             np.savez(os.path.join(tmp, "recall_truth.npz"), queries=queries, scores=scores, positions=positions)
-            files = [lake.path(f"{folder}/{s['folder']}/{name}") for s in segments for name in ON_DISK_FILES] \
-                if lake.is_local() else []
             info = {
                 "factory": factory, "search_params": params, "metric": "inner_product", "layout": "on_disk",
                 "count": int(index.ntotal), "dim": int(source.dim), "recall_at_10": recall,
@@ -255,7 +254,7 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
                 "parts": parts, "segments": segments, "trained": record,
                 "centroid_similarity": record["centroid_similarity"],
                 "groups": [[g.shard, g.version, g.count] for g in groups],
-                **({"memory_bytes": sum(os.path.getsize(f) for f in files)} if files else {}),
+                "memory_bytes": sum(os.path.getsize(os.path.join(f, name)) for f in local for name in ON_DISK_FILES),
                 **({"rebuild_reason": reason} if reason else {}), **(extra_info or {}),
             }
             del index  # the lists files are mapped while the index lives

@@ -226,13 +226,15 @@ def main() -> None:
             rows.append(row)
         return rows
 
-    full = sum(r["seconds"] for r in run(names))
-    write_pool(lake, 1, args.per_shard, args.dim, start=shards)
-    print("-- one more shard")
-    added = sum(r["seconds"] for r in run(names + [shard_name(shards)]))
+    try:
+        full = sum(r["seconds"] for r in run(names))
+        write_pool(lake, 1, args.per_shard, args.dim, start=shards)
+        print("-- one more shard")
+        added = sum(r["seconds"] for r in run(names + [shard_name(shards)]))
+    finally:
+        if cgroup:  # empty once its step processes have exited
+            cgroup.rmdir()
     print(f"\nfull run {full:.1f} s; one more shard {added:.1f} s ({100 * added / full:.1f}% of the full run)")
-    if cgroup:
-        cgroup.rmdir()
     if not args.keep and not args.lake:
         shutil.rmtree(lake, ignore_errors=True)
 

@@ -5,8 +5,9 @@ tens of thousands it is the assignment's cost: 10M vectors against 50,000 512-d 
 half a petaflop. From `TWO_LEVEL_FROM` centroids the search is two-level: the centroids are
 grouped into about sqrt(k) cells (k-means over the centroids), each vector is compared with
 the cell centres, then with the centroids of its `PROBES` most similar cells only. Both
-levels are matrix products (one per cell for the second), so BLAS does the work; a
-query-by-query IVF scan over the same centroids measured six times slower.
+levels are matrix products (one per cell for the second), so BLAS does the work: assigning
+10M vectors to 50,000 centroids took 360.7 s this way and 1,465.5 s through faiss's IVF
+over the centroids, which scans lists query by query.
 
 The two-level search can miss a vector's true nearest when it lies in a cell not probed;
 the vector then goes to the nearest it found (a neighbouring cluster), and the pairwise
