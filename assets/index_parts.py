@@ -13,11 +13,12 @@ on disk (faiss's on-disk merge, as autofaiss builds large indices).
 
 A refresh encodes only the shards whose part is missing (new shards appended at the end,
 or shards whose members or embeddings changed, and the shards after them, whose positions
-moved). The index is one or two segments: a base, and the parts appended since it was
-merged as a tail segment, merged again on each refresh while it holds at most `TAIL_SHARE`
-of the base's members; past that (or when a part of the base changed) every part is merged
-into one new base. A shard added to a large index so costs its own codes, not a copy of
-all of them. Search stacks the segments' lists (resources/indexing.py `open_segments`).
+moved). The parts are packed in order into segments of at most `segment_bytes` of codes
+and ids (a part larger than that is a segment alone). The packing of a run of parts does
+not depend on the parts after it, so appending a shard changes only the last segment (or
+starts a new one): a shard added to a large index costs its own codes and one segment's
+copy, and no merge maps more than one segment's file, whatever the index's size. Search
+stacks the segments' lists (resources/indexing.py `open_segments`).
 
 The quantizer is trained again only when it no longer fits, and the metadata says why
 (`rebuild_reason`): there is none yet, the member count moved the index to another type
@@ -71,7 +72,6 @@ from resources.lake import LakeResource, prune_versions
 
 Vectors = ArrayVectors | MemberVectors
 TRUTH_DEPTH = 20  # exact neighbours kept per held-out query: recall@10 with room for ties
-TAIL_SHARE = 0.1  # the newest parts stay a segment apart while they hold at most this share of the base
 RECHECK_GROWTH = 0.05  # recall is measured again once the members grew this much since it last was
 
 
@@ -140,16 +140,19 @@ def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: 
     return paths, np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
 
 
-def plan_segments(parts: list[str], counts: list[int], old: dict | None, trained: str) -> list[tuple[int, int]]:
-    """The [start, stop) part ranges of the segments: the old base and a tail of the parts after
-    it, while the base's parts are unchanged and the tail holds at most TAIL_SHARE of its
-    members; else every part in one."""
-    if old and (old.get("trained") or {}).get("version") == trained and old.get("segments"):
-        stop = old["segments"][0]["parts"][1]
-        if 0 < stop <= len(parts) and old.get("parts", [])[:stop] == parts[:stop] \
-                and sum(counts[stop:]) <= TAIL_SHARE * sum(counts[:stop]):
-            return [(0, stop)] + ([(stop, len(parts))] if stop < len(parts) else [])
-    return [(0, len(parts))]
+def plan_segments(counts: list[int], member_bytes: int, segment_bytes: int) -> list[tuple[int, int]]:
+    """The [start, stop) part ranges of the segments: parts packed in order, a new segment
+    started when the next part would take the current one past `segment_bytes` (parts of
+    `counts` members, `member_bytes` each). Appending parts leaves every range but the
+    last as it was."""
+    ranges, start, used = [], 0, 0
+    for part, count in enumerate(counts):
+        size = count * member_bytes
+        if part > start and used + size > segment_bytes:
+            ranges.append((start, part))
+            start, used = part, 0
+        used += size
+    return ranges + [(start, len(counts))] if counts else []
 
 
 def _merge_segment(lake: LakeResource, folder: str, trained: faiss.Index, version: str, parts: list[str],
@@ -221,8 +224,8 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             lake.write_json(f"{folder}/index_info.json", committed)
             return committed
         with tempfile.TemporaryDirectory() as tmp:
-            ranges = plan_segments(parts, [g.count for g in groups], old if reason is None else None,
-                                   record["version"])
+            member_bytes = faiss.extract_index_ivf(trained).code_size + 8  # codes and an int64 id
+            ranges = plan_segments([g.count for g in groups], member_bytes, settings.segment_bytes)
             segments = [{"folder": _merge_segment(lake, folder, trained, record["version"], parts[a:b], tmp),
                          "parts": [a, b], "count": sum(g.count for g in groups[a:b])} for a, b in ranges]
             local = segment_folders(lake, folder, [s["folder"] for s in segments])

@@ -50,9 +50,10 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         info = centroids.update_centroids(lake, MODEL, shards, dedup)
         return {k: info[k] for k in ("clusters", "training_samples", "retrained", "pool_now")}
     if name == "dedup_assignment":
-        vectors, info = centroids.read_centroids(lake, MODEL)
-        todo = [s for s in shards if (assignment.read_record(lake, s, MODEL) or {}).get("centroids") != info["version"]]
-        visits = sum(assignment.assign_shard(lake, s, MODEL, vectors, info["version"], dedup)["visits"] for s in todo)
+        committed = centroids.read_centroids(lake, MODEL)
+        todo = [s for s in shards
+                if (assignment.read_record(lake, s, MODEL) or {}).get("centroids") != committed.version]
+        visits = sum(assignment.assign_shard(lake, s, MODEL, committed, dedup)["visits"] for s in todo)
         return {"shards_assigned": len(todo), "visits": visits}
     if name == "index":
         return index_step(lake, shards, index_budget)

@@ -10,8 +10,8 @@ its version (see assets/indices.py for what the figures in it mean):
     trained/<trained>/parts/<shard>/<part>.index   one shard's members' codes
     trained/<trained>/segments/<s>/populated.index  a run of parts merged, its inverted
     trained/<trained>/segments/<s>/lists.ivfdata    lists on disk, memory-mapped by search
-The committed info of an IVF names its segments (one or two); search opens them as one
-index whose lists are the segments' lists stacked.
+The committed info of an IVF names its segments (each at most `segment_mb`); search opens
+them as one index whose lists are the segments' lists stacked.
 """
 
 import hashlib
@@ -35,9 +35,12 @@ class IndexResource(ConfigurableResource):
     memory_budget_mb: int = Field(default=2048, description="Memory the index may take; picks the index type.")
     target_recall: float = Field(default=0.95, description="recall@10 the search parameters are tuned to reach.")
     queries: int = Field(default=500, description="Held-out queries for tuning and measuring recall@10.")
+    segment_mb: int = Field(default=512, description="Largest on-disk segment of an IVF built in parts: a merge "
+                            "writes at most this much, and a new shard merges only the last segment again.")
 
     def settings(self) -> "IndexSettings":
-        return IndexSettings(self.memory_budget_mb * 2**20, self.target_recall, self.queries)
+        return IndexSettings(self.memory_budget_mb * 2**20, self.target_recall, self.queries,
+                             self.segment_mb * 2**20)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class IndexSettings:
     memory_budget_bytes: int = 2 * 2**30
     target_recall: float = 0.95
     queries: int = 500
+    segment_bytes: int = 512 * 2**20
 
 
 def commit_index(lake: LakeResource, folder: str, version: str, files: dict[str, str], keys: pa.Table,

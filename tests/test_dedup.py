@@ -79,11 +79,11 @@ def test_boundary_visits_find_the_pairs_a_cluster_boundary_splits():
 
 def run_steps(lake: LakeResource, shards: list[str], settings: DedupSettings) -> dict:
     info = centroids.update_centroids(lake, MODEL, shards, settings)
-    vectors, _ = centroids.read_centroids(lake, MODEL)
+    committed = centroids.read_centroids(lake, MODEL)
     for shard in shards:
         record = assignment.read_record(lake, shard, MODEL)
         if record is None or record["centroids"] != info["version"]:
-            assignment.assign_shard(lake, shard, MODEL, vectors, info["version"], settings)
+            assignment.assign_shard(lake, shard, MODEL, committed, settings)
     db = open_catalog(lake.url, MODEL)
     try:
         return {**near_duplicates.find_near_duplicates(lake, db, MODEL, shards, settings, log=lambda _: None),
@@ -102,13 +102,47 @@ def pool(tmp_path_factory):
     lake = LakeResource(root=str(tmp_path_factory.mktemp("dedup") / "lake"))
     spec = PoolSpec(per_shard=2_000, dim=64, topics=20, seed=5)
     planted = pa.concat_tables([write_synthetic_shard(lake, spec, n, MODEL) for n in range(3)])
-    settings = DedupSettings(cluster_size=100, eps=0.1, min_thumbnail_correlation=0.9)
+    # Trained on half the pool: the rest gives held-out vectors to fit the offsets on.
+    settings = DedupSettings(cluster_size=100, eps=0.1, min_thumbnail_correlation=0.9, max_training_samples=3_000)
     first = run_steps(lake, [shard_name(n) for n in range(3)], settings)
     return {"lake": lake, "spec": spec, "planted": planted, "settings": settings, "first": first}
 
 
+def test_offsets_even_out_the_clusters_and_lose_no_pair():
+    """Centroids trained on 20 vectors each draw vectors they were not trained on unevenly (the
+    ones nearest the middle of a topic take most); offsets fitted on held-out vectors even the
+    clusters out, and the clustered search still finds what it found without them."""
+    data = synthetic_shard(PoolSpec(per_shard=30_000, dim=512, topics=20, seed=5), 0)
+    vectors = data.image.astype(np.float16).astype(np.float32)
+    train, held_out, test = vectors[:4_000], vectors[4_000:8_000], vectors[10_000:]
+    trained = centroids.train_centroids(train, 200, seed=0)
+    offsets = centroids.balance_offsets(trained, held_out)
+    truth = brute_force_pairs(test, 0.1)
+    found = {}
+    for name, search in (("plain", CentroidSearch(trained)), ("offsets", CentroidSearch(trained, offsets=offsets))):
+        result = assignment.assign(test, trained, 0.1, 1, search)
+        sizes = np.sort(np.bincount(result.cluster, minlength=len(trained)))[::-1]
+        found[name] = (sizes[:20].sum() / len(test), set_of_pairs(test, result))
+        if name == "offsets":  # the similarity kept is the plain cosine to the centroid taken
+            np.testing.assert_allclose(result.similarity, np.einsum("ij,ij->i", test, trained[result.cluster]),
+                                       rtol=1e-5)
+    assert found["plain"][0] > 0.45 and found["offsets"][0] < 0.25  # the largest tenth of the clusters' share
+    assert found["offsets"][1] <= truth and len(truth - found["offsets"][1]) <= len(truth - found["plain"][1])
+    assert len(truth - found["offsets"][1]) <= 0.05 * len(truth)
+
+
+def set_of_pairs(vectors: np.ndarray, result: assignment.Assignment) -> set[tuple[int, int]]:
+    rows = assignment.cluster_order(result)
+    a, b = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
+                         np.ones(len(rows), bool), 0.1)
+    return set(zip(a.tolist(), b.tolist()))
+
+
 def test_planted_duplicates_are_found_and_the_first_sample_kept(pool):
     lake, planted = pool["lake"], pool["planted"]
+    info = pool["first"]["centroids"]
+    assert info["training_samples"] == 3_000 and info["held_out_samples"] == 1_500  # half the training sample
+    assert np.abs(centroids.read_centroids(lake, MODEL).offsets).max() > 0
     table = duplicates(lake, [shard_name(n) for n in range(3)])
     assert table.num_rows == 6_000 and pool["first"]["mode"] == "full"
     flagged = {(r["shard"], r["key"]) for r in table.to_pylist() if r["is_duplicate"]}
@@ -192,8 +226,7 @@ def test_a_shard_assigned_against_old_centroids_is_left_out_and_leaves_the_dupli
     settings = DedupSettings(cluster_size=50)  # other centroids; only the first shard is assigned again
     info = centroids.update_centroids(lake, MODEL, shards, settings)
     assert info["retrained"] and info["reason"] == "cluster_size, max_training_samples or seed changed"
-    assignment.assign_shard(lake, shards[0], MODEL, centroids.read_centroids(lake, MODEL)[0], info["version"],
-                            settings)
+    assignment.assign_shard(lake, shards[0], MODEL, centroids.read_centroids(lake, MODEL), settings)
     db = open_catalog(lake.url, MODEL)
     try:
         figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, settings, log=lambda _: None)

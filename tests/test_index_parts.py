@@ -11,6 +11,7 @@ import pytest
 from faiss.contrib.ondisk import merge_ondisk
 
 from assets.demo.synthetic_pool import PoolSpec, shard_name, write_synthetic_shard
+from assets.index_parts import plan_segments
 from assets.index_subset import index_subset
 from assets.index_vectors import MemberVectors
 from assets.indices import exact_top
@@ -91,22 +92,26 @@ def test_a_new_shard_adds_its_part_and_keeps_the_quantizer(pool):
     assert np.allclose(saved["scores"], scores, atol=1e-6)
 
 
-def test_small_shards_merge_into_a_tail_segment_searched_as_one_index_with_the_base(pool):
+def test_parts_pack_into_bounded_segments_and_a_new_shard_merges_only_the_last(pool):
+    # SQ8 over 32 dims: 40 bytes a member (codes and id); segments of at most 12,500 members.
+    settings = IndexSettings(SETTINGS.memory_budget_bytes, SETTINGS.target_recall, SETTINGS.queries,
+                             segment_bytes=500_000)
     shards = [shard_name(n) for n in range(4)]
     _subset(pool, shards)
-    first = index_subset(pool, "all", MODEL, SETTINGS)
-    assert len(first["segments"]) == 1 and first["recall_members"] == 24_000
+    first = index_subset(pool, "all", MODEL, settings)
+    assert [s["parts"] for s in first["segments"]] == [[0, 2], [2, 4]] and first["recall_members"] == 24_000
     small = PoolSpec(per_shard=2_000, dim=32, topics=40, seed=11)  # the same topics: no drift
     write_synthetic_shard(pool, small, 4, MODEL)
     _subset(pool, shards + [shard_name(4)])
-    grown = index_subset(pool, "all", MODEL, SETTINGS)  # 2,000 more: within TAIL_SHARE of the base
-    assert [s["parts"] for s in grown["segments"]] == [[0, 4], [4, 5]]
-    assert grown["segments"][0] == first["segments"][0]  # the base is not merged again
+    grown = index_subset(pool, "all", MODEL, settings)  # 2,000 more: past the last segment's room
+    assert [s["parts"] for s in grown["segments"]] == [[0, 2], [2, 4], [4, 5]]
+    assert grown["segments"][:2] == first["segments"]  # full segments are not merged again
     assert grown["recall_members"] == 26_000  # grown by over RECHECK_GROWTH: measured again
     write_synthetic_shard(pool, PoolSpec(per_shard=400, dim=32, topics=40, seed=11), 5, MODEL)
     members = _subset(pool, shards + [shard_name(4), shard_name(5)])
-    tail = index_subset(pool, "all", MODEL, SETTINGS)
-    assert [s["parts"] for s in tail["segments"]] == [[0, 4], [4, 6]] and tail["count"] == 26_400
+    tail = index_subset(pool, "all", MODEL, settings)
+    assert [s["parts"] for s in tail["segments"]] == [[0, 2], [2, 4], [4, 6]] and tail["count"] == 26_400
+    assert tail["segments"][:2] == first["segments"]
     assert tail["recall_members"] == 26_000 and tail["recall_at_10"] == grown["recall_at_10"]
     assert tail["search_params"] == grown["search_params"]
     # The stacked segments answer as the parts merged into one index do.
@@ -117,14 +122,27 @@ def test_small_shards_merge_into_a_tail_segment_searched_as_one_index_with_the_b
     queries = np.concatenate([v for _, v in MemberVectors(pool, MODEL, members).chunks()])[::50]
     assert stacked.ntotal == trained.ntotal == 26_400
     np.testing.assert_array_equal(stacked.search(queries, 10)[1], trained.search(queries, 10)[1])
-    # Past TAIL_SHARE every part is merged into one base again; the previous index's
-    # segments stay (a reader may have it open), older ones go.
+    # The last segment takes shards while they fit; the previous index's segments stay (a
+    # reader may have it open), older ones go.
     write_synthetic_shard(pool, SPEC, 6, MODEL)
     _subset(pool, shards + [shard_name(n) for n in (4, 5, 6)])
-    merged = index_subset(pool, "all", MODEL, SETTINGS)
-    assert [s["parts"] for s in merged["segments"]] == [[0, 7]] and merged["recall_members"] == 32_400
+    merged = index_subset(pool, "all", MODEL, settings)
+    assert [s["parts"] for s in merged["segments"]] == [[0, 2], [2, 4], [4, 7]]
+    assert merged["segments"][:2] == first["segments"] and merged["recall_members"] == 32_400
     on_disk = {f"{FOLDER}/{s['folder']}" for s in merged["segments"] + tail["segments"]}
     assert set(pool.glob(f"{FOLDER}/trained/*/segments/*")) == on_disk
+    assert not any(s in on_disk for s in (f"{FOLDER}/{g['folder']}" for g in grown["segments"][2:]))
+
+
+def test_plan_segments_packs_in_order_and_keeps_the_ranges_of_a_prefix():
+    assert plan_segments([], 10, 100) == []
+    assert plan_segments([5, 5, 5], 10, 100) == [(0, 2), (2, 3)]
+    assert plan_segments([20, 3], 10, 100) == [(0, 1), (1, 2)]  # a part past the bound is a segment alone
+    counts = [3, 4, 2, 6, 1, 5, 5, 2]
+    full = plan_segments(counts, 10, 80)
+    assert full == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    for stop in range(1, len(counts)):  # parts appended later change only the last range
+        assert set(plan_segments(counts[:stop], 10, 80)[:-1]) <= set(full)
 
 
 def test_members_leaving_re_encode_their_part_and_the_parts_after_it(pool):

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from assets.dedup.centroids import Centroids
 from assets.dedup.nearest import CentroidSearch
 from resources.dedup import DedupSettings
 from resources.embedding_files import load_image_embeddings, normalized
 from resources.lake import LakeResource, assignment_dir, prune_versions, with_metadata
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 ASSIGNMENT_KEY = "clipsieve.dedup_assignment"  # Parquet metadata: {"version", "centroids", "eps", ...}
 
 
@@ -40,29 +41,33 @@ class Assignment:
 _searches: dict[str, CentroidSearch] = {}  # one per process: the centroids' version -> their search
 
 
-def cached_centroid_search(centroids: np.ndarray, version: str) -> CentroidSearch:
+def cached_centroid_search(centroids: Centroids) -> CentroidSearch:
     """The centroids' search (assets/dedup/nearest.py), built once per process for a version
     of the centroids (a run assigns many shards against the same ones)."""
-    if version not in _searches:
+    if centroids.version not in _searches:
         _searches.clear()
-        _searches[version] = CentroidSearch(centroids)
-    return _searches[version]
+        _searches[centroids.version] = CentroidSearch(centroids.vectors, offsets=centroids.offsets)
+    return _searches[centroids.version]
 
 
 def assign(vectors: np.ndarray, centroids: np.ndarray, eps: float, boundary_clusters: int,
            search: CentroidSearch | None = None) -> Assignment:
-    """Nearest centroid of each unit vector, and the neighbouring clusters it visits
-    (`search`: the centroids' CentroidSearch, when the caller keeps one)."""
+    """Best-scoring centroid of each unit vector (score: similarity minus the centroid's
+    offset, in `search`), and the neighbouring clusters it visits (`search`: the centroids'
+    CentroidSearch, when the caller keeps one; without it, no offsets)."""
     search = search if search is not None else CentroidSearch(centroids)
-    similarity, cluster = search.search(vectors, 1 + max(0, boundary_clusters))
+    score, cluster = search.search(vectors, 1 + max(0, boundary_clusters))
     nearest = cluster.shape[1]
     visits = np.zeros((0, 2), np.int64)
     if nearest > 1 and len(vectors):
+        # The boundary between two clusters is where the scores tie: a vector within a
+        # pair's distance (sqrt(2 eps)) of it may have a duplicate on the other side.
         gap = np.linalg.norm(centroids[cluster[:, :1]] - centroids[cluster[:, 1:]], axis=2)
-        to_boundary = (similarity[:, :1] - similarity[:, 1:]) / np.maximum(gap, 1e-12)
+        to_boundary = (score[:, :1] - score[:, 1:]) / np.maximum(gap, 1e-12)
         rows, ranks = np.nonzero(to_boundary <= np.sqrt(2 * eps))
         visits = np.stack([rows, cluster[:, 1:][rows, ranks]], axis=1).astype(np.int64)
-    return Assignment(cluster[:, 0].astype(np.int32), similarity[:, 0].astype(np.float32), visits)
+    similarity = score[:, 0] + search.offsets[cluster[:, 0]] if len(vectors) else score[:, 0]
+    return Assignment(cluster[:, 0].astype(np.int32), similarity.astype(np.float32), visits)
 
 
 def cluster_order(assignment: Assignment) -> np.ndarray:
@@ -75,13 +80,14 @@ def cluster_order(assignment: Assignment) -> np.ndarray:
     return rows[np.lexsort((rows[:, 1], rows[:, 2], rows[:, 0]))]
 
 
-def assign_shard(lake: LakeResource, shard: str, model_id: str, centroids: np.ndarray, centroids_version: str,
+def assign_shard(lake: LakeResource, shard: str, model_id: str, centroids: Centroids,
                  settings: DedupSettings) -> dict:
     """Assign the shard's samples, write its files and commit them; its figures."""
     keys, image = load_image_embeddings(lake, shard, model_id)
     vectors = normalized(image)
-    result = assign(vectors, centroids, settings.eps, settings.boundary_clusters,
-                    cached_centroid_search(centroids, centroids_version))
+    result = assign(vectors, centroids.vectors, settings.eps, settings.boundary_clusters,
+                    cached_centroid_search(centroids))
+    centroids_version = centroids.version
     rows = cluster_order(result)
     ordered = vectors[rows[:, 1]].astype(np.float16)
     digest = hashlib.sha256(ordered.tobytes() + rows.tobytes() + centroids_version.encode())

@@ -325,7 +325,7 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     committed = read_centroids(lake, model_id)
     if committed is None:
         raise ValueError(f"no dedup centroids for model {model_id} yet: materialize dedup_centroids first")
-    centroids, centroid_info = committed
+    centroids, centroid_info = committed.vectors, committed.info
     covered, left_out = covered_shards(lake, model_id, shards, centroid_info["version"])
     if not covered:
         raise ValueError(f"no shard assigned against the current dedup centroids; left out: {left_out}")

@@ -9,6 +9,10 @@ levels are matrix products (one per cell for the second), so BLAS does the work:
 10M vectors to 50,000 centroids took 360.7 s this way and 1,465.5 s through faiss's IVF
 over the centroids, which scans lists query by query.
 
+With offsets (one per centroid, assets/dedup/centroids.py) a vector's score against a
+centroid is its similarity minus the centroid's offset, and the best scores win; a cell is
+still probed by plain similarity to its centre.
+
 The two-level search can miss a vector's true nearest when it lies in a cell not probed;
 the vector then goes to the nearest it found (a neighbouring cluster), and the pairwise
 step's boundary visits still meet most of its pairs. tests/test_dedup.py measures the
@@ -27,10 +31,13 @@ CHUNK = 65_536  # vectors searched at once (their similarity blocks stay tens of
 
 
 class CentroidSearch:
-    """The `nearest` most similar unit centroids of unit vectors, exact or two-level."""
+    """The `nearest` best-scoring unit centroids of unit vectors (score: similarity minus the
+    centroid's offset), exact or two-level."""
 
-    def __init__(self, centroids: np.ndarray, seed: int = 0) -> None:
+    def __init__(self, centroids: np.ndarray, seed: int = 0, offsets: np.ndarray | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.offsets = np.zeros(len(self.centroids), np.float32) if offsets is None else \
+            np.asarray(offsets, dtype=np.float32)
         self.cells: np.ndarray | None = None
         if len(self.centroids) >= TWO_LEVEL_FROM:
             cells = spherical_kmeans(self.centroids, int(math.ceil(math.sqrt(len(self.centroids)))), seed)
@@ -38,6 +45,7 @@ class CentroidSearch:
             # Centroids stored cell by cell: a cell's centroids are one contiguous block.
             self.order = np.argsort(cell_of, kind="stable")
             self.grouped = np.ascontiguousarray(self.centroids[self.order])
+            self.grouped_offsets = self.offsets[self.order]
             self.bounds = np.searchsorted(cell_of[self.order], np.arange(len(cells) + 1))
             self.cells = np.ascontiguousarray(cells, dtype=np.float32)
 
@@ -46,7 +54,8 @@ class CentroidSearch:
         return self.cells is not None
 
     def search(self, vectors: np.ndarray, nearest: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarity float32, centroid int64), each (n, nearest), most similar first."""
+        """(score float32, centroid int64), each (n, nearest), best first (without offsets the
+        score is the similarity)."""
         nearest = min(nearest, len(self.centroids))
         found = [self._search(np.ascontiguousarray(vectors[start:start + CHUNK], dtype=np.float32), nearest)
                  for start in range(0, len(vectors), CHUNK)]
@@ -56,7 +65,7 @@ class CentroidSearch:
 
     def _search(self, vectors: np.ndarray, nearest: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cells is None:
-            return top_columns(vectors @ self.centroids.T, nearest, np.arange(len(self.centroids)))
+            return top_columns(vectors @ self.centroids.T - self.offsets, nearest, np.arange(len(self.centroids)))
         n, probes = len(vectors), min(PROBES, len(self.cells))
         probed = top_columns(vectors @ self.cells.T, probes, np.arange(len(self.cells)))[1]
         # One slot per (vector, probed cell), visited cell by cell.
@@ -72,7 +81,8 @@ class CentroidSearch:
             slots = by_cell[edges[cell]:edges[cell + 1]]
             take = min(nearest, hi - lo)
             similarity[slots, :take], centroid[slots, :take] = top_columns(
-                vectors[slot_row[slots]] @ self.grouped[lo:hi].T, take, self.order[lo:hi])
+                vectors[slot_row[slots]] @ self.grouped[lo:hi].T - self.grouped_offsets[lo:hi], take,
+                self.order[lo:hi])
         # Each vector's best `nearest` of its probes x nearest candidates.
         return top_columns(similarity.reshape(n, -1), nearest, centroid.reshape(n, -1))
 

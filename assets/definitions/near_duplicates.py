@@ -85,10 +85,9 @@ def build_assignment_asset(model_id: str, batches: BackfillPolicy = shard_batche
         committed = centroids.read_centroids(lake, model_id)
         if committed is None:
             raise ValueError("no dedup centroids yet: materialize dedup_centroids first")
-        vectors, info = committed
         settings = dedup.settings()
-        return for_each_shard(context, lambda shard: assignment.assign_shard(lake, shard, model_id, vectors,
-                                                                             info["version"], settings))
+        return for_each_shard(context, lambda shard: assignment.assign_shard(lake, shard, model_id, committed,
+                                                                             settings))
 
     return dedup_assignment
 
