@@ -141,7 +141,7 @@ def set_of_pairs(vectors: np.ndarray, result: assignment.Assignment) -> set[tupl
 def test_planted_duplicates_are_found_and_the_first_sample_kept(pool):
     lake, planted = pool["lake"], pool["planted"]
     info = pool["first"]["centroids"]
-    assert info["training_samples"] == 3_000 and info["held_out_samples"] == 1_500  # half the training sample
+    assert info["training_samples"] == 3_000 and info["held_out_samples"] == 600  # a fifth of the training sample
     assert np.abs(centroids.read_centroids(lake, MODEL).offsets).max() > 0
     table = duplicates(lake, [shard_name(n) for n in range(3)])
     assert table.num_rows == 6_000 and pool["first"]["mode"] == "full"

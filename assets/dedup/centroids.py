@@ -15,9 +15,9 @@ not trained on go to the centroids nearest the middle of their region instead, a
 clusters come out lopsided (on the 10M synthetic pool, half the clusters held under 14
 samples and the largest tenth 71% of them). The pairwise step's cost follows the clusters a
 new shard meets, so the offsets are fitted on held-out vectors (drawn with the training
-sample, up to half its size; none when the pool is no larger than the training sample)
+sample, a fifth of its size; none when the pool is no larger than the training sample)
 until each cluster takes its share of them: a price per centroid, raised while it takes
-more than its share. The offsets move the boundaries between clusters, not the clusters'
+more than its share and lowered while it takes less. The offsets move the boundaries between clusters, not the clusters'
 geometry: the pairwise step's boundary visits follow the moved boundaries.
 """
 
@@ -36,10 +36,11 @@ CODE_VERSION = "2"
 REGROW_FACTOR = 2.0  # retrain once the pool has grown (or shrunk) this much since training
 MIN_POINTS_PER_CENTROID = 20  # training vectors per centroid, at least
 TRAINING_SETTINGS = ("cluster_size", "max_training_samples", "seed")
-HELD_OUT_SHARE = 0.5  # held-out vectors the offsets are fitted on, as a share of the training sample
-BALANCE_CANDIDATES = 16  # a held-out vector's most similar centroids, among which the offsets choose
-BALANCE_ROUNDS = 100
-BALANCE_STEP = 0.002  # offset change (in cosine) per round, per unit of log(taken / share)
+HELD_OUT_SHARE = 0.2  # held-out vectors the offsets are fitted on, as a share of the training sample
+BALANCE_SEARCHES = 6  # searches of the held-out vectors with the offsets fitted so far
+BALANCE_CANDIDATES = 16  # the best-scoring centroids a search keeps for each held-out vector
+BALANCE_ROUNDS = 12  # offset updates after each search, each vector choosing among its candidates
+BALANCE_STEP = 0.002  # offset change (in cosine) per update, per unit of log(taken / fair share)
 
 
 @dataclass(frozen=True)
@@ -92,20 +93,25 @@ def training_sample(lake: LakeResource, model_id: str, sizes: dict[str, int], li
 
 def balance_offsets(centroids: np.ndarray, held_out: np.ndarray) -> np.ndarray:
     """Offsets (one per centroid, subtracted from similarities) under which the held-out
-    vectors spread over the clusters evenly: each round, a vector goes to the best of its
-    BALANCE_CANDIDATES most similar centroids after the offsets, and a centroid's offset
-    moves by BALANCE_STEP per unit of log(vectors taken / fair share). Zeros without
-    held-out vectors."""
+    vectors spread over the clusters evenly; zeros without held-out vectors. Each search
+    finds every vector's BALANCE_CANDIDATES best centroids under the offsets so far; then,
+    BALANCE_ROUNDS times, each vector takes the best of its candidates and each centroid's
+    offset moves by BALANCE_STEP per unit of log(vectors taken / fair share). The search is
+    the assignment's own (assets/dedup/nearest.py): offsets fitted among fixed candidates
+    alone favour centroids no candidate list holds, which the assignment then finds."""
     offsets = np.zeros(len(centroids), np.float32)
     if not len(held_out) or len(centroids) < 2:
         return offsets
-    similarity, candidate = CentroidSearch(centroids).search(held_out, BALANCE_CANDIDATES)
-    share = len(held_out) / len(centroids)
-    rows = np.arange(len(held_out))
-    for _ in range(BALANCE_ROUNDS):
-        taken = candidate[rows, np.argmax(similarity - offsets[candidate], axis=1)]
-        counts = np.bincount(taken, minlength=len(centroids))
-        offsets += (BALANCE_STEP * np.log((counts + 1) / (share + 1))).astype(np.float32)
+    search = CentroidSearch(centroids)
+    share, rows = len(held_out) / len(centroids), np.arange(len(held_out))
+    for _ in range(BALANCE_SEARCHES):
+        search.set_offsets(offsets)
+        score, candidate = search.search(held_out, BALANCE_CANDIDATES)
+        similarity = score + offsets[candidate]
+        for _ in range(BALANCE_ROUNDS):
+            taken = candidate[rows, np.argmax(similarity - offsets[candidate], axis=1)]
+            counts = np.bincount(taken, minlength=len(centroids))
+            offsets = (offsets + BALANCE_STEP * np.log((counts + 1) / (share + 1))).astype(np.float32)
     return offsets
 
 
@@ -162,14 +168,15 @@ def update_centroids(lake: LakeResource, model_id: str, shards: list[str], setti
     sample, held_out = training_sample(lake, model_id, sizes, settings.max_training_samples, settings.seed,
                                        int(settings.max_training_samples * HELD_OUT_SHARE))
     k = cluster_count(pool_size, settings.cluster_size, len(sample))
-    centroids = train_centroids(sample, k, settings.seed)
+    centroids, trained_on = train_centroids(sample, k, settings.seed), len(sample)
+    del sample  # the offsets' search holds blocks of its own
     offsets = balance_offsets(centroids, held_out)
     version = hashlib.sha256(centroids.tobytes() + offsets.tobytes()).hexdigest()[:16]
     folder = dedup_dir(model_id)
     lake.write_npy(f"{folder}/centroids/{version}/centroids.npy", centroids)
     lake.write_npy(f"{folder}/centroids/{version}/offsets.npy", offsets)
     info = {"version": version, "model_id": model_id, "clusters": int(len(centroids)), "pool_size": pool_size,
-            "training_samples": int(len(sample)), "held_out_samples": int(len(held_out)),
+            "training_samples": trained_on, "held_out_samples": int(len(held_out)),
             "settings": settings.digest(*TRAINING_SETTINGS), "reason": reason, "code_version": CODE_VERSION}
     lake.write_json(f"{folder}/centroids.json", info)
     previous = committed.version if committed else ""

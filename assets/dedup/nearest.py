@@ -36,8 +36,6 @@ class CentroidSearch:
 
     def __init__(self, centroids: np.ndarray, seed: int = 0, offsets: np.ndarray | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.offsets = np.zeros(len(self.centroids), np.float32) if offsets is None else \
-            np.asarray(offsets, dtype=np.float32)
         self.cells: np.ndarray | None = None
         if len(self.centroids) >= TWO_LEVEL_FROM:
             cells = spherical_kmeans(self.centroids, int(math.ceil(math.sqrt(len(self.centroids)))), seed)
@@ -45,9 +43,15 @@ class CentroidSearch:
             # Centroids stored cell by cell: a cell's centroids are one contiguous block.
             self.order = np.argsort(cell_of, kind="stable")
             self.grouped = np.ascontiguousarray(self.centroids[self.order])
-            self.grouped_offsets = self.offsets[self.order]
             self.bounds = np.searchsorted(cell_of[self.order], np.arange(len(cells) + 1))
             self.cells = np.ascontiguousarray(cells, dtype=np.float32)
+        self.set_offsets(np.zeros(len(self.centroids), np.float32) if offsets is None else offsets)
+
+    def set_offsets(self, offsets: np.ndarray) -> None:
+        """Score against the centroids with these offsets from now on."""
+        self.offsets = np.asarray(offsets, dtype=np.float32).copy()
+        if self.cells is not None:
+            self.grouped_offsets = self.offsets[self.order]
 
     @property
     def two_level(self) -> bool:
