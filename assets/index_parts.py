@@ -18,7 +18,9 @@ and ids (a part larger than that is a segment alone). The packing of a run of pa
 not depend on the parts after it, so appending a shard changes only the last segment (or
 starts a new one): a shard added to a large index costs its own codes and one segment's
 copy, and no merge maps more than one segment's file, whatever the index's size. Search
-stacks the segments' lists (resources/indexing.py `open_segments`).
+stacks the segments' lists (resources/indexing.py `open_segments`); recall is measured a
+segment at a time (`SegmentedSearch`: the same results, each segment read once for all the
+held-out queries), so the build's memory is bounded by a segment too.
 
 The quantizer is trained again only when it no longer fits, and the metadata says why
 (`rebuild_reason`): there is none yet, the member count moved the index to another type
@@ -61,9 +63,9 @@ from assets.indices import (
 from resources.indexing import (
     ON_DISK_FILES,
     IndexSettings,
+    SegmentedSearch,
     commit_index,
     local_file,
-    open_segments,
     read_faiss,
     segment_folders,
     write_faiss,
@@ -229,7 +231,7 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             segments = [{"folder": _merge_segment(lake, folder, trained, record["version"], parts[a:b], tmp),
                          "parts": [a, b], "count": sum(g.count for g in groups[a:b])} for a, b in ranges]
             local = segment_folders(lake, folder, [s["folder"] for s in segments])
-            index = open_segments(local)
+            index = SegmentedSearch(local)
             measured_at = (old or {}).get("recall_members", 0)
             if reason is None and truth_mode == "extended" and source.count <= measured_at * (1 + RECHECK_GROWTH) \
                     and old.get("target_recall") == settings.target_recall:
@@ -242,14 +244,13 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             if reason is None and recall < settings.target_recall <= record.get("recall_at_10", 0.0):
                 reason = (f"recall@10 fell to {recall:.3f}, below the target {settings.target_recall}, with the "
                           f"index trained on {record['members']} members")
-                del index
                 continue
             if reason is not None:  # what the fresh quantizer reached: a later fall below the target retrains
                 record = {**record, "recall_at_10": recall}
             np.savez(os.path.join(tmp, "recall_truth.npz"), queries=queries, scores=scores, positions=positions)
             info = {
                 "factory": factory, "search_params": params, "metric": "inner_product", "layout": "on_disk",
-                "count": int(index.ntotal), "dim": int(source.dim), "recall_at_10": recall,
+                "count": sum(s["count"] for s in segments), "dim": int(source.dim), "recall_at_10": recall,
                 "recall_queries": int(len(queries)), "recall_truth": truth_mode, "recall_members": measured_at,
                 "target_recall": settings.target_recall,
                 "build_seconds": round(time.perf_counter() - started, 4),
@@ -260,7 +261,6 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
                 "memory_bytes": sum(os.path.getsize(os.path.join(f, name)) for f in local for name in ON_DISK_FILES),
                 **({"rebuild_reason": reason} if reason else {}), **(extra_info or {}),
             }
-            del index  # the lists files are mapped while the index lives
             committed = commit_index(lake, folder, version, {}, source.keys(), info,
                                      extra={"recall_truth.npz": os.path.join(tmp, "recall_truth.npz")})
         _prune(lake, folder, committed, old)

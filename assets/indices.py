@@ -46,7 +46,7 @@ from assets.embeddings import encode_images, encode_texts
 from assets.index_vectors import ArrayVectors, MemberVectors
 from assets.kmeans import spherical_kmeans
 from resources.clip_model import LoadedClip
-from resources.indexing import IndexSettings
+from resources.indexing import IndexSettings, SegmentedSearch, set_search_parameters
 
 CODE_VERSION = "6"
 Vectors = ArrayVectors | MemberVectors
@@ -114,7 +114,8 @@ def merge_top(best: np.ndarray, rows: np.ndarray, scores: np.ndarray, positions:
     return np.take_along_axis(joined, order, axis=1), np.take_along_axis(joined_rows, order, axis=1)
 
 
-def recall_at_k(index: faiss.Index, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray], k: int = 10) -> float:
+def recall_at_k(index: faiss.Index | SegmentedSearch, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray],
+                k: int = 10) -> float:
     """Share of the exact top k the index returns. `truth`: the exact (scores, positions) of
     each query's top k or more, by exact search. A returned row is a hit when the truth holds
     it with a score at least the k-th exact score, so equal vectors in either order count
@@ -140,18 +141,17 @@ def _candidate_params(factory: str) -> list[str]:
     return [""]
 
 
-def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: float, k: int,
+def tune(index: faiss.Index | SegmentedSearch, factory: str, queries: np.ndarray, truth, target: float, k: int,
          start: str | None = None) -> tuple[str, float]:
     """The cheapest search parameters reaching `target` recall@k (or the best tried), set on
     the index. `start`: the parameters tuned last time; the search begins there and walks up
     only (a grown index does not need fewer, and each step searches every query: at 10M
     members one step at nprobe 4,096 takes tens of seconds)."""
     candidates = _candidate_params(factory)
-    space = faiss.ParameterSpace()
 
     def measure(at: int) -> float:
         if candidates[at]:
-            space.set_index_parameters(index, candidates[at])
+            set_search_parameters(index, candidates[at])
         return recall_at_k(index, queries, truth, k)
 
     at = candidates.index(start) if start in candidates else 0
@@ -163,7 +163,7 @@ def tune(index: faiss.Index, factory: str, queries: np.ndarray, truth, target: f
             return candidates[at], recall
         best = max(best, (candidates[at], recall), key=lambda pair: pair[1])
     if best[0] and best[0] != candidates[at]:
-        space.set_index_parameters(index, best[0])
+        set_search_parameters(index, best[0])
     return best
 
 

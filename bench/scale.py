@@ -6,6 +6,7 @@ process of its own, wall time and peak RSS per step, then the cost of one more s
     .venv/bin/python bench/scale.py --samples 200000 --keep   # keep the lake (reused when it matches)
     .venv/bin/python bench/scale.py --index                  # and a kNN index over the whole pool
     .venv/bin/python bench/scale.py --memory-limit-mb 4096   # each step inside a 4 GiB memory cgroup
+    .venv/bin/python bench/scale.py --balance-clusters       # dedup centroids with balancing offsets
 
 The pool (assets/demo/synthetic_pool.py) is written in the lake's own formats: per-shard
 float16 embeddings around 1,000 topic directions with planted exact and near duplicates,
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--lake", help="lake folder (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
     parser.add_argument("--memory-budget-mb", type=int, default=1024, help="the pairwise step's vector budget")
+    parser.add_argument("--balance-clusters", action="store_true", help="the dedup resource's balance_clusters")
     parser.add_argument("--index", action="store_true", help="also build a kNN index over the whole pool")
     parser.add_argument("--index-budget-mb", type=int, default=2048, help="the index's memory budget (picks its type)")
     parser.add_argument("--only-index", action="store_true", help="run the index step alone (with --index)")
@@ -192,7 +194,7 @@ def main() -> None:
     lake = args.lake or tempfile.mkdtemp(prefix="clipsieve-scale-")
     shards = args.samples // args.per_shard
     names = [shard_name(n) for n in range(shards)]
-    settings = {"memory_budget_bytes": args.memory_budget_mb * 2**20,
+    settings = {"memory_budget_bytes": args.memory_budget_mb * 2**20, "balance_clusters": args.balance_clusters,
                 "index_budget_bytes": args.index_budget_mb * 2**20}
     marker = Path(lake) / "synthetic.json"
     wanted = {"shards": shards, "per_shard": args.per_shard, "dim": args.dim}

@@ -168,6 +168,47 @@ def open_segments(local_folders: list[str]) -> faiss.Index:
     return segments[0]
 
 
+class SegmentedSearch:
+    """Many queries at once over on-disk segments, one segment at a time, each segment's top k
+    merged into the whole's: what the stacked index (`open_segments`) returns for the same
+    search parameters (every segment was filled from one trained index, so a query probes the
+    same lists in each), but each segment's lists are read once for the whole batch while
+    they are in the page cache, where the stacked index reads the lists of every segment for
+    each query in turn: with an index larger than memory, that is reading it from disk once
+    per query. Recall is measured and search parameters tuned this way; users search the
+    stacked index."""
+
+    def __init__(self, local_folders: list[str]) -> None:
+        self.folders = local_folders
+        self.parameters = ""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of each query's top k, best first (ids -1 past the members)."""
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for folder in self.folders:
+            segment = faiss.read_index(os.path.join(folder, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            if self.parameters:
+                faiss.ParameterSpace().set_index_parameters(segment, self.parameters)
+            found_scores, found_ids = segment.search(queries, k)
+            del segment
+            found_scores = np.where(found_ids >= 0, found_scores, -np.inf)
+            joined = np.concatenate([scores, found_scores], axis=1)
+            order = np.argsort(-joined, axis=1, kind="stable")[:, :k]
+            scores = np.take_along_axis(joined, order, axis=1)
+            ids = np.take_along_axis(np.concatenate([ids, found_ids], axis=1), order, axis=1)
+        return scores, ids
+
+
+def set_search_parameters(index: "faiss.Index | SegmentedSearch", parameters: str) -> None:
+    """Set faiss search parameters ("nprobe=16,quantizer_efSearch=64") on an index or a
+    segmented search."""
+    if isinstance(index, SegmentedSearch):
+        index.parameters = parameters
+    else:
+        faiss.ParameterSpace().set_index_parameters(index, parameters)
+
+
 def read_index(lake: LakeResource, folder: str, info: dict | None = None) -> tuple[faiss.Index, pa.Table]:
     """The committed index with its tuned search parameters applied, and its row keys (`info`:
     its index_info.json, when the caller has read it already). An IVF built in parts is opened

@@ -103,7 +103,8 @@ def pool(tmp_path_factory):
     spec = PoolSpec(per_shard=2_000, dim=64, topics=20, seed=5)
     planted = pa.concat_tables([write_synthetic_shard(lake, spec, n, MODEL) for n in range(3)])
     # Trained on half the pool: the rest gives held-out vectors to fit the offsets on.
-    settings = DedupSettings(cluster_size=100, eps=0.1, min_thumbnail_correlation=0.9, max_training_samples=3_000)
+    settings = DedupSettings(cluster_size=100, eps=0.1, min_thumbnail_correlation=0.9, max_training_samples=3_000,
+                             balance_clusters=True)
     first = run_steps(lake, [shard_name(n) for n in range(3)], settings)
     return {"lake": lake, "spec": spec, "planted": planted, "settings": settings, "first": first}
 
@@ -129,6 +130,16 @@ def test_offsets_even_out_the_clusters_and_lose_no_pair():
     assert found["plain"][0] > 0.45 and found["offsets"][0] < 0.25  # the largest tenth of the clusters' share
     assert found["offsets"][1] <= truth and len(truth - found["offsets"][1]) <= len(truth - found["plain"][1])
     assert len(truth - found["offsets"][1]) <= 0.05 * len(truth)
+
+
+def test_without_balance_clusters_no_sample_is_held_out_and_the_offsets_are_zero(pool, tmp_path):
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    for n in range(2):
+        write_synthetic_shard(lake, spec, n, MODEL)
+    settings = DedupSettings(cluster_size=100, max_training_samples=2_000)
+    info = centroids.update_centroids(lake, MODEL, [shard_name(n) for n in range(2)], settings)
+    assert info["training_samples"] == 2_000 and info["held_out_samples"] == 0
+    assert not centroids.read_centroids(lake, MODEL).offsets.any()
 
 
 def set_of_pairs(vectors: np.ndarray, result: assignment.Assignment) -> set[tuple[int, int]]:
@@ -225,7 +236,8 @@ def test_a_shard_assigned_against_old_centroids_is_left_out_and_leaves_the_dupli
     run_steps(lake, shards, DedupSettings(cluster_size=100))
     settings = DedupSettings(cluster_size=50)  # other centroids; only the first shard is assigned again
     info = centroids.update_centroids(lake, MODEL, shards, settings)
-    assert info["retrained"] and info["reason"] == "cluster_size, max_training_samples or seed changed"
+    assert info["retrained"] and info["reason"] == \
+        "cluster_size, max_training_samples, seed or balance_clusters changed"
     assignment.assign_shard(lake, shards[0], MODEL, centroids.read_centroids(lake, MODEL), settings)
     db = open_catalog(lake.url, MODEL)
     try:

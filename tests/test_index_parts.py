@@ -15,7 +15,7 @@ from assets.index_parts import plan_segments
 from assets.index_subset import index_subset
 from assets.index_vectors import MemberVectors
 from assets.indices import exact_top
-from resources.indexing import IndexSettings, read_index
+from resources.indexing import IndexSettings, SegmentedSearch, read_index, set_search_parameters
 from resources.lake import LakeResource, index_dir, members_path
 
 MODEL = "synthetic-32"
@@ -122,6 +122,12 @@ def test_parts_pack_into_bounded_segments_and_a_new_shard_merges_only_the_last(p
     queries = np.concatenate([v for _, v in MemberVectors(pool, MODEL, members).chunks()])[::50]
     assert stacked.ntotal == trained.ntotal == 26_400
     np.testing.assert_array_equal(stacked.search(queries, 10)[1], trained.search(queries, 10)[1])
+    # So does a search of one segment at a time, top k merged (recall is measured that way).
+    segmented = SegmentedSearch([pool.path(f"{FOLDER}/{s['folder']}") for s in tail["segments"]])
+    set_search_parameters(segmented, tail["search_params"])
+    (scores, found), (stacked_scores, stacked_found) = segmented.search(queries, 10), stacked.search(queries, 10)
+    np.testing.assert_allclose(scores, stacked_scores, rtol=1e-6)
+    assert (np.sort(found, axis=1) == np.sort(stacked_found, axis=1)).mean() > 0.99  # equal scores at the k-th may swap
     # The last segment takes shards while they fit; the previous index's segments stay (a
     # reader may have it open), older ones go.
     write_synthetic_shard(pool, SPEC, 6, MODEL)
