@@ -197,7 +197,11 @@ def training_sample(source: Vectors, seed: int = 0) -> np.ndarray:
     shard that holds one)."""
     positions = np.random.default_rng(seed).choice(source.count, size=min(source.count, TRAINING_SAMPLE),
                                                    replace=False)
-    return np.concatenate([vectors for _, vectors in source.chunks(positions)])
+    sample, at = np.empty((len(positions), source.dim), np.float32), 0
+    for _, vectors in source.chunks(positions):  # filled in place: no second copy while joining
+        sample[at:at + len(vectors)] = vectors
+        at += len(vectors)
+    return sample
 
 
 def train_index(source: Vectors, factory: str, seed: int = 0, sample: np.ndarray | None = None) -> faiss.Index:
