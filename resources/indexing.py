@@ -175,8 +175,8 @@ class SegmentedSearch:
     same lists in each), but each segment's lists are read once for the whole batch while
     they are in the page cache, where the stacked index reads the lists of every segment for
     each query in turn: with an index larger than memory, that is reading it from disk once
-    per query. Recall is measured and search parameters tuned this way; users search the
-    stacked index."""
+    per query. The queries' lists are found once, with the first segment's quantizer. Recall
+    is measured and search parameters tuned this way; users search the stacked index."""
 
     def __init__(self, local_folders: list[str]) -> None:
         self.folders = local_folders
@@ -184,14 +184,19 @@ class SegmentedSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of each query's top k, best first (ids -1 past the members)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
+        coarse = None
         for folder in self.folders:
             segment = faiss.read_index(os.path.join(folder, "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
             if self.parameters:
                 faiss.ParameterSpace().set_index_parameters(segment, self.parameters)
-            found_scores, found_ids = segment.search(queries, k)
-            del segment
+            ivf = faiss.extract_index_ivf(segment)
+            if coarse is None:  # every segment holds the same quantizer: the lists are found once
+                coarse = ivf.quantizer.search(queries, ivf.nprobe)
+            found_scores, found_ids = ivf.search_preassigned(queries, k, coarse[1], coarse[0])
+            del segment, ivf
             found_scores = np.where(found_ids >= 0, found_scores, -np.inf)
             joined = np.concatenate([scores, found_scores], axis=1)
             order = np.argsort(-joined, axis=1, kind="stable")[:, :k]
