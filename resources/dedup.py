@@ -3,7 +3,7 @@
 The steps (assets/dedup/): centroids trained on a bounded sample of the pool, each shard's
 samples assigned to them, and the pairwise search within clusters. Their files:
 
-    dedup/<model>/centroids.json                        names centroids/<version>/centroids.npy
+    dedup/<model>/centroids.json                        names centroids/<version>/{centroids,offsets}.npy
     shards/<shard>/dedup/<model>/assignment.parquet     key, shard, cluster, centroid_similarity;
                                                         commits versions/<v>/{vectors,rows}.npy
     shards/<shard>/dedup/<model>/duplicates.parquet     the pairwise step's groups, every sample

@@ -27,7 +27,7 @@ from resources.dedup import DedupSettings
 from resources.embedding_files import load_image_embeddings, normalized
 from resources.lake import LakeResource, assignment_dir, prune_versions, with_metadata
 
-CODE_VERSION = "3"
+CODE_VERSION = "2"
 ASSIGNMENT_KEY = "clipsieve.dedup_assignment"  # Parquet metadata: {"version", "centroids", "eps", ...}
 
 
@@ -66,7 +66,7 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, eps: float, boundary_clus
         to_boundary = (score[:, :1] - score[:, 1:]) / np.maximum(gap, 1e-12)
         rows, ranks = np.nonzero(to_boundary <= np.sqrt(2 * eps))
         visits = np.stack([rows, cluster[:, 1:][rows, ranks]], axis=1).astype(np.int64)
-    similarity = score[:, 0] + search.offsets[cluster[:, 0]] if len(vectors) else score[:, 0]
+    similarity = score[:, 0] + search.offsets[cluster[:, 0]]  # the plain cosine to the centroid taken
     return Assignment(cluster[:, 0].astype(np.int32), similarity.astype(np.float32), visits)
 
 

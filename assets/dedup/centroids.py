@@ -173,7 +173,7 @@ def update_centroids(lake: LakeResource, model_id: str, shards: list[str], setti
                                        held_out_limit)
     k = cluster_count(pool_size, settings.cluster_size, len(sample))
     centroids, trained_on = train_centroids(sample, k, settings.seed), len(sample)
-    del sample  # the offsets' search holds blocks of its own
+    del sample  # the step holds the training sample or the offsets' search, not both
     offsets = balance_offsets(centroids, held_out)
     version = hashlib.sha256(centroids.tobytes() + offsets.tobytes()).hexdigest()[:16]
     folder = dedup_dir(model_id)
