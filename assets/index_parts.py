@@ -33,9 +33,10 @@ not retrained on every refresh for it).
 Recall is measured against exact search over all members. The held-out queries and their
 exact top 20 are kept with each version (recall_truth.npz); when the members only grew at
 the end (new shards after the old ones), the truth is updated with the new members alone
-instead of searching everything again, and recall is measured again (and the search
-parameters re-tuned, from the last ones up) once the members have grown `RECHECK_GROWTH`
-since it was last measured: `recall_members` says at how many.
+instead of searching everything again. The exact search runs on the vectors the parts'
+encoding reads, so a build reads the embeddings once for both. Recall is measured again
+(and the search parameters re-tuned, from the last ones up) once the members have grown
+`RECHECK_GROWTH` since it was last measured: `recall_members` says at how many.
 """
 
 import hashlib
@@ -53,7 +54,6 @@ from assets.index_vectors import ArrayVectors, MemberGroup, MemberVectors
 from assets.indices import (
     centroid_similarity,
     drift_reason,
-    exact_top,
     held_out_queries,
     merge_top,
     train_index,
@@ -116,8 +116,10 @@ def _train(lake: LakeResource, folder: str, source: Vectors, factory: str, reaso
 
 
 def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: str, source: Vectors,
-                log: Callable[[str], None]) -> tuple[list[str], np.ndarray]:
-    """Each group's part path, encoding the parts that are missing; the positions newly encoded."""
+                log: Callable[[str], None], read: Callable[[np.ndarray, np.ndarray], None]) -> tuple[list[str],
+                                                                                                  np.ndarray]:
+    """Each group's part path, encoding the parts that are missing (each block of vectors read
+    is passed to `read` too); the positions newly encoded."""
     paths, encoded = [], []
     for group in source.groups():
         path = part_path(folder, version, group)
@@ -128,6 +130,7 @@ def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: 
         positions = np.arange(group.start, group.start + group.count)
         for chunk, vectors in source.chunks(positions):
             part.add_with_ids(vectors, chunk)
+            read(chunk, vectors)
         # Only the lists are merged: an empty quantizer keeps the trained one (32 MiB at
         # 16k lists) out of every part file. It is put back before the part is freed, which
         # frees it with the part.
@@ -178,22 +181,47 @@ def _merge_segment(lake: LakeResource, folder: str, trained: faiss.Index, versio
     return segment
 
 
-def _truth(lake: LakeResource, folder: str, old: dict | None, source: Vectors, groups: list[MemberGroup],
-           settings: IndexSettings, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(queries, exact scores, exact positions, how): the old truth extended by the members
-    added after the old ones, when the old members are a prefix of the new; else fresh."""
+class _Truth:
+    """The held-out queries' exact top TRUTH_DEPTH over the members from `start` on, joined
+    with `scores`/`positions` (the old truth over the members before `start`). It takes the
+    vectors the parts' encoding reads; `complete` reads the members it did not see: a full
+    build reads the embeddings once for both."""
+
+    def __init__(self, queries: np.ndarray, scores: np.ndarray, positions: np.ndarray, start: int, count: int,
+                 mode: str) -> None:
+        self.queries, self.scores, self.positions, self.mode = queries, scores, positions, mode
+        self.start, self.seen = start, np.zeros(count - start, bool)
+
+    def add(self, positions: np.ndarray, vectors: np.ndarray) -> None:
+        mine = positions >= self.start
+        if mine.any():
+            self.scores, self.positions = merge_top(self.scores, self.positions, self.queries @ vectors[mine].T,
+                                                    positions[mine], TRUTH_DEPTH)
+            self.seen[positions[mine] - self.start] = True
+
+    def complete(self, source: Vectors) -> "_Truth":
+        missing = np.flatnonzero(~self.seen) + self.start
+        if len(missing):
+            for positions, vectors in source.chunks(missing):
+                self.add(positions, vectors)
+        return self
+
+
+def _start_truth(lake: LakeResource, folder: str, old: dict | None, source: Vectors, groups: list[MemberGroup],
+                 settings: IndexSettings, seed: int) -> _Truth:
+    """The truth to build: the old one extended by the members added after the old ones, when
+    the old members are a prefix of the new; else a fresh one."""
     old_groups = [tuple(g) for g in (old or {}).get("groups", [])]
     new_groups = [(g.shard, g.version, g.count) for g in groups]
     path = f"{folder}/versions/{(old or {}).get('version')}/recall_truth.npz"
     if old_groups and new_groups[:len(old_groups)] == old_groups and lake.exists(path):
         with tempfile.TemporaryDirectory() as tmp, np.load(local_file(lake, path, tmp)) as saved:
             queries, best, rows = saved["queries"], saved["scores"], saved["positions"]
-        start = sum(count for _, _, count in old_groups)
-        for positions, vectors in source.chunks(np.arange(start, source.count)):
-            best, rows = merge_top(best, rows, queries @ vectors.T, positions, TRUTH_DEPTH)
-        return queries, best, rows, "extended"
+        return _Truth(queries, best, rows, sum(count for _, _, count in old_groups), source.count, "extended")
     queries = held_out_queries(source, settings.queries, seed)
-    return (queries, *exact_top(source, queries, min(TRUTH_DEPTH, source.count)), "searched")
+    depth = min(TRUTH_DEPTH, source.count)
+    return _Truth(queries, np.full((len(queries), depth), -np.inf, np.float32),
+                  np.full((len(queries), depth), -1, np.int64), 0, source.count, "searched")
 
 
 def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factory: str, settings: IndexSettings,
@@ -210,13 +238,15 @@ def update_parted_index(lake: LakeResource, folder: str, source: Vectors, factor
             trained = read_faiss(lake, f"{folder}/trained/{record['version']}/trained.index")
         else:
             trained, record = _train(lake, folder, source, factory, reason, seed)
-        parts, encoded = _fill_parts(lake, folder, trained, record["version"], source, log)
+        truth = _start_truth(lake, folder, old, source, groups, settings, seed)
+        parts, encoded = _fill_parts(lake, folder, trained, record["version"], source, log, truth.add)
         if reason is None and len(encoded):
             sample = encoded[np.random.default_rng(seed).choice(len(encoded), min(len(encoded), 20_000), False)]
             reason = drift_reason(record.get("centroid_similarity"), centroid_similarity(trained, source, sample))
             if reason:
                 continue
-        queries, scores, positions, truth_mode = _truth(lake, folder, old, source, groups, settings, seed)
+        truth.complete(source)
+        queries, scores, positions, truth_mode = truth.queries, truth.scores, truth.positions, truth.mode
         # Named by what it is made of and how it is tuned: the same inputs, the same folder.
         version = _digest(record["version"], *parts, str(settings.target_recall), str(settings.queries))
         if old and reason is None and old.get("version") == version:
