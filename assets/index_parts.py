@@ -116,8 +116,8 @@ def _train(lake: LakeResource, folder: str, source: Vectors, factory: str, reaso
 
 
 def _fill_parts(lake: LakeResource, folder: str, trained: faiss.Index, version: str, source: Vectors,
-                log: Callable[[str], None], read: Callable[[np.ndarray, np.ndarray], None]) -> tuple[list[str],
-                                                                                                  np.ndarray]:
+                log: Callable[[str], None],
+                read: Callable[[np.ndarray, np.ndarray], None]) -> tuple[list[str], np.ndarray]:
     """Each group's part path, encoding the parts that are missing (each block of vectors read
     is passed to `read` too); the positions newly encoded."""
     paths, encoded = [], []
@@ -194,10 +194,12 @@ class _Truth:
 
     def add(self, positions: np.ndarray, vectors: np.ndarray) -> None:
         mine = positions >= self.start
-        if mine.any():
-            self.scores, self.positions = merge_top(self.scores, self.positions, self.queries @ vectors[mine].T,
-                                                    positions[mine], TRUTH_DEPTH)
-            self.seen[positions[mine] - self.start] = True
+        if not mine.all():  # a block the old truth covers in part (a full build's never is)
+            positions, vectors = positions[mine], vectors[mine]
+        if len(positions):
+            self.scores, self.positions = merge_top(self.scores, self.positions, self.queries @ vectors.T,
+                                                    positions, TRUTH_DEPTH)
+            self.seen[positions - self.start] = True
 
     def complete(self, source: Vectors) -> "_Truth":
         missing = np.flatnonzero(~self.seen) + self.start

@@ -81,7 +81,8 @@ def training_sample(lake: LakeResource, model_id: str, sizes: dict[str, int], li
     for shard, size in sorted(sizes.items()):
         take = size if total <= limit else int(round(limit * size / total))
         spare = int(round(held_out_limit * size / total)) if held_out_limit else 0
-        take, spare = min(take, size), min(spare, size - min(take, size))
+        take = min(take, size)
+        spare = min(spare, size - take)
         if take + spare <= 0:
             continue
         _, image = load_image_embeddings(lake, shard, model_id)
