@@ -37,6 +37,14 @@ def as_float32(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+def as_float16(vectors: np.ndarray) -> np.ndarray:
+    """float32 `vectors` as float16, through torch's vectorized copy (about three times numpy's
+    speed here)."""
+    out = np.empty(vectors.shape, np.float16)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)))
+    return out
+
+
 def normalized(vectors: np.ndarray) -> np.ndarray:
     """float32 rows of unit length (stored embeddings are float16: their norms are off by a little)."""
     vectors = as_float32(vectors)

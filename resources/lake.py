@@ -30,7 +30,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -285,20 +285,48 @@ class LakeResource(ConfigurableResource):
     def read_npy(self, relative: str) -> np.ndarray:
         return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
 
+    def write_npy_parts(self, relative: str, shape: tuple[int, ...], dtype: np.dtype,
+                        parts: Iterable[np.ndarray]) -> None:
+        """Write a C-ordered .npy of `shape` and `dtype` from consecutive row blocks, streamed:
+        the whole array is never in memory (an object store gets a multipart upload)."""
+        dtype, written = np.dtype(dtype), 0
+        with self._replacing(relative) as (fs, tmp), fs.open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": tuple(shape)})
+            for part in parts:
+                part = np.ascontiguousarray(part, dtype=dtype)
+                f.write(part.data)
+                written += len(part)
+            if written != shape[0]:
+                raise ValueError(f"{relative}: {written} rows written for a shape of {shape}")
+
     def read_npy_rows(self, relative: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a C-ordered .npy array, reading only those bytes (a ranged
         read on an object store)."""
+        return self.read_npy_runs(relative, [(start, stop)])
+
+    def read_npy_runs(self, relative: str, runs: list[tuple[int, int]]) -> np.ndarray:
+        """The rows of each [start, stop) run of a C-ordered .npy array, concatenated in
+        order: the file opened once, a ranged read per run (runs are clipped to the array)."""
         fs, root = self._fs()
         with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
             version = np.lib.format.read_magic(f)
             shape, fortran, dtype = _npy_header(f, version)
             if fortran:
                 raise ValueError(f"{relative}: Fortran-ordered arrays cannot be read by rows")
-            start, stop = max(0, start), min(stop, shape[0])
+            begin = f.tell()
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-            f.seek(f.tell() + start * row_bytes)
-            data = f.read(max(0, stop - start) * row_bytes)
-        return np.frombuffer(data, dtype=dtype).reshape((max(0, stop - start), *shape[1:]))
+            clipped = [(max(0, a), min(b, shape[0])) for a, b in runs]
+            clipped = [(a, b) for a, b in clipped if b > a]
+            out = np.empty((sum(b - a for a, b in clipped), *shape[1:]), dtype)
+            buffer, at = memoryview(out.reshape(-1).view(np.uint8)), 0
+            for a, b in clipped:
+                size = (b - a) * row_bytes
+                f.seek(begin + a * row_bytes)
+                if f.readinto(buffer[at:at + size]) != size:
+                    raise ValueError(f"{relative}: shorter than its header says")
+                at += size
+        return out
 
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(relative, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())

@@ -1,6 +1,8 @@
 """Near-duplicates in three steps (centroids, per-shard assignment, pairwise groups) on a
 synthetic pool written in the lake's real formats: equal to brute force, incremental, bounded."""
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -189,6 +191,65 @@ def test_a_new_shard_is_assigned_alone_and_compared_alone_with_the_same_result_a
         .count(True) > 0
 
 
+def test_incremental_runs_read_the_cluster_major_base_and_equal_a_full_run(pool, tmp_path):
+    """A full run writes the cluster-major base; a new shard then reads only the clusters it
+    touches, the others' rows from the base; a departed shard's base rows are left out; once
+    the shards outside the base pass rebase_share, the base is written again. Each result
+    equals a full run's."""
+    lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
+    for n in range(6):
+        write_synthetic_shard(lake, spec, n, MODEL)
+    shards = [shard_name(n) for n in range(6)]
+    settings = DedupSettings(cluster_size=100, min_thumbnail_correlation=0.9, rebase_share=0.45)
+
+    def base() -> dict:
+        return lake.read_json(f"{dedup_dir(MODEL)}/state.json")["base"]
+
+    def equals_a_full_run(now: list[str]) -> None:
+        copy = LakeResource(root=str(tmp_path / f"full-{len(list(tmp_path.iterdir()))}"))
+        shutil.copytree(lake.root, copy.root)
+        copy.remove(f"{dedup_dir(MODEL)}/state.json")
+        assert run_steps(copy, now, settings)["mode"] == "full"
+        assert duplicates(copy, now).equals(duplicates(lake, now))
+
+    def new_thumbnails(shard: str) -> None:
+        hashes = lake.read_parquet(f"shards/{shard}/scores/image_hashes.parquet").replace_schema_metadata()
+        noise = np.random.default_rng(1).integers(0, 256, (hashes.num_rows, 64), dtype=np.uint8)
+        write_scores(lake, shard, "image_hashes", hashes.set_column(
+            hashes.column_names.index("thumbnail"), "thumbnail", pa.array([r.tobytes() for r in noise], pa.binary(64))))
+
+    def clusters_of(shard: str) -> np.ndarray:
+        version = assignment.read_record(lake, shard, MODEL)["version"]
+        return lake.read_npy(f"{assignment_dir(shard, MODEL)}/versions/{version}/rows.npy")[:, 0]
+
+    first = run_steps(lake, shards[:5], settings)
+    assert first["rebased"] and first["rows_read"] == sum(len(clusters_of(s)) for s in shards[:5])
+    written = base()
+    assert [s for s, _ in written["shards"]] == shards[:5]
+
+    grown = run_steps(lake, shards, settings)  # one shard of six outside the base
+    assert grown["mode"] == "incremental" and not grown["rebased"] and base() == written
+    touched = np.unique(clusters_of(shards[5]))  # only these clusters' rows are read
+    assert grown["rows_read"] == sum(int(np.isin(clusters_of(s), touched).sum()) for s in shards)
+    new = duplicates(lake, [shards[5]])
+    assert new.column("is_duplicate").to_pylist().count(True) > 0
+    equals_a_full_run(shards)
+
+    without = shards[:2] + shards[3:]  # a shard departs: nothing is read; then its base rows are left out
+    assert run_steps(lake, without, settings)["rows_read"] == 0
+    new_thumbnails(shards[1])  # compared again, from its own files: two of five shards outside the base
+    changed = run_steps(lake, without, settings)
+    assert changed["compared_shards"] == 1 and not changed["rebased"] and base() == written
+    equals_a_full_run(without)
+
+    new_thumbnails(shards[3])  # with the new shard, three of five outside: the base is written again
+    new_thumbnails(shards[4])
+    again = run_steps(lake, without, settings)
+    assert again["rebased"] and [s for s, _ in base()["shards"]] == without
+    assert not lake.exists(f"{dedup_dir(MODEL)}/base/{written['version']}")  # the old one removed
+    equals_a_full_run(without)
+
+
 def test_a_small_memory_budget_takes_more_cluster_ranges_and_finds_the_same_groups(pool, tmp_path):
     lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
     for n in range(2):
@@ -219,13 +280,19 @@ def test_the_hard_rule_keeps_the_sample_farthest_from_its_centroid(pool, tmp_pat
         assert similarity[keeper] == min(similarity[k] for k in group)
 
 
-def test_ranged_npy_reads_return_the_rows_asked_for(tmp_path):
+def test_ranged_npy_reads_and_streamed_writes_return_the_rows_asked_for(tmp_path):
     for root in (str(tmp_path / "lake"), "memory://ranged-npy"):
         lake = LakeResource(root=root)
         array = np.arange(7 * 5, dtype=np.float16).reshape(7, 5)
         lake.write_npy("a.npy", array)
         assert np.array_equal(lake.read_npy_rows("a.npy", 2, 5), array[2:5])
         assert lake.read_npy_rows("a.npy", 6, 99).shape == (1, 5) and lake.read_npy_rows("a.npy", 3, 3).shape == (0, 5)
+        assert np.array_equal(lake.read_npy_runs("a.npy", [(0, 2), (3, 3), (5, 99)]), array[[0, 1, 5, 6]])
+        lake.write_npy_parts("b.npy", array.shape, np.float16, (array[i:i + 3] for i in range(0, 7, 3)))
+        assert np.array_equal(lake.read_npy("b.npy"), array)
+        with pytest.raises(ValueError, match="6 rows written"):
+            lake.write_npy_parts("c.npy", array.shape, np.float16, [array[:6]])
+        assert not lake.exists("c.npy")
 
 
 def test_a_shard_assigned_against_old_centroids_is_left_out_and_leaves_the_duplicates(pool, tmp_path):

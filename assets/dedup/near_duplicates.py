@@ -30,9 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from assets.dedup import cluster_base
 from assets.dedup import pairs as arithmetic
 from assets.dedup.assignment import read_record
 from assets.dedup.centroids import read_centroids
+from assets.dedup.cluster_base import BaseUse
 from assets.scores.common import scores_digest
 from resources.catalog import Catalog
 from resources.dedup import DedupSettings
@@ -89,34 +91,42 @@ def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> lis
     return ranges
 
 
-def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], lo: int, hi: int,
+def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], base: BaseUse | None, lo: int, hi: int,
                wanted: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                               np.ndarray]:
     """(vectors, cluster, id, visitor, dirty) of every shard's rows in the `wanted` clusters
-    (a bool per cluster) of [lo, hi): each shard's rows of the range are one ranged read, and
-    its wanted rows are written straight into `buffer` (float32, reused range after range:
-    the vectors returned are a view of it)."""
-    spans = []
+    (a bool per cluster) of [lo, hi): the based shards' from the cluster-major base, a ranged
+    read per run of wanted clusters; each other shard's with one ranged read of its own files.
+    The vectors are widened straight into `buffer` (float32, reused range after range: the
+    vectors returned are a view of it)."""
+    capacity = len(buffer)  # sized for the range's rows (left-out base rows included)
+    clusters, ids = np.empty(capacity, np.int32), np.empty(capacity, np.int64)
+    visitor, dirty = np.empty(capacity, bool), np.empty(capacity, bool)
+    at = 0
+    for block, rows in cluster_base.read_clusters(lake, model_id, base, wanted, lo, hi) if base else ():
+        end = at + len(rows)
+        as_float32(block, out=buffer[at:end])
+        clusters[at:end] = rows[:, 0]
+        ids[at:end] = (rows[:, 1].astype(np.int64) << SHARD_BITS) | rows[:, 2]
+        visitor[at:end] = rows[:, 3] != 0
+        dirty[at:end] = False  # a based shard is a clean one
+        at = end
     for index, part in enumerate(parts):
+        if base is not None and base.based[index]:
+            continue
         start, stop = (int(i) for i in np.searchsorted(part.clusters, [lo, hi]))
         keep = wanted[part.clusters[start:stop]]
-        if keep.any():
-            spans.append((index, start, stop, keep))
-    total = sum(int(keep.sum()) for *_, keep in spans)
-    vectors = buffer[:total]
-    clusters, ids = np.empty(total, np.int32), np.empty(total, np.int64)
-    visitor, dirty = np.empty(total, bool), np.empty(total, bool)
-    at = 0
-    for index, start, stop, keep in spans:
-        part, end = parts[index], at + int(keep.sum())
+        if not keep.any():
+            continue
+        end = at + int(keep.sum())
         rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
-        as_float32(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], out=vectors[at:end])
+        as_float32(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], out=buffer[at:end])
         clusters[at:end] = rows[:, 0]
         ids[at:end] = (np.int64(index) << SHARD_BITS) | rows[:, 1]
         visitor[at:end] = rows[:, 2] != 0
         dirty[at:end] = part.dirty
         at = end
-    return vectors, clusters, ids, visitor, dirty
+    return buffer[:at], clusters[:at], ids[:at], visitor[:at], dirty[:at]
 
 
 def keys_of(lake: LakeResource, model_id: str, parts: list[ShardPart], ids: np.ndarray) -> pa.Table:
@@ -146,27 +156,43 @@ def thumbnails(lake: LakeResource, wanted: pa.Table) -> np.ndarray:
     return out
 
 
-def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], counts: np.ndarray,
-                   settings: DedupSettings, log: Callable[[str], None]) -> tuple[pa.Table, dict]:
+def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], centroids: int,
+                   settings: DedupSettings, base_record: dict | None,
+                   log: Callable[[str], None]) -> tuple[pa.Table, dict, dict]:
     """Thumbnail-confirmed pairs (a_shard, a_key, b_shard, b_key, reason 'semantic') with a dirty
-    side, a range of clusters at a time (`counts`: rows per cluster); and the step's figures."""
-    centroids = len(counts)
-    # Only a cluster holding a dirty shard's rows can give a pair with a dirty side: after one
-    # new shard, the others' rows of the clusters it does not meet are neither kept nor compared.
-    wanted = np.zeros(centroids, bool)
-    for part in parts:
-        if part.dirty:
-            wanted[part.clusters] = True
+    side, a range of clusters at a time; the step's figures; and
+    the cluster-major base the next run reads (assets/dedup/cluster_base.py): `base_record`
+    kept, or a new one written when this pass reads every cluster."""
+    base = cluster_base.use_base(lake, model_id, base_record, [(p.shard, p.version, p.dirty) for p in parts])
+    outside = sum(len(p.clusters) for i, p in enumerate(parts) if base is None or not base.based[i])
+    rebase = base is None or outside > settings.rebase_share * sum(len(p.clusters) for p in parts)
+    if rebase:  # every cluster is read (and written to the new base); pairs still need a dirty side
+        wanted = np.ones(centroids, bool)
+        writer = cluster_base.BaseWriter(lake, model_id, [(p.shard, p.version) for p in parts], centroids)
+    else:
+        # Only a cluster holding a dirty shard's rows can give a pair with a dirty side: after one
+        # new shard, the others' rows of the clusters it does not meet are neither read nor compared.
+        wanted = np.zeros(centroids, bool)
+        for part in parts:
+            if part.dirty:
+                wanted[part.clusters] = True
+    # What a range reads: the base's rows (a left-out shard's too) and the other shards' own.
+    reads = np.zeros(centroids, np.int64) if base is None else base.counts.copy()
+    for index, part in enumerate(parts):
+        if base is None or not base.based[index]:
+            reads += np.bincount(part.clusters, minlength=centroids)
     # A row read costs its float32 vector and its ids (similarity blocks are bounded apart).
     width = embedding_width(lake, model_id, parts)
     row_bytes = 4 * (width + 4)
-    wanted_counts = np.where(wanted, counts, 0)
-    ranges = cluster_ranges(wanted_counts, row_bytes, settings.memory_budget_bytes)
+    wanted_reads = np.where(wanted, reads, 0)
+    ranges = cluster_ranges(wanted_reads, row_bytes, settings.memory_budget_bytes)
     # One buffer for every range's vectors: a fresh one per range would page-fault its way in.
-    buffer = np.empty((max(int(wanted_counts[lo:hi].sum()) for lo, hi in ranges), width), np.float32)
+    buffer = np.empty((max(int(wanted_reads[lo:hi].sum()) for lo, hi in ranges), width), np.float32)
     found_a, found_b = [], []
     for number, (lo, hi) in enumerate(ranges, 1):
-        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, lo, hi, wanted, buffer)
+        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, base, lo, hi, wanted, buffer)
+        if rebase:
+            writer.add_range(lo, hi, vectors, clusters, ids >> SHARD_BITS, ids & ((1 << SHARD_BITS) - 1), visitor)
         a, b = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
         found_a.append(a)
         found_b.append(b)
@@ -181,7 +207,9 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], co
     table = pa.table({"a_shard": first.column("shard"), "a_key": first.column("key"),
                       "b_shard": second.column("shard"), "b_key": second.column("key"),
                       "reason": pa.array(["semantic"] * len(a), pa.string())}).filter(pa.array(alike))
-    return table, {"cluster_ranges": len(ranges), "candidates": int(len(a))}
+    figures = {"cluster_ranges": len(ranges), "candidates": int(len(a)), "rebased": rebase,
+               "rows_read": int(wanted_reads.sum())}
+    return table, figures, writer.finish() if rebase else base_record
 
 
 def embedding_width(lake: LakeResource, model_id: str, parts: list[ShardPart]) -> int:
@@ -342,8 +370,10 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     counts = np.zeros(len(centroids), np.int64)
     for part in parts:
         counts += np.bincount(part.clusters, minlength=len(centroids))
-    new_pairs, figures = semantic_pairs(lake, model_id, parts, counts, settings, log) if dirty \
-        else (PAIR_SCHEMA.empty_table(), {"cluster_ranges": 0, "candidates": 0})
+    base_before = state[0].get("base") if same_basis else None
+    new_pairs, figures, base = semantic_pairs(lake, model_id, parts, len(centroids), settings, base_before, log) \
+        if dirty else (PAIR_SCHEMA.empty_table(), {"cluster_ranges": 0, "candidates": 0, "rebased": False,
+                                                    "rows_read": 0}, base_before)
     figures["largest_cluster"] = int(counts.max())
     old_pairs = state[1] if same_basis else PAIR_SCHEMA.empty_table()
     changed = _involving(old_pairs, dirty | gone)
@@ -385,6 +415,8 @@ def find_near_duplicates(lake: LakeResource, db: Catalog, model_id: str, shards:
     previous = state[0]["version"] if state is not None else ""
     lake.write_json(f"{folder}/state.json", {
         "version": version, "centroids": centroid_info["version"], "settings": settings.digest(*PAIR_SETTINGS),
-        "pairs": STATE_PAIRS, "shards": inputs, "figures": result})
+        "pairs": STATE_PAIRS, "shards": inputs, "base": base, "figures": result})
     prune_versions(lake, f"{folder}/state", {version, previous})
+    # Only this step reads the base, through the state it commits: the one it names is kept.
+    prune_versions(lake, f"{folder}/base", {base["version"]} if base else set())
     return result

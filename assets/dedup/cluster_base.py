@@ -1,0 +1,134 @@
+"""The cluster-major copy of the pool's assigned vectors, which incremental pairwise runs read.
+
+A shard's assignment files are in cluster order within the shard, so the pool's rows of one
+cluster lie in every shard's files, interleaved with the other clusters' a few rows at a time:
+reading the clusters one new shard touches meant reading nearly every byte of every shard
+(20 GB at 10M samples for a shard of 10,000). A pass that reads every cluster (a full run, or
+an incremental one whose shards outside the base have grown past `rebase_share` of the pool)
+writes the rows once more, cluster after cluster across the shards: an incremental run then
+reads each touched cluster with one ranged read of the base, and only the shards outside it
+(new or changed since) from their own files.
+
+    dedup/<model>/base/<version>/vectors-<n>.npy   float16 rows of cluster range n, by cluster
+    dedup/<model>/base/<version>/rows-<n>.npy      int32 (cluster, shard number, row, visitor)
+    dedup/<model>/base/<version>/counts.npy        int64 rows per cluster
+
+The near-duplicate state names its base: {"version", "shards": [[shard, assignment version],
+...], "ranges": [[lo, hi], ...]}; a row's shard number indexes that list. The base holds a
+second copy of the assigned vectors (2 bytes a dimension per row, visits included).
+"""
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from resources.embedding_files import as_float16
+from resources.lake import LakeResource, dedup_dir
+
+READ_ROWS = 1 << 16  # rows read from the base at once (64 MiB of float16 at 512-d)
+WRITE_ROWS = 1 << 16  # rows converted to float16 and written at once
+
+
+def base_folder(model_id: str, version: str) -> str:
+    return f"{dedup_dir(model_id)}/base/{version}"
+
+
+@dataclass
+class BaseUse:
+    """How this run's shards map onto a committed base."""
+    record: dict
+    part_of_number: np.ndarray  # int64 per base shard number: this run's part index, or -1 (left out)
+    based: np.ndarray  # bool per part: its rows are read from the base
+    counts: np.ndarray  # int64 rows per cluster in the base (left-out shards' rows included)
+
+
+def use_base(lake: LakeResource, model_id: str, record: dict | None,
+             parts: list[tuple[str, str, bool]]) -> BaseUse | None:
+    """Map `parts` ((shard, assignment version, dirty) each) onto the base `record` names: a
+    clean part at the version the base holds is read from it; the base's other rows (a changed
+    or departed shard's) are left out. None without a base."""
+    if not record:
+        return None
+    number_of = {(shard, version): number for number, (shard, version) in enumerate(record["shards"])}
+    part_of_number = np.full(len(record["shards"]), -1, np.int64)
+    based = np.zeros(len(parts), bool)
+    for index, (shard, version, dirty) in enumerate(parts):
+        number = number_of.get((shard, version))
+        if number is not None and not dirty:
+            part_of_number[number] = index
+            based[index] = True
+    counts = lake.read_npy(f"{base_folder(model_id, record['version'])}/counts.npy")
+    return BaseUse(record, part_of_number, based, counts)
+
+
+def read_clusters(lake: LakeResource, model_id: str, use: BaseUse, wanted: np.ndarray, lo: int,
+                  hi: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(float16 vectors, int32 (cluster, part index, row, visitor) rows) of the based parts'
+    rows of the `wanted` clusters in [lo, hi), a block at a time: one ranged read per run of
+    consecutive wanted clusters, the left-out shards' rows dropped."""
+    folder = base_folder(model_id, use.record["version"])
+    for number, (range_lo, range_hi) in enumerate(use.record["ranges"]):
+        a, b = max(lo, range_lo), min(hi, range_hi)
+        if a >= b:
+            continue
+        starts = np.concatenate([[0], np.cumsum(use.counts[range_lo:range_hi])])
+        clusters = np.flatnonzero(wanted[a:b] & (use.counts[a:b] > 0)) + a
+        if not len(clusters):
+            continue
+        first, last = starts[clusters - range_lo], starts[clusters - range_lo + 1]
+        # Runs of consecutive clusters are one read.
+        joined = np.flatnonzero(first[1:] != last[:-1]) + 1
+        runs = list(zip(first[np.concatenate([[0], joined])].tolist(),
+                        last[np.concatenate([joined - 1, [len(last) - 1]])].tolist()))
+        for batch in _batches(runs, READ_ROWS):
+            rows = lake.read_npy_runs(f"{folder}/rows-{number}.npy", batch)
+            vectors = lake.read_npy_runs(f"{folder}/vectors-{number}.npy", batch)
+            part = use.part_of_number[rows[:, 1]]
+            keep = part >= 0
+            rows = rows[keep]
+            rows[:, 1] = part[keep]
+            yield vectors[keep], rows
+
+
+def _batches(runs: list[tuple[int, int]], rows: int) -> Iterator[list[tuple[int, int]]]:
+    """The runs in consecutive groups of about `rows` rows (a longer run alone)."""
+    batch, size = [], 0
+    for a, b in runs:
+        if batch and size + (b - a) > rows:
+            yield batch
+            batch, size = [], 0
+        batch.append((a, b))
+        size += b - a
+    if batch:
+        yield batch
+
+
+class BaseWriter:
+    """Writes a new base, range by range, from the rows a pass over every cluster reads."""
+
+    def __init__(self, lake: LakeResource, model_id: str, shards: list[tuple[str, str]], clusters: int) -> None:
+        self.lake, self.model_id, self.shards = lake, model_id, shards
+        # A fresh name, never the base being read while this one is written.
+        self.version = uuid.uuid4().hex[:16]
+        self.counts = np.zeros(clusters, np.int64)
+        self.ranges: list[list[int]] = []
+
+    def add_range(self, lo: int, hi: int, vectors: np.ndarray, clusters: np.ndarray, shard_numbers: np.ndarray,
+                  rows: np.ndarray, visitor: np.ndarray) -> None:
+        """Every row of clusters [lo, hi): its vector, cluster, shard number, row and visitor flag."""
+        order = np.argsort(clusters, kind="stable")
+        folder, number = base_folder(self.model_id, self.version), len(self.ranges)
+        table = np.stack([clusters[order], shard_numbers[order], rows[order], visitor[order]], axis=1)
+        self.lake.write_npy(f"{folder}/rows-{number}.npy", table.astype(np.int32))
+        blocks = (as_float16(vectors[order[at:at + WRITE_ROWS]]) for at in range(0, len(order), WRITE_ROWS))
+        self.lake.write_npy_parts(f"{folder}/vectors-{number}.npy", (len(order), vectors.shape[1]), np.float16,
+                                  blocks)
+        self.counts[lo:hi] = np.bincount(clusters - lo, minlength=hi - lo)
+        self.ranges.append([lo, hi])
+
+    def finish(self) -> dict:
+        """Write the counts; the base's record (for the state to commit)."""
+        self.lake.write_npy(f"{base_folder(self.model_id, self.version)}/counts.npy", self.counts)
+        return {"version": self.version, "shards": [list(s) for s in self.shards], "ranges": self.ranges}
