@@ -315,6 +315,9 @@ class LakeResource(ConfigurableResource):
             if fortran:
                 raise ValueError(f"{relative}: Fortran-ordered arrays cannot be read by rows")
             begin = f.tell()
+            if len(runs) > 1 and hasattr(os, "posix_fadvise") and self.is_local():
+                # Runs skip rows: readahead would read the rows between them too.
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
             clipped = [(max(0, a), min(b, shape[0])) for a, b in runs]
             clipped = [(a, b) for a, b in clipped if b > a]

@@ -87,9 +87,13 @@ def read_clusters(lake: LakeResource, model_id: str, use: BaseUse, wanted: np.nd
             vectors = lake.read_npy_runs(f"{folder}/vectors-{number}.npy", batch)
             part = use.part_of_number[rows[:, 1]]
             keep = part >= 0
-            rows = rows[keep]
-            rows[:, 1] = part[keep]
-            yield vectors[keep], rows
+            if keep.all():  # nearly always: copy nothing
+                rows[:, 1] = part
+                yield vectors, rows
+            else:
+                rows = rows[keep]
+                rows[:, 1] = part[keep]
+                yield vectors[keep], rows
 
 
 def _batches(runs: list[tuple[int, int]], rows: int) -> Iterator[list[tuple[int, int]]]:

@@ -2,8 +2,10 @@
 
 1. Every covered shard's cluster column (4 bytes a sample) gives the cluster sizes; clusters
    are cut into contiguous ranges whose vectors fit `memory_budget_bytes`.
-2. For each range, every shard's rows of those clusters are one ranged read of its
-   assignment files; within each cluster, pairs with cosine >= 1 - eps are candidates
+2. For each range, the rows of those clusters are read: a shard in the cluster-major base
+   (assets/dedup/cluster_base.py) from the base, a ranged read per run of wanted clusters;
+   any other shard with one ranged read of its own assignment files. A pass that reads every
+   cluster writes the base again. Within each cluster, pairs with cosine >= 1 - eps are candidates
    (assets/dedup/pairs.py), and a candidate is kept when the two 8x8 thumbnails correlate
    at least `min_thumbnail_correlation` (0 turns the check off): that separates a re-upload of
    one picture from a second picture of the same thing when the embedding does not.
@@ -13,7 +15,7 @@
    others are its duplicates.
 
 Only shards whose assignment or image_hashes changed since the last run are compared again
-(with every shard, in the clusters they have rows in; hash groups holding one of their
+(with every shard, in the clusters they have rows in: only those clusters are read; hash groups holding one of their
 samples, or that lost a link to one, are searched again); the pairs among the others are
 kept from the state the last run committed, unless the centroids or the pair settings
 changed. Each covered shard gets shards/<shard>/dedup/<model>/duplicates.parquet (key,
