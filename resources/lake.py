@@ -305,9 +305,12 @@ class LakeResource(ConfigurableResource):
         read on an object store)."""
         return self.read_npy_runs(relative, [(start, stop)])
 
-    def read_npy_runs(self, relative: str, runs: list[tuple[int, int]]) -> np.ndarray:
+    def read_npy_runs(self, relative: str, runs: list[tuple[int, int]], out: np.ndarray | None = None) -> np.ndarray:
         """The rows of each [start, stop) run of a C-ordered .npy array, concatenated in
-        order: the file opened once, a ranged read per run (runs are clipped to the array)."""
+        order: the file opened once, a ranged read per run (runs are clipped to the array).
+        With `out` (C-contiguous, of the array's dtype and row shape, rows enough), the rows
+        are read into it and a view of it returned: a reader reusing one buffer does not
+        fault fresh pages in for every read."""
         fs, root = self._fs()
         with fs.open(f"{root}/{check_relative(relative)}", "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -321,7 +324,13 @@ class LakeResource(ConfigurableResource):
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
             clipped = [(max(0, a), min(b, shape[0])) for a, b in runs]
             clipped = [(a, b) for a, b in clipped if b > a]
-            out = np.empty((sum(b - a for a, b in clipped), *shape[1:]), dtype)
+            total = sum(b - a for a, b in clipped)
+            if out is None:
+                out = np.empty((total, *shape[1:]), dtype)
+            elif out.dtype != dtype or out.shape[1:] != tuple(shape[1:]) or len(out) < total \
+                    or not out.flags.c_contiguous:
+                raise ValueError(f"{relative}: {total} rows of {dtype} {tuple(shape[1:])} do not fit the buffer given")
+            out = out[:total]
             buffer, at = memoryview(out.reshape(-1).view(np.uint8)), 0
             for a, b in clipped:
                 size = (b - a) * row_bytes

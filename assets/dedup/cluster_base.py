@@ -14,11 +14,12 @@ reads each touched cluster with one ranged read of the base, and only the shards
     dedup/<model>/base/<version>/counts.npy        int64 rows per cluster
 
 The near-duplicate state names its base: {"version", "shards": [[shard, assignment version],
-...], "ranges": [[lo, hi], ...]}; a row's shard number indexes that list. The base holds a
+...], "ranges": [[lo, hi], ...], "dim"}; a row's shard number indexes that list. The base holds a
 second copy of the assigned vectors (2 bytes a dimension per row, visits included).
 """
 
-import uuid
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -67,8 +68,11 @@ def read_clusters(lake: LakeResource, model_id: str, use: BaseUse, wanted: np.nd
                   hi: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(float16 vectors, int32 (cluster, part index, row, visitor) rows) of the based parts'
     rows of the `wanted` clusters in [lo, hi), a block at a time: one ranged read per run of
-    consecutive wanted clusters, the left-out shards' rows dropped."""
+    consecutive wanted clusters, the left-out shards' rows dropped. Each block is read into
+    the same buffers: it is valid until the next one is asked for."""
     folder = base_folder(model_id, use.record["version"])
+    staged_vectors = np.empty((0, use.record["dim"]), np.float16)
+    staged_rows = np.empty((0, 4), np.int32)
     for number, (range_lo, range_hi) in enumerate(use.record["ranges"]):
         a, b = max(lo, range_lo), min(hi, range_hi)
         if a >= b:
@@ -83,8 +87,12 @@ def read_clusters(lake: LakeResource, model_id: str, use: BaseUse, wanted: np.nd
         runs = list(zip(first[np.concatenate([[0], joined])].tolist(),
                         last[np.concatenate([joined - 1, [len(last) - 1]])].tolist()))
         for batch in _batches(runs, READ_ROWS):
-            rows = lake.read_npy_runs(f"{folder}/rows-{number}.npy", batch)
-            vectors = lake.read_npy_runs(f"{folder}/vectors-{number}.npy", batch)
+            size = sum(b - a for a, b in batch)
+            if size > len(staged_rows):
+                staged_vectors = np.empty((size, use.record["dim"]), np.float16)
+                staged_rows = np.empty((size, 4), np.int32)
+            rows = lake.read_npy_runs(f"{folder}/rows-{number}.npy", batch, out=staged_rows)
+            vectors = lake.read_npy_runs(f"{folder}/vectors-{number}.npy", batch, out=staged_vectors)
             part = use.part_of_number[rows[:, 1]]
             keep = part >= 0
             if keep.all():  # nearly always: copy nothing
@@ -112,12 +120,16 @@ def _batches(runs: list[tuple[int, int]], rows: int) -> Iterator[list[tuple[int,
 class BaseWriter:
     """Writes a new base, range by range, from the rows a pass over every cluster reads."""
 
-    def __init__(self, lake: LakeResource, model_id: str, shards: list[tuple[str, str]], clusters: int) -> None:
+    def __init__(self, lake: LakeResource, model_id: str, shards: list[tuple[str, str]], clusters: int,
+                 replacing: str | None) -> None:
         self.lake, self.model_id, self.shards = lake, model_id, shards
-        # A fresh name, never the base being read while this one is written.
-        self.version = uuid.uuid4().hex[:16]
+        # Named by what it holds and the base it replaces (`replacing`, read while this one is
+        # written): never that one's name, and the same inputs give the same name.
+        digest = hashlib.sha256(json.dumps([replacing, shards]).encode())
+        self.version = digest.hexdigest()[:16]
         self.counts = np.zeros(clusters, np.int64)
         self.ranges: list[list[int]] = []
+        self.dim = 0
 
     def add_range(self, lo: int, hi: int, vectors: np.ndarray, clusters: np.ndarray, shard_numbers: np.ndarray,
                   rows: np.ndarray, visitor: np.ndarray) -> None:
@@ -130,9 +142,11 @@ class BaseWriter:
         self.lake.write_npy_parts(f"{folder}/vectors-{number}.npy", (len(order), vectors.shape[1]), np.float16,
                                   blocks)
         self.counts[lo:hi] = np.bincount(clusters - lo, minlength=hi - lo)
+        self.dim = vectors.shape[1]
         self.ranges.append([lo, hi])
 
     def finish(self) -> dict:
         """Write the counts; the base's record (for the state to commit)."""
         self.lake.write_npy(f"{base_folder(self.model_id, self.version)}/counts.npy", self.counts)
-        return {"version": self.version, "shards": [list(s) for s in self.shards], "ranges": self.ranges}
+        return {"version": self.version, "shards": [list(s) for s in self.shards], "ranges": self.ranges,
+                "dim": self.dim}

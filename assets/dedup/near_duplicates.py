@@ -170,7 +170,8 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
     rebase = base is None or outside > settings.rebase_share * sum(len(p.clusters) for p in parts)
     if rebase:  # every cluster is read (and written to the new base); pairs still need a dirty side
         wanted = np.ones(centroids, bool)
-        writer = cluster_base.BaseWriter(lake, model_id, [(p.shard, p.version) for p in parts], centroids)
+        writer = cluster_base.BaseWriter(lake, model_id, [(p.shard, p.version) for p in parts], centroids,
+                                         (base_record or {}).get("version"))
     else:
         # Only a cluster holding a dirty shard's rows can give a pair with a dirty side: after one
         # new shard, the others' rows of the clusters it does not meet are neither read nor compared.
