@@ -249,6 +249,12 @@ def test_incremental_runs_read_the_cluster_major_base_and_equal_a_full_run(pool,
     assert not lake.exists(f"{dedup_dir(MODEL)}/base/{written['version']}")  # the old one removed
     equals_a_full_run(without)
 
+    lake.remove(f"{dedup_dir(MODEL)}/base", recursive=True)  # its files gone: read every cluster, write it again
+    new_thumbnails(shards[0])
+    assert run_steps(lake, without, settings)["rebased"] and lake.exists(
+        f"{dedup_dir(MODEL)}/base/{base()['version']}/counts.npy")
+    equals_a_full_run(without)
+
 
 def test_a_small_memory_budget_takes_more_cluster_ranges_and_finds_the_same_groups(pool, tmp_path):
     lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]

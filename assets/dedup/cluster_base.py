@@ -49,8 +49,9 @@ def use_base(lake: LakeResource, model_id: str, record: dict | None,
              parts: list[tuple[str, str, bool]]) -> BaseUse | None:
     """Map `parts` ((shard, assignment version, dirty) each) onto the base `record` names: a
     clean part at the version the base holds is read from it; the base's other rows (a changed
-    or departed shard's) are left out. None without a base."""
-    if not record:
+    or departed shard's) are left out. None without a base (or with its files gone: the run
+    then reads every cluster and writes one)."""
+    if not record or not lake.exists(f"{base_folder(model_id, record['version'])}/counts.npy"):
         return None
     number_of = {(shard, version): number for number, (shard, version) in enumerate(record["shards"])}
     part_of_number = np.full(len(record["shards"]), -1, np.int64)

@@ -5,8 +5,8 @@
 2. For each range, the rows of those clusters are read: a shard in the cluster-major base
    (assets/dedup/cluster_base.py) from the base, a ranged read per run of wanted clusters;
    any other shard with one ranged read of its own assignment files. A pass that reads every
-   cluster writes the base again. Within each cluster, pairs with cosine >= 1 - eps are candidates
-   (assets/dedup/pairs.py), and a candidate is kept when the two 8x8 thumbnails correlate
+   cluster writes the base again. Within each cluster, pairs with cosine >= 1 - eps are
+   candidates (assets/dedup/pairs.py), and a candidate is kept when the two 8x8 thumbnails correlate
    at least `min_thumbnail_correlation` (0 turns the check off): that separates a re-upload of
    one picture from a second picture of the same thing when the embedding does not.
 3. Byte-identical images (same sha256) and identical perceptual hashes are folded in
@@ -15,12 +15,12 @@
    others are its duplicates.
 
 Only shards whose assignment or image_hashes changed since the last run are compared again
-(with every shard, in the clusters they have rows in: only those clusters are read; hash groups holding one of their
-samples, or that lost a link to one, are searched again); the pairs among the others are
-kept from the state the last run committed, unless the centroids or the pair settings
-changed. Each covered shard gets shards/<shard>/dedup/<model>/duplicates.parquet (key,
-shard, cluster, is_duplicate, duplicate_of, duplicate_reason, group_size), rewritten only
-when its rows change.
+(with every shard, in the clusters they have rows in, and only those clusters are read;
+hash groups holding one of their samples, or that lost a link to one, are searched again);
+the pairs among the others are kept from the state the last run committed, unless the
+centroids or the pair settings changed. Each covered shard gets
+shards/<shard>/dedup/<model>/duplicates.parquet (key, shard, cluster, is_duplicate,
+duplicate_of, duplicate_reason, group_size), rewritten only when its rows change.
 """
 
 import hashlib
@@ -162,9 +162,9 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
                    settings: DedupSettings, base_record: dict | None,
                    log: Callable[[str], None]) -> tuple[pa.Table, dict, dict]:
     """Thumbnail-confirmed pairs (a_shard, a_key, b_shard, b_key, reason 'semantic') with a dirty
-    side, a range of clusters at a time; the step's figures; and
-    the cluster-major base the next run reads (assets/dedup/cluster_base.py): `base_record`
-    kept, or a new one written when this pass reads every cluster."""
+    side, a range of clusters at a time; the step's figures; and the record of the
+    cluster-major base the next run reads (assets/dedup/cluster_base.py): `base_record` kept,
+    or a new one, written when this pass reads every cluster."""
     base = cluster_base.use_base(lake, model_id, base_record, [(p.shard, p.version, p.dirty) for p in parts])
     outside = sum(len(p.clusters) for i, p in enumerate(parts) if base is None or not base.based[i])
     rebase = base is None or outside > settings.rebase_share * sum(len(p.clusters) for p in parts)
