@@ -81,7 +81,11 @@ class MemberVectors:
     def __init__(self, lake: LakeResource, model_id: str, members: pa.Table):
         self.lake, self.parts = lake, []
         # One stable sort by shard, then a slice per shard (not a scan of every member per shard).
-        members = members.take(pc.sort_indices(members, [("shard", "ascending")]))
+        # Members are usually in shard order already: the take (2.6 s at 10M) is then skipped.
+        shards = members.column("shard")
+        if members.num_rows > 1 and not pc.all(pc.less_equal(shards.slice(0, members.num_rows - 1),
+                                                              shards.slice(1)), skip_nulls=False).as_py():
+            members = members.take(pc.sort_indices(members, [("shard", "ascending")]))
         counts = pc.value_counts(members.column("shard")).to_pylist()
         start = 0
         for shard, count in sorted((c["values"], c["counts"]) for c in counts):

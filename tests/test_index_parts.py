@@ -7,6 +7,7 @@ import os
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from faiss.contrib.ondisk import merge_ondisk
 
@@ -212,3 +213,14 @@ def test_a_remote_lake_index_is_downloaded_once_and_searched(tmp_path):
         assert np.mean(found[:, 0] == np.arange(50)) > 0.9
     finally:
         lake.remove("", recursive=True)
+
+
+def test_members_out_of_shard_order_are_read_a_shard_at_a_time_in_their_order_within_it(pool):
+    members = _subset(pool, [shard_name(n) for n in range(3)])
+    shuffled = members.take(pa.array(np.random.default_rng(0).permutation(members.num_rows)))
+    ordered, mixed = MemberVectors(pool, MODEL, members), MemberVectors(pool, MODEL, shuffled)
+    assert [p.shard for p in mixed.parts] == [p.shard for p in ordered.parts] == [shard_name(n) for n in range(3)]
+    for part in mixed.parts:  # the members of each shard in the order the subset lists them
+        mine = shuffled.filter(pc.equal(shuffled.column("shard"), part.shard)).column("key")
+        assert part.keys.to_pylist() == mine.to_pylist()
+    assert ordered.parts[0].keys.to_pylist() == members.column("key").to_pylist()[:SPEC.per_shard]
