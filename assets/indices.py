@@ -46,7 +46,7 @@ from assets.embeddings import encode_images, encode_texts
 from assets.index_vectors import ArrayVectors, MemberVectors
 from assets.kmeans import spherical_kmeans
 from resources.clip_model import LoadedClip
-from resources.indexing import IndexSettings, SegmentedSearch, set_search_parameters
+from resources.indexing import IndexSettings, SegmentedSearch, join_top, set_search_parameters
 
 CODE_VERSION = "6"
 Vectors = ArrayVectors | MemberVectors
@@ -109,9 +109,7 @@ def merge_top(best: np.ndarray, rows: np.ndarray, scores: np.ndarray, positions:
         scores, block_rows = np.take_along_axis(scores, top, axis=1), positions[top]
     else:
         block_rows = np.broadcast_to(positions, scores.shape)
-    joined, joined_rows = np.concatenate([best, scores], axis=1), np.concatenate([rows, block_rows], axis=1)
-    order = np.argsort(-joined, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(joined, order, axis=1), np.take_along_axis(joined_rows, order, axis=1)
+    return join_top(best, rows, scores, block_rows, k)
 
 
 def recall_at_k(index: faiss.Index | SegmentedSearch, queries: np.ndarray, truth: tuple[np.ndarray, np.ndarray],

@@ -197,12 +197,18 @@ class SegmentedSearch:
                 coarse = ivf.quantizer.search(queries, ivf.nprobe)
             found_scores, found_ids = ivf.search_preassigned(queries, k, coarse[1], coarse[0])
             del segment, ivf
-            found_scores = np.where(found_ids >= 0, found_scores, -np.inf)
-            joined = np.concatenate([scores, found_scores], axis=1)
-            order = np.argsort(-joined, axis=1, kind="stable")[:, :k]
-            scores = np.take_along_axis(joined, order, axis=1)
-            ids = np.take_along_axis(np.concatenate([ids, found_ids], axis=1), order, axis=1)
+            scores, ids = join_top(scores, ids, np.where(found_ids >= 0, found_scores, -np.inf), found_ids, k)
         return scores, ids
+
+
+def join_top(best: np.ndarray, ids: np.ndarray, scores: np.ndarray, more_ids: np.ndarray,
+             k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top k of two (scores, ids) lists side by side, best first (ties keep the
+    first list's order)."""
+    joined = np.concatenate([best, scores], axis=1)
+    order = np.argsort(-joined, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(joined, order, axis=1), \
+        np.take_along_axis(np.concatenate([ids, more_ids], axis=1), order, axis=1)
 
 
 def set_search_parameters(index: "faiss.Index | SegmentedSearch", parameters: str) -> None:

@@ -105,29 +105,29 @@ def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], base: 
     clusters, ids = np.empty(capacity, np.int32), np.empty(capacity, np.int64)
     visitor, dirty = np.empty(capacity, bool), np.empty(capacity, bool)
     at = 0
-    for block, rows in cluster_base.read_clusters(lake, model_id, base, wanted, lo, hi) if base else ():
-        end = at + len(rows)
-        as_float32(block, out=buffer[at:end])
-        clusters[at:end] = rows[:, 0]
-        ids[at:end] = (rows[:, 1].astype(np.int64) << SHARD_BITS) | rows[:, 2]
-        visitor[at:end] = rows[:, 3] != 0
-        dirty[at:end] = False  # a based shard is a clean one
+
+    def put(vectors: np.ndarray, cluster: np.ndarray, part: np.ndarray | int, row: np.ndarray,
+            visits: np.ndarray, changed: bool) -> None:
+        nonlocal at
+        end = at + len(vectors)
+        as_float32(vectors, out=buffer[at:end])
+        clusters[at:end] = cluster
+        ids[at:end] = (np.asarray(part, np.int64) << SHARD_BITS) | row
+        visitor[at:end] = visits != 0
+        dirty[at:end] = changed
         at = end
+
+    for block, rows in cluster_base.read_clusters(lake, model_id, base, wanted, lo, hi) if base else ():
+        put(block, rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], False)  # a based shard is a clean one
     for index, part in enumerate(parts):
         if base is not None and base.based[index]:
             continue
         start, stop = (int(i) for i in np.searchsorted(part.clusters, [lo, hi]))
         keep = wanted[part.clusters[start:stop]]
-        if not keep.any():
-            continue
-        end = at + int(keep.sum())
-        rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
-        as_float32(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], out=buffer[at:end])
-        clusters[at:end] = rows[:, 0]
-        ids[at:end] = (np.int64(index) << SHARD_BITS) | rows[:, 1]
-        visitor[at:end] = rows[:, 2] != 0
-        dirty[at:end] = part.dirty
-        at = end
+        if keep.any():
+            rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
+            put(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], rows[:, 0], index,
+                rows[:, 1], rows[:, 2], part.dirty)
     return buffer[:at], clusters[:at], ids[:at], visitor[:at], dirty[:at]
 
 
