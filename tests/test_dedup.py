@@ -55,6 +55,32 @@ def test_many_clusters_are_searched_in_two_levels_and_find_the_same_pairs():
     assert clustered_pairs(vectors, 0.1, clusters=5_000, boundary_clusters=1) == brute_force_pairs(vectors, 0.1)
 
 
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_pairs_just_above_and_below_the_threshold_are_told_apart_in_either_precision(bfloat16):
+    """Pairs at 1 - eps plus or minus 0.0002 to 0.012, all in one cluster, and one pair at
+    cosine 0.9009 whose every component bfloat16 rounds down by 0.33% (222 entries of
+    +-1/sqrt(222), 11 signs apart): its bfloat16 product is 0.8945. bfloat16 products only pick
+    candidates; the pairs are the float32 ones."""
+    rng = np.random.default_rng(5)
+    offsets = np.concatenate([-np.geomspace(2e-4, 0.012, 40), np.geomspace(2e-4, 0.012, 40)])
+    base = rng.standard_normal((len(offsets), 512))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    away = rng.standard_normal((len(offsets), 512))
+    away -= np.einsum("ij,ij->i", away, base)[:, None] * base
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    cosine = 0.9 + offsets
+    partner = cosine[:, None] * base + np.sqrt(1 - cosine ** 2)[:, None] * away
+    rounded_down = np.zeros((2, 512))
+    rounded_down[:, :222] = rng.choice([-1, 1], 222) / np.sqrt(222)
+    rounded_down[1, :11] *= -1
+    vectors = np.concatenate([base, partner, rounded_down]).astype(np.float32)
+    n = len(vectors)
+    a, b = cluster_pairs(vectors, np.zeros(n, np.int32), np.arange(n, dtype=np.int64), np.zeros(n, bool),
+                         np.ones(n, bool), eps=0.1, bfloat16=bfloat16)
+    expected = {(i, i + len(offsets)) for i in np.flatnonzero(offsets > 0).tolist()} | {(n - 2, n - 1)}
+    assert set(zip(a.tolist(), b.tolist())) == expected == brute_force_pairs(vectors, 0.1)
+
+
 def test_the_exact_search_returns_the_most_similar_centroids_in_order():
     rng = np.random.default_rng(0)
     points = rng.standard_normal((1_000, 16)).astype(np.float32)

@@ -92,14 +92,18 @@ class CentroidSearch:
 
 
 def top_columns(similarity: np.ndarray, count: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` largest entries of each row, largest first, and their labels (`labels`:
-    one per column, or one per entry)."""
-    if count < similarity.shape[1]:
-        columns = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
-    else:
-        columns = np.broadcast_to(np.arange(similarity.shape[1]), similarity.shape)
-    values = np.take_along_axis(similarity, columns, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    columns = np.take_along_axis(columns, order, axis=1)
+    """The `count` largest entries of each row, largest first (ties: the first column), and
+    their labels (`labels`: one per column, or one per entry). The searches take a few
+    columns of a few hundred: `count` argmax passes, each masking what it found, are ten
+    times faster there than argpartition and argsort."""
+    count = min(count, similarity.shape[1])
+    remaining = similarity.copy()
+    rows = np.arange(len(remaining))
+    columns = np.empty((len(remaining), count), np.int64)
+    values = np.empty((len(remaining), count), remaining.dtype)
+    for rank in range(count):
+        columns[:, rank] = remaining.argmax(axis=1)
+        values[:, rank] = remaining[rows, columns[:, rank]]
+        remaining[rows, columns[:, rank]] = -np.inf
     picked = labels[columns] if labels.ndim == 1 else np.take_along_axis(labels, columns, axis=1)
-    return np.take_along_axis(values, order, axis=1), picked.astype(np.int64)
+    return values, picked.astype(np.int64)
