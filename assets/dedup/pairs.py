@@ -10,6 +10,7 @@ float32: the pairs are the float32 ones either way.
 """
 
 import functools
+import math
 import time
 
 import numpy as np
@@ -42,26 +43,69 @@ def bfloat16_is_faster() -> bool:
     return seconds(torch.bfloat16) < 0.8 * seconds(torch.float32)
 
 
+# Product shapes are padded up to one of these sizes (steps of 2^(1/4), under 19% padding):
+# oneDNN keeps memory for every matrix shape it has multiplied, and a shape per cluster kept
+# 1.5 GiB in the pairwise step at 10M samples.
+PADDED_SIZES = np.unique([int(16 * math.ceil(2 ** (k / 4))) for k in range(80)])
+
+
+def padded(n: int) -> int:
+    """The product size `n` rows (or columns) are computed as."""
+    return int(PADDED_SIZES[np.searchsorted(PADDED_SIZES, n)])
+
+
+class Workspace:
+    """Buffers the bfloat16 products reuse from one cluster to the next (fresh memory for
+    every product is page-faulted in each time)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `shape` over the named buffer (grown when too small; contents undefined)."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            grown = max(size, 0 if buffer is None else buffer.numel() * 5 // 4)
+            buffer = self.buffers[name] = torch.empty(grown, dtype=dtype)
+        return buffer[:size].view(shape)
+
+    def gather_bfloat16(self, name: str, vectors: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 copy of `vectors[rows]`, bfloat16 copy padded to `padded(len(rows))` rows
+        with zeros), in the named buffers."""
+        shape = (len(rows), vectors.shape[1])
+        exact = torch.index_select(vectors, 0, torch.from_numpy(rows), out=self.take(f"{name}32", shape, vectors.dtype))
+        rounded = self.take(f"{name}16", (padded(len(rows)), vectors.shape[1]), torch.bfloat16)
+        rounded[:len(rows)].copy_(exact)
+        rounded[len(rows):].zero_()
+        return exact, rounded
+
+
 def _above(rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray, threshold: float,
-           found: list[tuple[np.ndarray, np.ndarray]], bfloat16: bool = False) -> None:
-    """Append the (row, col) of every rows x cols product at or above `threshold` (`bfloat16`:
-    candidates from bfloat16 products, each checked in float32)."""
+           found: list[tuple[np.ndarray, np.ndarray]], workspace: Workspace | None = None) -> None:
+    """Append the (row, col) of every rows x cols product at or above `threshold` (with a
+    `workspace`: candidates from bfloat16 products, each checked in float32)."""
     if not len(rows) or not len(cols):
         return
     chunk = max(1, MAX_BLOCK_ENTRIES // len(cols))
-    members = vectors[cols]
-    block = torch.from_numpy(members).to(torch.bfloat16).T if bfloat16 else members.T
+    if workspace is None:
+        block = vectors[cols].T
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            i, j = np.nonzero(vectors[part] @ block >= threshold)
+            found.append((part[i], cols[j]))
+        return
+    table = torch.from_numpy(vectors)
+    members, block = workspace.gather_bfloat16("block", table, cols)
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        left = vectors[part]
-        if not bfloat16:
-            i, j = np.nonzero(left @ block >= threshold)
-            found.append((part[i], cols[j]))
-            continue
-        sims = torch.from_numpy(left).to(torch.bfloat16) @ block
-        i, j = (t.numpy() for t in torch.nonzero(sims >= threshold - BFLOAT16_MARGIN, as_tuple=True))
-        exact = np.einsum("nd,nd->n", left[i], members[j]) >= threshold
-        found.append((part[i[exact]], cols[j[exact]]))
+        left, left16 = workspace.gather_bfloat16("left", table, part)
+        sims = torch.matmul(left16, block.T, out=workspace.take("sims", (len(left16), len(block)), torch.bfloat16))
+        near = torch.ge(sims[:len(part), :len(cols)], threshold - BFLOAT16_MARGIN,
+                        out=workspace.take("near", (len(part), len(cols)), torch.bool))
+        i, j = torch.nonzero(near, as_tuple=True)
+        exact = torch.einsum("nd,nd->n", left[i], members[j]).numpy() >= threshold
+        found.append((part[i.numpy()[exact]], cols[j.numpy()[exact]]))
 
 
 def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, visitor: np.ndarray,
@@ -71,6 +115,8 @@ def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, vi
     its visitors; visitors are not compared with each other (their own cluster does that).
     `bfloat16`: pick candidates with bfloat16 products (None: where they are faster)."""
     bfloat16 = bfloat16_is_faster() if bfloat16 is None else bfloat16
+    workspace = Workspace() if bfloat16 else None
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     found: list[tuple[np.ndarray, np.ndarray]] = []
     order = np.argsort(clusters, kind="stable")
     bounds = np.flatnonzero(np.diff(clusters[order])) + 1
@@ -79,8 +125,8 @@ def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, vi
         if not dirty[members].any():
             continue
         # Dirty own samples x everything, then clean own samples x dirty visitors.
-        _above(own[dirty[own]], members, vectors, 1 - eps, found, bfloat16)
-        _above(own[~dirty[own]], visiting[dirty[visiting]], vectors, 1 - eps, found, bfloat16)
+        _above(own[dirty[own]], members, vectors, 1 - eps, found, workspace)
+        _above(own[~dirty[own]], visiting[dirty[visiting]], vectors, 1 - eps, found, workspace)
     if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     i = np.concatenate([f[0] for f in found])
