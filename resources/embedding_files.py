@@ -39,7 +39,9 @@ def as_float32(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
 
 def as_float16(vectors: np.ndarray) -> np.ndarray:
     """float32 `vectors` as float16, through torch's vectorized copy (about three times numpy's
-    speed here)."""
+    speed here); float16 ones as they are (contiguous)."""
+    if vectors.dtype == np.float16:
+        return np.ascontiguousarray(vectors)
     out = np.empty(vectors.shape, np.float16)
     torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)))
     return out

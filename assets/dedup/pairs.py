@@ -18,6 +18,8 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from resources.embedding_files import as_float32
+
 MAX_BLOCK_ENTRIES = 1 << 24  # similarities computed at once (64 MiB of float32)
 # Each factor rounded to bfloat16 (8 significant bits) is off by at most 2^-8 of itself, so
 # a product of unit vectors moves by at most about 2^-7, and the bfloat16 result near 0.9 is
@@ -71,10 +73,11 @@ class Workspace:
         return buffer[:size].view(shape)
 
     def gather_bfloat16(self, name: str, vectors: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32 copy of `vectors[rows]`, bfloat16 copy padded to `padded(len(rows))` rows
-        with zeros), in the named buffers."""
+        """(copy of `vectors[rows]` in their dtype, bfloat16 copy padded to `padded(len(rows))`
+        rows with zeros), in the named buffers."""
         shape = (len(rows), vectors.shape[1])
-        exact = torch.index_select(vectors, 0, torch.from_numpy(rows), out=self.take(f"{name}32", shape, vectors.dtype))
+        exact = torch.index_select(vectors, 0, torch.from_numpy(rows), out=self.take(f"{name}-exact", shape,
+                                                                                     vectors.dtype))
         rounded = self.take(f"{name}16", (padded(len(rows)), vectors.shape[1]), torch.bfloat16)
         rounded[:len(rows)].copy_(exact)
         rounded[len(rows):].zero_()
@@ -89,13 +92,13 @@ def _above(rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray, threshold: f
         return
     chunk = max(1, MAX_BLOCK_ENTRIES // len(cols))
     if workspace is None:
-        block = vectors[cols].T
+        block = as_float32(vectors[cols]).T
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            i, j = np.nonzero(vectors[part] @ block >= threshold)
+            i, j = np.nonzero(as_float32(vectors[part]) @ block >= threshold)
             found.append((part[i], cols[j]))
         return
-    table = torch.from_numpy(vectors)
+    table = torch.from_numpy(np.ascontiguousarray(vectors))
     members, block = workspace.gather_bfloat16("block", table, cols)
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
@@ -104,19 +107,19 @@ def _above(rows: np.ndarray, cols: np.ndarray, vectors: np.ndarray, threshold: f
         near = torch.ge(sims[:len(part), :len(cols)], threshold - BFLOAT16_MARGIN,
                         out=workspace.take("near", (len(part), len(cols)), torch.bool))
         i, j = torch.nonzero(near, as_tuple=True)
-        exact = torch.einsum("nd,nd->n", left[i], members[j]).numpy() >= threshold
+        exact = torch.einsum("nd,nd->n", left[i].float(), members[j].float()).numpy() >= threshold
         found.append((part[i.numpy()[exact]], cols[j.numpy()[exact]]))
 
 
 def cluster_pairs(vectors: np.ndarray, clusters: np.ndarray, ids: np.ndarray, visitor: np.ndarray,
                   dirty: np.ndarray, eps: float, bfloat16: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(a, b) with a < b (ids) for every pair in one cluster with cosine >= 1 - eps
-    and at least one dirty side. A cluster's own samples are compared with each other and with
-    its visitors; visitors are not compared with each other (their own cluster does that).
+    """(a, b) with a < b (ids) for every pair in one cluster with cosine >= 1 - eps (float32
+    products of the `vectors`, float16 as stored or float32) and at least one dirty side. A
+    cluster's own samples are compared with each other and with its visitors; visitors are
+    not compared with each other (their own cluster does that).
     `bfloat16`: pick candidates with bfloat16 products (None: where they are faster)."""
     bfloat16 = bfloat16_is_faster() if bfloat16 is None else bfloat16
     workspace = Workspace() if bfloat16 else None
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     found: list[tuple[np.ndarray, np.ndarray]] = []
     order = np.argsort(clusters, kind="stable")
     bounds = np.flatnonzero(np.diff(clusters[order])) + 1
