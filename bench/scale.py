@@ -58,7 +58,7 @@ def step(name: str, lake_root: str, shards: list[str], settings: dict) -> dict:
         return {"shards_assigned": len(todo), "visits": visits}
     if name == "index":
         return index_step(lake, shards, index_budget)
-    db = open_catalog(lake.url, MODEL, limits=SqlLimits(memory_limit=dedup.duckdb_memory_limit))
+    db = open_catalog(lake, MODEL, limits=SqlLimits(memory_limit=dedup.duckdb_memory_limit))
     try:
         figures = near_duplicates.find_near_duplicates(lake, db, MODEL, shards, dedup, log=lambda _: None)
     finally:

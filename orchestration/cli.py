@@ -171,7 +171,7 @@ def cmd_query(args: argparse.Namespace) -> None:
     from resources.lake import LakeResource
 
     limits = SqlLimits(args.memory_limit, args.max_temp_size, args.timeout)
-    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)), limits=limits)
+    catalog = open_catalog(LakeResource(root=args.lake), model_id(args.model, _pretrained(args)), limits=limits)
     try:
         table = catalog.select(args.sql)  # untrusted: one SELECT, on a connection that reads only the lake
     finally:
@@ -199,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     lake = LakeResource(root=args.lake)
     pretrained = _pretrained(args)
     clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
-    catalog = open_catalog(lake.url, clip.model_id)
+    catalog = open_catalog(lake, clip.model_id)
     try:
         result = evaluate(catalog, read_truth(args.truth), load_policies(), calibrated_params(pretrained),
                           head_kinds(lake, clip.model_id, HeadsResource(), clip))
@@ -252,7 +252,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "uids":
         paths = [export.export_uids(lake, args.subset, out)]
     elif args.format == "parquet":
-        catalog = open_catalog(lake.url, model_id(args.model, _pretrained(args)))
+        catalog = open_catalog(lake, model_id(args.model, _pretrained(args)))
         try:
             paths = [export.export_parquet(catalog, args.subset, out)]
         finally:
@@ -295,7 +295,7 @@ def cmd_search(args: argparse.Namespace) -> None:
                          f"materialize {args.subset}_index")
     index, keys = read_index(lake, folder, info)
     (hits,) = search(index, keys, query, args.k)
-    catalog = open_catalog(lake.url, clip.model_id)
+    catalog = open_catalog(lake, clip.model_id)
     try:
         captions = {r["key"]: r["caption"] for r in catalog.query(
             read_sql("lineage/captions.sql"), {"keys": [k for k, _ in hits]}).to_pylist()}
@@ -352,7 +352,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from resources.lake import LakeResource
 
     pretrained = _pretrained(args)
-    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, pretrained))
+    catalog = open_catalog(LakeResource(root=args.lake), model_id(args.model, pretrained))
     try:
         result = explain(catalog, args.key, load_policies(), calibrated_params(pretrained),
                          _existing_instance(args.lake), LakeResource(root=args.lake), model_id(args.model, pretrained))
@@ -366,7 +366,7 @@ def cmd_lineage(args: argparse.Namespace) -> None:
     from resources.catalog import open_catalog
     from resources.lake import LakeResource
 
-    catalog = open_catalog(LakeResource(root=args.lake).url, model_id(args.model, _pretrained(args)))
+    catalog = open_catalog(LakeResource(root=args.lake), model_id(args.model, _pretrained(args)))
     try:
         result = subset_lineage(catalog, args.subset, _existing_instance(args.lake))
     finally:

@@ -7,6 +7,9 @@ the code location loads (each field's description names its variable):
     CLIPSIEVE_MODEL       open_clip model name (default: the demo model)    clip
     CLIPSIEVE_PRETRAINED  open_clip pretrained tag or checkpoint path       clip
     CLIPSIEVE_POLICY_DIR, CLIPSIEVE_CHECKS and the term lists               files
+and these shape the definitions themselves:
+    CLIPSIEVE_REFRESH_CRON, CLIPSIEVE_SHARDS_PER_RUN                        schedules, run batches
+    CLIPSIEVE_EXECUTOR, CLIPSIEVE_RAY_ADDRESS, CLIPSIEVE_EMBEDDING_GPUS     where steps run (execution.py)
 The model id is part of the code version of every asset computed from embeddings, so a
 model change marks exactly those assets stale.
 """
@@ -21,6 +24,7 @@ from dagster import (
     AssetSelection,
     AssetSpec,
     Definitions,
+    ExecutorDefinition,
     define_asset_job,
     in_process_executor,
     multi_or_in_process_executor,
@@ -33,6 +37,7 @@ from assets.definitions.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches,
 from assets.evaluation import HEAD_FILTERS
 from assets.subsets import calibrated_params, load_policies
 from orchestration.demo_crawl import demo_crawl
+from orchestration.execution import executor_from_env
 from orchestration.schedules import (
     DEFAULT_REFRESH_CRON,
     PER_SHARD_AUTOMATION,
@@ -61,16 +66,18 @@ CROSS_SHARD_EXECUTION = {"execution": {"config": {"in_process": {}}}}
 
 
 def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationFiles | None = None,
-                 shards_per_run: int = DEFAULT_SHARDS_PER_RUN) -> list[AssetsDefinition | AssetSpec]:
-    """Every asset for one model: per-shard stages (run `shards_per_run` shards to a run),
-    then one subset, index and audit per policy file in `files.policy_dir`, checked against
-    the bounds in `files.checks` (default: the shipped files)."""
+                 shards_per_run: int = DEFAULT_SHARDS_PER_RUN, embedding_gpus: float = 0,
+                 ) -> list[AssetsDefinition | AssetSpec]:
+    """Every asset for one model: per-shard stages (run `shards_per_run` shards to a run; the
+    embeddings step asks for `embedding_gpus` GPUs), then one subset, index and audit per
+    policy file in `files.policy_dir`, checked against the bounds in `files.checks` (default:
+    the shipped files)."""
     files = files or CurationFiles()
     model_id = clip.model_id
     batches = shard_batches(shards_per_run)
     per_shard = [
         samples.build_samples_asset(batches),
-        embeddings.build_embeddings_asset(model_id, clip.precision, batches),
+        embeddings.build_embeddings_asset(model_id, clip.precision, batches, embedding_gpus),
         scores.build_clip_similarity_asset(model_id, batches),
         *scores.build_head_assets(model_id, heads, clip.embedding_dim, batches),
         scores.build_language_asset(batches),
@@ -130,22 +137,33 @@ def build_resources(crawl: str | Path | None = None, lake: str | Path | None = N
 PER_SHARD_JOB, CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "observe_crawl"
 # The per_shard job runs every shard-partitioned asset, the cross_shard job every other one.
 PER_SHARD_SELECTION = AssetSelection.groups(*PER_SHARD_GROUPS) | AssetSelection.assets(near_duplicates.ASSIGNMENT)
-per_shard_job = define_asset_job(
-    PER_SHARD_JOB,
-    selection=PER_SHARD_SELECTION,
-    partitions_def=shard_partitions,
-    executor_def=in_process_executor,
-    description="Samples, embeddings, every score and the near-duplicate assignment of the selected shard(s), "
-                "in the run's process.",
-)
-cross_shard_job = define_asset_job(
-    CROSS_SHARD_JOB,
-    selection=AssetSelection.groups(*CROSS_SHARD_GROUPS) - PER_SHARD_SELECTION,
-    executor_def=multi_or_in_process_executor,
-    config=CROSS_SHARD_EXECUTION,
-    description="Near-duplicate centroids and groups, then every policy's subset, index and audit, over all "
-                "shards (in the run's process; `execution: {config: {multiprocess: {}}}` runs a process per step).",
-)
+
+
+def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
+    """The per_shard and cross_shard jobs, their steps run by `executor` (orchestration/execution.py;
+    in process by default)."""
+    in_process = executor is in_process_executor
+    where = "in the run's process" if in_process else f"each step placed by the {executor.name} executor"
+    per_shard = define_asset_job(
+        PER_SHARD_JOB,
+        selection=PER_SHARD_SELECTION,
+        partitions_def=shard_partitions,
+        executor_def=executor,
+        description=f"Samples, embeddings, every score and the near-duplicate assignment of the selected "
+                    f"shard(s), {where}.",
+    )
+    cross_shard = define_asset_job(
+        CROSS_SHARD_JOB,
+        selection=AssetSelection.groups(*CROSS_SHARD_GROUPS) - PER_SHARD_SELECTION,
+        executor_def=multi_or_in_process_executor if in_process else executor,
+        config=CROSS_SHARD_EXECUTION if in_process else None,
+        description="Near-duplicate centroids and groups, then every policy's subset, index and audit, over all "
+                    "shards " + ("(in the run's process; `execution: {config: {multiprocess: {}}}` runs a process "
+                             "per step)." if in_process else f"({where})."),
+    )
+    return [per_shard, cross_shard]
+
+
 observe_crawl_job = define_asset_job(
     OBSERVE_CRAWL_JOB,
     selection=AssetSelection.assets(crawl_shard.key),
@@ -173,7 +191,7 @@ def with_automation(assets: list, refresh_cron: str) -> list:
 SETTING_VARIABLES = {"crawl": "CLIPSIEVE_CRAWL", "lake": "CLIPSIEVE_LAKE", "model_name": "CLIPSIEVE_MODEL",
                      "pretrained": "CLIPSIEVE_PRETRAINED", "policy_dir": CURATION_FILE_VARIABLES["policy_dir"][0],
                      "checks": CURATION_FILE_VARIABLES["checks"][0], "refresh_cron": "CLIPSIEVE_REFRESH_CRON",
-                     "shards_per_run": "CLIPSIEVE_SHARDS_PER_RUN"}
+                     "shards_per_run": "CLIPSIEVE_SHARDS_PER_RUN", "embedding_gpus": "CLIPSIEVE_EMBEDDING_GPUS"}
 
 
 def location_env(**settings: str | Path | None) -> dict[str, str]:
@@ -193,15 +211,21 @@ def location_env(**settings: str | Path | None) -> dict[str, str]:
 
 def build_definitions(policy_dir: str | Path | None = None, checks: str | Path | None = None,
                       refresh_cron: str | None = None, shards_per_run: int | str | None = None,
+                      embedding_gpus: float | str | None = None, executor: ExecutorDefinition | None = None,
                       **overrides: str | Path | None) -> Definitions:
     """The code location. Settings come from the environment (each resource's descriptions
-    name its variables; $CLIPSIEVE_REFRESH_CRON and $CLIPSIEVE_SHARDS_PER_RUN for the two
-    that shape the definitions themselves), read when this is called; arguments override them."""
+    name its variables; $CLIPSIEVE_REFRESH_CRON, $CLIPSIEVE_SHARDS_PER_RUN,
+    $CLIPSIEVE_EMBEDDING_GPUS and $CLIPSIEVE_EXECUTOR with $CLIPSIEVE_RAY_ADDRESS for those that
+    shape the definitions themselves: orchestration/execution.py), read when this is called;
+    arguments override them."""
     resources = build_resources(policy_dir=policy_dir, checks=checks, **overrides)
     refresh_cron = refresh_cron or os.environ.get(SETTING_VARIABLES["refresh_cron"]) or DEFAULT_REFRESH_CRON
     shards_per_run = int(shards_per_run or os.environ.get(SETTING_VARIABLES["shards_per_run"])
                          or DEFAULT_SHARDS_PER_RUN)
-    assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run)
+    embedding_gpus = float(embedding_gpus if embedding_gpus is not None
+                           else os.environ.get(SETTING_VARIABLES["embedding_gpus"]) or 0)
+    assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run, embedding_gpus)
+    per_shard_job, cross_shard_job = build_jobs(executor if executor is not None else executor_from_env())
     return Definitions(
         assets=with_automation(assets, refresh_cron),
         jobs=[per_shard_job, cross_shard_job, observe_crawl_job, demo_crawl],

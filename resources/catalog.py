@@ -226,27 +226,28 @@ def _snapshot_scores(connection: duckdb.DuckDBPyConnection, lake_path: str, mode
             _pools[key] = (fingerprint, pool)
 
 
-def open_catalog(lake_path: str, model_id: str, threads: int | None = None, snapshot_rows: int = 0,
+def open_catalog(lake: LakeResource | str, model_id: str, threads: int | None = None, snapshot_rows: int = 0,
                  limits: SqlLimits = SqlLimits()) -> Catalog:
-    """A catalog over the lake at `lake_path` (local folder or fsspec URL) for one model.
+    """A catalog over a lake (its resource, or a local folder or fsspec URL) for one model.
 
     `snapshot_rows` > 0: when the pool has at most that many embedded samples, the `scores`
     view is read once into memory (sql/catalog/snapshot_scores.sql) and queries read that;
     on a local lake the process keeps that copy for the next connection while the lake's
     Parquet files stay as they were. `limits`: memory, spill space and statement time.
     """
+    lake = lake if isinstance(lake, LakeResource) else LakeResource(root=lake)
+    lake_path = lake.url
     connection = duckdb.connect()
     if threads:
         connection.execute(f"SET threads = {int(threads)}")
-    protocol = fsspec.core.split_protocol(lake_path)[0]
-    if protocol not in (None, "file", "local"):
-        connection.register_filesystem(fsspec.filesystem(protocol))
+    if not lake.is_local():  # DuckDB reads the lake through the same configured filesystem
+        connection.register_filesystem(lake.filesystem())
     temp_directory = tempfile.mkdtemp(prefix="clipsieve-duckdb-")  # mode 0700: only this process writes there
     lockdown(connection, [lake_path], limits, temp_directory)
     catalog = Catalog(connection, limits=limits, temp_directory=temp_directory, lake_path=lake_path,
                       model_id=model_id)
     # The scored pool: shards with every per-shard output (sql/views/02_embeddings_index.sql).
-    complete, catalog.left_out = pool_shards(LakeResource(root=lake_path), model_id)
+    complete, catalog.left_out = pool_shards(lake, model_id)
     connection.register("pool_shards", pa.table({"shard": pa.array(complete, pa.string())}))
     lake_literal = _literal(lake_path.rstrip("/"))[1:-1]
     for view_file in sorted((SQL_DIR / "views").glob("*.sql")):
@@ -283,9 +284,10 @@ class CatalogResource(ConfigurableResource):
     timeout_seconds: float = Field(default=SqlLimits.timeout_seconds,
                                    description="A statement running longer is interrupted with an error.")
 
-    def open(self, lake_path: str, model_id: str, snapshot: bool = False, memory_limit: str | None = None) -> Catalog:
+    def open(self, lake: LakeResource, model_id: str, snapshot: bool = False,
+             memory_limit: str | None = None) -> Catalog:
         """A catalog connection; `snapshot`: with the scored pool in memory when it is small enough;
         `memory_limit`: DuckDB's, in place of the resource's (a step with a budget of its own)."""
-        return open_catalog(lake_path, model_id, self.threads or None, self.snapshot_max_rows if snapshot else 0,
+        return open_catalog(lake, model_id, self.threads or None, self.snapshot_max_rows if snapshot else 0,
                             SqlLimits(memory_limit or self.memory_limit, self.max_temp_directory_size,
                                       self.timeout_seconds))

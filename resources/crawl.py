@@ -15,8 +15,9 @@ from typing import IO
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import ConfigurableResource
 from pydantic import Field
+
+from resources.object_store import ObjectStoreFields
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what img2dataset writes, and what is read
 # Tar members taken for images: those above, and others that get a row of their own saying
@@ -40,7 +41,7 @@ def _fingerprint(infos: list[dict]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-class CrawlResource(ConfigurableResource):
+class CrawlResource(ObjectStoreFields):
     """Where the img2dataset crawl lives (a folder or an fsspec URL)."""
 
     root: str = Field(
@@ -55,8 +56,7 @@ class CrawlResource(ConfigurableResource):
     )
 
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.root)
-        return fs, root.rstrip("/")
+        return self.open_root(self.root)
 
     @property
     def url(self) -> str:

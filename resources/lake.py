@@ -16,30 +16,32 @@ Files that must change together are written into a version folder named by their
 then committed by one file written last that names the version (in its Parquet key-value
 metadata or its JSON): a reader sees the old set or the new one, whole.
 
-Every write goes to a temporary name first and is renamed into place, so a killed run
-never leaves a half-written file under its final name. The temporary name is
-`<final>.tmp-<host>-<pid>-<random>`: no reader's glob (`*.parquet`, `keys.parquet`, ...)
-matches it, and the next write of the same file removes the leftovers of writers on this
-host that are no longer running (a killed run's; those of a live writer, or of another
-host, are left alone). Paths go through fsspec, so the root can be a local folder or an
-object-store URL.
+A killed run never leaves a half-written file under its final name. On a local disk (and
+in memory://) every write goes to a temporary name first and is renamed into place. The
+temporary name is `<final>.tmp-<host>-<pid>-<random>`: no reader's glob (`*.parquet`,
+`keys.parquet`, ...) matches it, and the next write of the same file removes the leftovers
+of writers on this host that are no longer running (a killed run's; those of a live writer,
+or of another host, are left alone). On an object store (s3://, gs://) the final name is
+written directly: the store publishes an object only when its upload completes, and an
+upload abandoned on error is aborted (resources/object_store.py). Paths go through fsspec.
 """
 
 import contextlib
 import io
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.object_store import ObjectStoreFields, publishes_on_close, writing
 from resources.processes import is_gone, this_process
 from resources.safe_paths import check_policy_name, check_relative, check_shard_name
 
@@ -158,7 +160,7 @@ def audit_dir(policy: str) -> str:
     return f"audits/{check_policy_name(policy)}"
 
 
-class LakeResource(ConfigurableResource):
+class LakeResource(ObjectStoreFields):
     """Output storage: a local folder or an fsspec URL (s3://, gs://, memory://)."""
 
     root: str = Field(
@@ -167,8 +169,11 @@ class LakeResource(ConfigurableResource):
     )
 
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.root)
-        return fs, root.rstrip("/")
+        return self.open_root(self.root)
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """The lake's fsspec filesystem, configured (what DuckDB reads it through)."""
+        return self._fs()[0]
 
     @property
     def url(self) -> str:
@@ -197,11 +202,15 @@ class LakeResource(ConfigurableResource):
                       for p in fs.glob(f"{root}/{check_relative(pattern)}"))
 
     @contextlib.contextmanager
-    def _replacing(self, relative: str) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
-        """(filesystem, temporary path) to write; renamed to `relative` when the block ends
-        (a rename on a local disk: the final name appears complete or not at all)."""
+    def _writer(self, relative: str) -> Iterator[IO[bytes]]:
+        """A file to write `relative` through; it appears under its final name complete when
+        the block ends, and not at all when the block raises."""
         fs, root = self._fs()
         final = f"{root}/{check_relative(relative)}"
+        if publishes_on_close(fs):
+            with writing(fs, final) as f:
+                yield f
+            return
         folder = final.rsplit("/", 1)[0]
         fs.makedirs(folder, exist_ok=True)
         _remove_dead_temporaries(fs, folder, final.rsplit("/", 1)[1])
@@ -209,7 +218,8 @@ class LakeResource(ConfigurableResource):
         # Unique per writer: parallel runs never share a temporary, whatever they write.
         tmp = f"{final}{TEMPORARY}{host}-{pid}-{uuid.uuid4().hex[:12]}"
         try:
-            yield fs, tmp
+            with fs.open(tmp, "wb") as f:
+                yield f
             fs.mv(tmp, final)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -217,14 +227,14 @@ class LakeResource(ConfigurableResource):
             raise
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        with self._replacing(relative) as (fs, tmp), fs.open(tmp, "wb") as f:
+        with self._writer(relative) as f:
             f.write(data)
 
     def write_file(self, relative: str, local_path: str) -> None:
         """Copy a local file into the lake (streamed, never whole in memory), atomically as
         write_bytes does."""
-        with self._replacing(relative) as (fs, tmp):
-            fs.put_file(local_path, tmp)
+        with self._writer(relative) as f, open(local_path, "rb") as source:
+            shutil.copyfileobj(source, f, 16 << 20)
 
     def download(self, relative: str, local_path: str) -> None:
         """Copy a lake file to a local path (streamed)."""
@@ -290,7 +300,7 @@ class LakeResource(ConfigurableResource):
         """Write a C-ordered .npy of `shape` and `dtype` from consecutive row blocks, streamed:
         the whole array is never in memory (an object store gets a multipart upload)."""
         dtype, written = np.dtype(dtype), 0
-        with self._replacing(relative) as (fs, tmp), fs.open(tmp, "wb") as f:
+        with self._writer(relative) as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": tuple(shape)})
             for part in parts:

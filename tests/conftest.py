@@ -112,3 +112,12 @@ def vit_b_32_checkpoint(tmp_path_factory) -> str:
     model = open_clip.create_model("ViT-B-32")
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict]:
+    """An S3 server on loopback (moto's server mode) with one bucket: tests/s3_server.py."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
 from assets.definitions.crawl_shard import crawl_shard
@@ -124,3 +125,23 @@ def test_the_command_exits_directly_with_its_output_whole_and_its_exit_code(tmp_
     assert [row["n"] for row in json.loads(listed.stdout)] == list(range(50000))
     refused = subprocess.run([*command, "DROP TABLE x"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and refused.stderr.startswith("clipsieve: query refused")
+
+
+def test_on_ray_every_step_asks_for_a_cpu_and_the_embeddings_step_for_a_gpu():
+    """CLIPSIEVE_EXECUTOR=ray: both jobs run their steps with dagster-ray's executor, and each
+    op's tag says what Ray must give its step (tests/test_cluster.py runs it on a cluster)."""
+    from orchestration.definitions import build_definitions
+    from orchestration.execution import step_executor
+
+    ray_defs = build_definitions(embedding_gpus=1, executor=step_executor("ray", "http://127.0.0.1:8265"))
+    for job in ("per_shard", "cross_shard"):
+        assert ray_defs.resolve_job_def(job).executor_def.name == "ray_steps"
+    graph = ray_defs.resolve_asset_graph()
+    wanted = {key.to_user_string(): json.loads(graph.get(key).assets_def.op.tags["dagster-ray/config"])
+              for key in graph.materializable_asset_keys}
+    assert wanted.pop("embeddings") == {"num_cpus": 1, "num_gpus": 1}
+    assert wanted and all(tag == {"num_cpus": 1} for tag in wanted.values()), wanted
+    # In process (the default), the same tags are there and nothing reads them.
+    assert defs.resolve_job_def("per_shard").executor_def.name == "in_process"
+    with pytest.raises(ValueError, match="CLIPSIEVE_RAY_ADDRESS"):
+        step_executor("ray", None)

@@ -1,13 +1,12 @@
-"""Killed, repeated and parallel runs: SIGKILL mid-embedding and mid-scoring, byte-identical
-re-materialization, and four shard runs at once over one lake and one SQLite instance.
+"""Killed, repeated and parallel runs: SIGKILL mid-embedding and mid-scoring (on a local lake
+and on a lake in an S3 server), byte-identical re-materialization, and four shard runs at
+once over one lake and one SQLite instance.
 
 Every run here is a real `clipsieve materialize` process over a small sample
 crawl; the outputs are compared file by file against one uninterrupted run, whose runs
 were launched through the instance (the killed and parallel ones run in process).
 """
 
-import io
-import json
 import os
 import random
 import re
@@ -16,18 +15,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
 
-import faiss
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from assets.demo.sample_crawl import write_sample_crawl
-from resources.lake import temporary_owner
 from tests.conftest import CLIPSIEVE, REPO, run_cli
+from tests.lake_files import assert_complete, compare_outputs, temporaries
 
 SHARDS, SAMPLES_PER_SHARD, SEED = 4, 40, 11
 POLICIES = ("laion400m", "safe")  # two policies keep the cross-shard stage short
@@ -51,9 +48,10 @@ def setup(tmp_path_factory) -> dict:
         "CLIPSIEVE_CHECKS": str(root / "checks.toml"), "CLIPSIEVE_POLICY_DIR": str(root / "policies")}}
 
 
-def _materialize(setup: dict, lake: Path, home: Path, *options: str) -> subprocess.CompletedProcess:
+def _materialize(setup: dict, lake: Path | str, home: Path, *options: str,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
     return run_cli("materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake), *options,
-                   env={**setup["env"], "DAGSTER_HOME": str(home)})
+                   env={**setup["env"], "DAGSTER_HOME": str(home), **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -62,54 +60,6 @@ def reference(setup) -> Path:
     lake = setup["root"] / "reference"
     _materialize(setup, lake, setup["root"] / "reference_home")
     return lake
-
-
-def _files(lake: Path) -> dict[str, Path]:
-    return {str(p.relative_to(lake)): p for p in sorted(lake.rglob("*")) if p.is_file()}
-
-
-def _temporaries(lake: Path) -> list[str]:
-    return [name for name in _files(lake) if temporary_owner(Path(name).name) is not None]
-
-
-def assert_complete(lake: Path) -> None:
-    """Every file under a final name is whole; temporaries cannot pass for outputs."""
-    for name, path in _files(lake).items():
-        if temporary_owner(path.name) is not None:
-            assert not name.endswith((".parquet", ".npy", ".json", ".index")), name  # no glob picks it up
-            continue
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue
-        if name.endswith(".parquet"):
-            pq.read_table(io.BytesIO(data))
-        elif name.endswith(".npy"):
-            np.load(io.BytesIO(data), allow_pickle=False)
-        elif name.endswith(".json"):
-            json.loads(data)
-        elif name.endswith(".index"):
-            faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        elif name.endswith(".html"):
-            assert data.rstrip().endswith(b"</html>"), name
-
-
-def compare_outputs(expected: Path, actual: Path) -> dict[str, list[str]]:
-    """Assert both lakes hold the same outputs; return file names by how they are equal."""
-    a, b = _files(expected), _files(actual)
-    assert sorted(a) == sorted(b), f"files differ: {sorted(set(a) ^ set(b))}"
-    kinds: dict[str, list[str]] = {"bytes": [], "content": []}
-    for name in a:
-        x, y = a[name].read_bytes(), b[name].read_bytes()
-        if x == y:
-            kinds["bytes"].append(name)
-            continue
-        if name.endswith("index_info.json"):  # build_seconds is a measured time
-            assert {**json.loads(x), "build_seconds": 0} == {**json.loads(y), "build_seconds": 0}, name
-        else:
-            raise AssertionError(f"{name} differs between {expected} and {actual}")
-        kinds["content"].append(name)
-    return kinds
 
 
 def test_materializing_twice_gives_identical_outputs(setup, reference):
@@ -156,42 +106,69 @@ def run_statuses(home: Path) -> list[str]:
                                  "SELECT status FROM runs WHERE pipeline_name != 'observe_crawl'")]
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("stage", ["embeddings", "scores"])
-def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, setup, reference, tmp_path):
+def test_a_run_killed_mid_stage_leaves_whole_files_and_its_rerun_matches(stage, where, setup, reference, tmp_path,
+                                                                         request):
     rng = random.Random(f"kill-{stage}")
     # A seeded random point inside the stage: a few ms after the k-th of its steps starts
     # (never the shard's last step, so the kill cannot land after the shard's run is done;
     # a wall-clock delay could, once the steps got faster).
     shard, k, delay = f"{rng.randrange(SHARDS):05d}", 1 + rng.randrange(STAGE_STEPS[stage]), rng.uniform(0, 0.02)
-    lake, home = tmp_path / "lake", tmp_path / "home"
-    env = {**os.environ, **setup["env"], "DAGSTER_HOME": str(home)}
+    home, server_env = tmp_path / "home", {}
+    if where == "s3":  # the lake in an S3 server on loopback; the instance and the crawl stay local
+        server = request.getfixturevalue("s3")
+        server_env = server["env"]
+        lake: Path | str = f"s3://{server['bucket']}/kill-{stage}"
+        for name, value in server_env.items():
+            request.getfixturevalue("monkeypatch").setenv(name, value)  # this process reads the lake too
+    else:
+        lake = tmp_path / "lake"
+    env = {**os.environ, **setup["env"], **server_env, "DAGSTER_HOME": str(home)}
     # In process: the killed command is the run's worker (a launched run would outlive it).
     command = [*CLIPSIEVE, "materialize", "--crawl", str(setup["crawl"]), "--lake", str(lake), "--in-process"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Never a partial file under a final name, even mid-run: checked over and over beside
+    # the run (a listing of the S3 server takes longer than a score step).
+    stop, failures = threading.Event(), []
+
+    def check_while_running() -> None:
+        while not stop.is_set():
+            try:
+                assert_complete(lake)
+            except Exception as error:  # re-raised below, in the test's thread
+                failures.append(error)
+                return
+            time.sleep(0.02)
+
+    checker = threading.Thread(target=check_while_running)
+    checker.start()
     try:
         deadline = time.time() + 120
         # Watch the run's own progress: its steps in the event log, then a seeded delay.
         while sum(s.startswith(stage) for s in run_steps(home, shard)[0]) < k:
             assert process.poll() is None and time.time() < deadline, "the run ended before the stage began"
-            if lake.exists():
-                assert_complete(lake)  # never a partial file under a final name, even mid-run
             time.sleep(0.02)
         time.sleep(delay)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        stop.set()
+        checker.join()
+    if failures:
+        raise failures[0]
     started, done = run_steps(home, shard)
     assert len(done) < PER_SHARD_STEPS, f"shard {shard}'s run had finished: {started}"
     print(f"killed {delay:.3f} s after step {k} of {stage} started, shard {shard}: {len(done)} steps done")
     assert "STARTED" in run_statuses(home)  # what a SIGKILL leaves in the instance
     assert_complete(lake)
 
-    rerun = _materialize(setup, lake, home, "--in-process")  # the same command again
+    rerun = _materialize(setup, lake, home, "--in-process", env=server_env)  # the same command again
     assert "of a killed process marked failed" in rerun.stdout
     assert "STARTED" not in run_statuses(home)
     assert re.search(r"^shards? \S+.*: materializing", rerun.stdout, re.M), rerun.stdout  # the per-shard work again
     assert_complete(lake)
-    assert _temporaries(lake) == []  # the killed writer's temporaries went with the rewrite
+    assert temporaries(lake) == []  # the killed writer's temporaries went with the rewrite
     compare_outputs(reference, lake)
 
 
@@ -214,7 +191,7 @@ def test_four_shard_runs_at_once_share_a_lake_and_an_instance(setup, reference, 
     final = _materialize(setup, lake, home)
     assert re.findall(r"^shards? .*: materializing (\d+) asset", final.stdout, re.M) == ["1"], final.stdout
     assert "cross-shard: materializing" in final.stdout, final.stdout
-    assert _temporaries(lake) == []
+    assert temporaries(lake) == []
     compare_outputs(reference, lake)
 
 

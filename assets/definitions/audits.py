@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, 
 from assets.audits.metrics import CODE_VERSION, audit_metrics, markdown_table, write_audit
 from assets.definitions import checks
 from assets.definitions.policy_keys import audit_key, index_key, subset_key
+from assets.definitions.step_resources import CPU_STEP
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
 from resources.curation_files import CurationFiles
@@ -16,6 +17,7 @@ def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool
     key = audit_key(policy)
 
     @asset(
+        op_tags=CPU_STEP,
         key=key,
         check_specs=checks.specs(key, checks.AUDIT_CHECKS, limits, blocking=False),
         deps=[subset_key(policy), index_key(policy)],
@@ -27,7 +29,7 @@ def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool
     )
     def audit(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
               clip: ClipModelResource, files: CurationFiles) -> MaterializeResult:
-        db = catalog.open(lake.url, model_id, snapshot=True)
+        db = catalog.open(lake, model_id, snapshot=True)
         try:
             metrics = {**audit_metrics(db, policy, lake, model_id, clip.load(), files.neutral_prompts,
                                        files.association_terms, files.metaclip_entries), "model_id": model_id}

@@ -1,10 +1,12 @@
 """The embeddings asset: CLIP image and caption embeddings of a shard (assets/embeddings.py)."""
 
+import os
 import time
 
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
 from assets.definitions.partitions import for_each_shard, shard_batches, shard_partitions
+from assets.definitions.step_resources import step_resources
 from assets.embeddings import CODE_VERSION, embed_shard
 from resources.clip_model import ClipModelResource
 from resources.crawl import CrawlResource
@@ -14,10 +16,11 @@ from resources.lake import LakeResource, embeddings_dir, samples_path
 PROGRESS_SECONDS = 30.0  # how often a running embeddings step logs its progress
 
 
-def build_embeddings_asset(model_id: str, precision: str = "fp32",
-                           batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
+def build_embeddings_asset(model_id: str, precision: str = "fp32", batches: BackfillPolicy = shard_batches(),
+                           gpus: float = 0) -> AssetsDefinition:
     """The embeddings asset for one model; the model id (and a precision setting other than
-    fp32, which changes the numbers slightly) is part of its code version.
+    fp32, which changes the numbers slightly) is part of its code version. Its step asks an
+    executor that places steps (Ray) for `gpus` GPUs and a CPU.
 
     The version carries the setting (`auto`), not what it resolves to: versions are computed
     where the definitions load, which need not be the machine that runs the step. The
@@ -31,6 +34,7 @@ def build_embeddings_asset(model_id: str, precision: str = "fp32",
         code_version=f"{CODE_VERSION}+{model_id}" + ("" if precision == "fp32" else f"+{precision}"),
         compute_kind="open_clip",
         backfill_policy=batches,
+        op_tags=step_resources(num_cpus=1, num_gpus=gpus),
     )
     def embeddings(context: AssetExecutionContext, crawl: CrawlResource, lake: LakeResource,
                    clip: ClipModelResource) -> MaterializeResult:
@@ -60,6 +64,9 @@ def build_embeddings_asset(model_id: str, precision: str = "fp32",
             return {
                 "model_id": model_id,
                 "precision": model.precision,  # what `auto` resolved to on this worker
+                "device": str(model.device),
+                # The GPUs the executor gave this step (Ray sets it for a step that asks for one).
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                 "rows": len(result.keys),
                 "failures": len(result.failures),
                 "dim": int(result.image.shape[1]),

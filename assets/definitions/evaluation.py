@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, M
 from pydantic import Field
 
 from assets.definitions.policy_keys import subset_key
+from assets.definitions.step_resources import CPU_STEP
 from assets.evaluation import CODE_VERSION, EVALUATION_PATH, evaluate, format_tables, head_kinds, read_truth
 from assets.subsets import Policy
 from resources.catalog import CatalogResource
@@ -25,6 +26,7 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
                            heads_version: str = "") -> AssetsDefinition:
     """`heads_version`: a digest of the head files and prompts it compares."""
     @asset(
+        op_tags=CPU_STEP,
         name="evaluation",
         deps=[AssetKey("near_duplicates")] + [subset_key(p.name) for p in policies],
         group_name="evaluation",
@@ -38,7 +40,7 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
         the NSFW and watermark heads for each kind that fits the model."""
         truth = config.truth or crawl.file("ground_truth", ".parquet")
         truth_table = read_truth(truth)
-        db = catalog.open(lake.url, model_id)
+        db = catalog.open(lake, model_id)
         try:
             result = evaluate(db, truth_table, policies, calibration, head_kinds(lake, model_id, heads, clip))
         finally:

@@ -4,6 +4,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Materiali
 
 from assets.definitions import checks
 from assets.definitions.policy_keys import index_key, subset_key
+from assets.definitions.step_resources import CPU_STEP
 from assets.index_subset import index_subset
 from assets.indices import CODE_VERSION
 from resources.indexing import IndexResource
@@ -16,6 +17,7 @@ def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool
     blocking = checks.is_blocking(limits)
 
     @asset(
+        op_tags=CPU_STEP,
         key=key,
         check_specs=checks.specs(key, checks.INDEX_CHECKS, limits, blocking),
         deps=[subset_key(policy), AssetKey("embeddings")],

@@ -20,6 +20,7 @@ from dagster import (
 
 from assets.dedup import assignment, centroids, near_duplicates
 from assets.definitions.partitions import for_each_shard, shard_batches, shard_partitions
+from assets.definitions.step_resources import CPU_STEP
 from resources.catalog import CatalogResource
 from resources.dedup import DedupResource
 from resources.lake import LakeResource, dedup_dir, pool_shards
@@ -50,6 +51,7 @@ def _pool(context: AssetExecutionContext, lake: LakeResource, model_id: str) -> 
 
 def build_centroids_asset(model_id: str) -> AssetsDefinition:
     @asset(
+        op_tags=CPU_STEP,
         key=CENTROIDS,
         deps=[AssetKey("embeddings")],
         group_name="dedup",
@@ -71,6 +73,7 @@ def build_centroids_asset(model_id: str) -> AssetsDefinition:
 
 def build_assignment_asset(model_id: str, batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
     @asset(
+        op_tags=CPU_STEP,
         key=ASSIGNMENT,
         deps=[AssetKey("embeddings"), CENTROIDS],
         partitions_def=shard_partitions,
@@ -94,6 +97,7 @@ def build_assignment_asset(model_id: str, batches: BackfillPolicy = shard_batche
 
 def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     @asset(
+        op_tags=CPU_STEP,
         name="near_duplicates",
         deps=[ASSIGNMENT, AssetKey(["scores", "image_hashes"])],
         group_name="dedup",
@@ -104,7 +108,7 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
                               dedup: DedupResource) -> MaterializeResult:
         """Duplicate groups across all shards: pairs within clusters, exact and perceptual hashes."""
         shards, settings = _pool(context, lake, model_id), dedup.settings()
-        db = catalog.open(lake.url, model_id, memory_limit=settings.duckdb_memory_limit)
+        db = catalog.open(lake, model_id, memory_limit=settings.duckdb_memory_limit)
         try:
             figures = near_duplicates.find_near_duplicates(lake, db, model_id, shards, settings, context.log.info)
         finally:

@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, Mat
 from assets.crawl.image_worker import ImageCheckWorker
 from assets.definitions.crawl_shard import crawl_shard
 from assets.definitions.partitions import for_each_shard, shard_partitions
+from assets.definitions.step_resources import CPU_STEP
 from assets.definitions.table_metadata import table_metadata
 from assets.samples import CODE_VERSION, write_samples
 from resources.crawl import CrawlResource
@@ -16,6 +17,7 @@ def build_samples_asset(batches: BackfillPolicy) -> AssetsDefinition:
     """The samples asset, run in batches of shards as `batches` says."""
 
     @asset(
+        op_tags=CPU_STEP,
         partitions_def=shard_partitions,
         deps=[crawl_shard],
         group_name="per_shard",

@@ -10,6 +10,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MaterializeResult, asset
 
 from assets.definitions.partitions import for_each_shard, shard_partitions
+from assets.definitions.step_resources import CPU_STEP
 from assets.definitions.table_metadata import table_metadata
 from assets.scores import caption_terms, classifier_heads, clip_similarity, image_hashes, language, quality, toxicity
 from resources.clip_model import ClipModelResource
@@ -23,7 +24,8 @@ def score_asset(code_version: str, compute_kind: str, batches: BackfillPolicy, d
     """The @asset declaration every per-shard score shares: scores/<name>, one partition per
     shard, run in batches of shards as `batches` says."""
     return asset(key_prefix="scores", partitions_def=shard_partitions, deps=list(deps), group_name="scores",
-                 code_version=code_version, compute_kind=compute_kind, backfill_policy=batches, **kwargs)
+                 code_version=code_version, compute_kind=compute_kind, backfill_policy=batches, op_tags=CPU_STEP,
+                 **kwargs)
 
 
 def each_shard(context: AssetExecutionContext, score: Callable[[str], tuple[pa.Table, dict]]) -> MaterializeResult:

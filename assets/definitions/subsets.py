@@ -22,6 +22,7 @@ from pydantic import Field
 
 from assets.definitions import checks
 from assets.definitions.policy_keys import subset_key
+from assets.definitions.step_resources import CPU_STEP
 from assets.definitions.table_metadata import table_metadata
 from assets.subsets import CODE_VERSION, Policy, commit_subset, select_candidate
 from resources.catalog import CatalogResource
@@ -50,6 +51,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         params = f"(parameters not evaluated: {error})"
 
     @asset(
+        op_tags=CPU_STEP,
         key=key,
         deps=upstream,
         output_required=False,  # a candidate that fails a blocking check is not materialized
@@ -75,7 +77,7 @@ def _select_and_commit(context: AssetExecutionContext, policy: Policy, model_id:
                        catalog: CatalogResource, scratch: str) -> Iterator[AssetCheckResult | MaterializeResult]:
     """Select the policy's candidate into `scratch`, check it, and commit it unless a blocking
     check failed."""
-    db = catalog.open(lake.url, model_id, snapshot=True)
+    db = catalog.open(lake, model_id, snapshot=True)
     for shard, lacks in db.left_out.items():
         context.log.warning(f"{policy.name}_subset leaves out shard {shard}: {lacks}")
     try:
