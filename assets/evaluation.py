@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -155,13 +156,15 @@ def head_kinds(lake: LakeResource, model_id: str, heads: HeadsResource, clip: Cl
                                                              scratch)), choices
 
 
-def read_truth(path: str) -> ds.Dataset:
-    """The ground truth (key, shard, defect) at `path` as a dataset DuckDB scans, with a clear
-    error when there is none."""
-    if not os.path.exists(path):
+def read_truth(path: str, filesystem: fsspec.AbstractFileSystem | None = None) -> ds.Dataset:
+    """The ground truth (key, shard, defect) at `path` (a local path or URL, or a path on
+    `filesystem`) as a dataset DuckDB scans, with a clear error when there is none."""
+    if filesystem is None:
+        filesystem, path = fsspec.core.url_to_fs(path)
+    if not filesystem.exists(path):
         raise FileNotFoundError(f"no ground truth at {path}: evaluation needs a crawl with planted "
                                 "defects, such as the sample crawl")
-    return ds.dataset(path, format="parquet")
+    return ds.dataset(path, format="parquet", filesystem=filesystem)
 
 
 def _number(value: Any) -> str:

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import fsspec
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
@@ -297,11 +296,6 @@ def _shards(batch: list[str]) -> str:
     return f"shard {batch[0]}" if len(batch) == 1 else f"shards {batch[0]}..{batch[-1]} ({len(batch)})"
 
 
-def _exists(path: str) -> bool:
-    fs, stripped = fsspec.core.url_to_fs(path)
-    return fs.exists(stripped)
-
-
 def stages(defs: Definitions, keys: set[AssetKey]) -> list[set[AssetKey]]:
     """`keys` in the order runs must take them: per-shard assets, then cross-shard assets, then
     per-shard assets below those (a shard's near-duplicate assignment needs the pool's
@@ -345,7 +339,7 @@ class Plan:
         nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
         per_shard = {n.key for n in nodes if n.partitions_def is not None}
         # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
-        skip = set() if _exists(crawl.file("ground_truth", ".parquet")) else {"evaluation"}
+        skip = set() if crawl.has_ground_truth() else {"evaluation"}
         # A single-run policy (no maximum) puts every shard in one run.
         shards_per_run = min(n.backfill_policy.max_partitions_per_run or sys.maxsize for n in nodes
                              if n.key in per_shard and n.backfill_policy is not None)

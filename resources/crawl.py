@@ -96,9 +96,17 @@ class CrawlResource(ObjectStoreFields):
                 for shard in _complete_shards(set(listed))}
 
     def file(self, shard: str, suffix: str) -> str:
-        """Path of a shard file, e.g. file("00000", ".tar")."""
+        """Path of a shard file on the crawl's filesystem, e.g. file("00000", ".tar")."""
         _, root = self._fs()
         return f"{root}/{shard}{suffix}"
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """The crawl's fsspec filesystem, configured (the paths `file` gives are on it)."""
+        return self._fs()[0]
+
+    def has_ground_truth(self) -> bool:
+        """Whether the crawl has a ground_truth.parquet (the sample crawl's planted defects)."""
+        return self.filesystem().exists(self.file("ground_truth", ".parquet"))
 
     def read_parquet(self, shard: str) -> pa.Table:
         fs, _ = self._fs()

@@ -19,6 +19,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from assets.demo.sample_crawl import write_sample_crawl
+from assets.evaluation import EVALUATION_PATH
 from tests.conftest import REPO, run_cli
 from tests.lake_files import compare_outputs
 from tests.postgres_server import postgres_bin_dir, postgres_server
@@ -100,3 +101,4 @@ def test_the_sample_crawl_on_a_ray_cluster_with_s3_and_postgres_equals_a_local_r
         monkeypatch.setenv(name, value)  # lake_files reads the S3 lake through AWS's variables
     kinds = compare_outputs(local, remote_lake)
     assert any(name.endswith("members.parquet") for name in kinds["bytes"])
+    assert EVALUATION_PATH in kinds["bytes"]  # the crawl's ground truth, read from S3

@@ -38,8 +38,11 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
                    clip: ClipModelResource) -> MaterializeResult:
         """Filters and policies measured against the crawl's ground truth (the sample crawl's);
         the NSFW and watermark heads for each kind that fits the model."""
-        truth = config.truth or crawl.file("ground_truth", ".parquet")
-        truth_table = read_truth(truth)
+        if config.truth:
+            truth, truth_table = config.truth, read_truth(config.truth)
+        else:
+            truth = f"{crawl.url}/ground_truth.parquet"
+            truth_table = read_truth(crawl.file("ground_truth", ".parquet"), crawl.filesystem())
         db = catalog.open(lake, model_id)
         try:
             result = evaluate(db, truth_table, policies, calibration, head_kinds(lake, model_id, heads, clip))
