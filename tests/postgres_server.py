@@ -26,7 +26,8 @@ def postgres_bin_dir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -44,7 +45,7 @@ def postgres_server(user: str = "clipsieve") -> Iterator[dict]:
     data = folder / "pgdata"
     if as_postgres:
         shutil.chown(folder, "postgres")
-    port = _free_port()
+    port = free_port()
 
     def run(*args: str) -> None:
         subprocess.run([*as_postgres, *args], check=True, capture_output=True, text=True)

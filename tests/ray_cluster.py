@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.s3_server import free_port
+from tests.postgres_server import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 

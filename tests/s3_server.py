@@ -12,11 +12,7 @@ from contextlib import contextmanager
 
 import fsspec
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.postgres_server import free_port
 
 
 @contextmanager
