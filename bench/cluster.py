@@ -30,7 +30,7 @@ from dagster import DagsterEventType, DagsterInstance  # noqa: E402
 from assets.demo.sample_crawl import write_sample_crawl  # noqa: E402
 from tests.postgres_server import postgres_server  # noqa: E402
 from tests.ray_cluster import ray_cluster  # noqa: E402
-from tests.s3_server import s3_server  # noqa: E402
+from tests.s3_server import bucket_filesystem, s3_server  # noqa: E402
 
 CLI = [sys.executable, "-m", "orchestration.cli"]
 KINDS = {DagsterEventType.STEP_WORKER_STARTING: "launched", DagsterEventType.STEP_START: "started",
@@ -68,10 +68,7 @@ def main() -> None:
     settings = {"CLIPSIEVE_CHECKS": str(folder / "checks.toml")}
     try:
         with s3_server() as s3, postgres_server() as pg:
-            import fsspec
-
-            store = fsspec.filesystem("s3", endpoint_url=s3["endpoint"], key=s3["env"]["AWS_ACCESS_KEY_ID"],
-                                      secret=s3["env"]["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
+            store = bucket_filesystem(s3)
             store.put(str(crawl), f"{s3['bucket']}/crawl", recursive=True)
             remote_crawl, remote_lake = f"s3://{s3['bucket']}/crawl", f"s3://{s3['bucket']}/lake"
 

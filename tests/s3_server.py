@@ -2,7 +2,6 @@
 process of its own, with one bucket. Clients find it through the standard AWS variables
 (`env`), as a deployment's workers would find MinIO or S3."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -33,10 +32,9 @@ def s3_server(bucket: str = "clipsieve") -> Iterator[dict]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto's S3 server did not start on port {port}")
             time.sleep(0.1)
-        fs = fsspec.filesystem("s3", endpoint_url=endpoint, key=env["AWS_ACCESS_KEY_ID"],
-                               secret=env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
-        fs.mkdir(bucket)
-        yield {"endpoint": endpoint, "bucket": bucket, "env": env}
+        server = {"endpoint": endpoint, "bucket": bucket, "env": env}
+        bucket_filesystem(server).mkdir(bucket)
+        yield server
     finally:
         process.terminate()
         try:
@@ -51,8 +49,3 @@ def bucket_filesystem(server: dict) -> fsspec.AbstractFileSystem:
     return fsspec.filesystem("s3", endpoint_url=server["endpoint"], key=server["env"]["AWS_ACCESS_KEY_ID"],
                              secret=server["env"]["AWS_SECRET_ACCESS_KEY"], use_listings_cache=False,
                              skip_instance_cache=True)
-
-
-def apply_env(server: dict) -> dict[str, str]:
-    """os.environ with the server's variables (for a subprocess)."""
-    return {**os.environ, **server["env"]}

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fsspec
 import pytest
 from dagster import AssetKey, DagsterInstance
 
@@ -23,6 +22,7 @@ from assets.evaluation import EVALUATION_PATH
 from tests.conftest import REPO, run_cli
 from tests.lake_files import compare_outputs
 from tests.postgres_server import postgres_bin_dir, postgres_server
+from tests.s3_server import bucket_filesystem
 
 ray_job_submission = pytest.importorskip("ray.job_submission", reason="ray is the `cluster` extra")
 from ray.util.state import list_actors  # noqa: E402
@@ -38,8 +38,7 @@ def test_the_sample_crawl_on_a_ray_cluster_with_s3_and_postgres_equals_a_local_r
 
     crawl = tmp_path / "crawl"
     write_sample_crawl(crawl, SHARDS, SAMPLES_PER_SHARD, SEED)
-    store = fsspec.filesystem("s3", endpoint_url=s3["endpoint"], key=s3["env"]["AWS_ACCESS_KEY_ID"],
-                              secret=s3["env"]["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
+    store = bucket_filesystem(s3)
     store.put(str(crawl), f"{s3['bucket']}/crawl", recursive=True)
     remote_crawl, remote_lake = f"s3://{s3['bucket']}/crawl", f"s3://{s3['bucket']}/lake"
     (tmp_path / "checks.toml").write_text("[default]\n")  # a tiny crawl's duplicate share would block

@@ -145,3 +145,17 @@ def test_on_ray_every_step_asks_for_a_cpu_and_the_embeddings_step_for_a_gpu():
     assert defs.resolve_job_def("per_shard").executor_def.name == "in_process"
     with pytest.raises(ValueError, match="CLIPSIEVE_RAY_ADDRESS"):
         step_executor("ray", None)
+
+
+def test_every_setting_the_code_reads_goes_with_a_step_to_ray():
+    """A Ray step loads the code location from the variables its run passes on
+    (orchestration/execution.py): a CLIPSIEVE_* variable read anywhere but missing there
+    would give the step other definitions than the run's."""
+    import re
+
+    from orchestration.execution import LOCATION_VARIABLES
+
+    read = {name for folder in ("orchestration", "assets", "resources") for path in (REPO / folder).rglob("*.py")
+            for name in re.findall(r"CLIPSIEVE_[A-Z_]+", path.read_text())}
+    local = {"CLIPSIEVE_CACHE_DIR"}  # a machine's own cache folder
+    assert read - local <= set(LOCATION_VARIABLES), sorted(read - local - set(LOCATION_VARIABLES))
