@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from assets.dedup import assignment, centroids, near_duplicates
+from assets.dedup import assignment, centroids, cluster_base, near_duplicates
 from assets.dedup.nearest import CentroidSearch
 from assets.dedup.pairs import brute_force_pairs, cluster_pairs
 from assets.demo.synthetic_pool import PoolSpec, shard_name, synthetic_shard, write_synthetic_shard
@@ -25,8 +25,9 @@ def clustered_pairs(vectors: np.ndarray, eps: float, clusters: int, boundary_clu
     trained = centroids.train_centroids(vectors, clusters, seed=0)
     result = assignment.assign(vectors, trained, eps, boundary_clusters)
     rows = assignment.cluster_order(result)
-    a, b = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
-                            np.ones(len(rows), bool), eps)
+    a, b, exact = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64),
+                                rows[:, 2].astype(bool), np.ones(len(rows), bool), eps)
+    assert exact.all()
     return set(zip(a.tolist(), b.tolist()))
 
 
@@ -55,12 +56,10 @@ def test_many_clusters_are_searched_in_two_levels_and_find_the_same_pairs():
     assert clustered_pairs(vectors, 0.1, clusters=5_000, boundary_clusters=1) == brute_force_pairs(vectors, 0.1)
 
 
-@pytest.mark.parametrize("bfloat16", [False, True])
-def test_pairs_just_above_and_below_the_threshold_are_told_apart_in_either_precision(bfloat16):
-    """Pairs at 1 - eps plus or minus 0.0002 to 0.012, all in one cluster, and one pair at
-    cosine 0.9009 whose every component bfloat16 rounds down by 0.33% (222 entries of
-    +-1/sqrt(222), 11 signs apart): its bfloat16 product is 0.8945. bfloat16 products only pick
-    candidates; the pairs are the float32 ones."""
+def near_threshold_vectors() -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """Pairs at 1 - eps (eps 0.1) plus or minus 0.0002 to 0.012, and one pair at cosine 0.9009
+    whose every component bfloat16 rounds down by 0.33% (222 entries of +-1/sqrt(222), 11 signs
+    apart): its bfloat16 product is 0.8945. (float32 vectors, the pairs at or above 0.9.)"""
     rng = np.random.default_rng(5)
     offsets = np.concatenate([-np.geomspace(2e-4, 0.012, 40), np.geomspace(2e-4, 0.012, 40)])
     base = rng.standard_normal((len(offsets), 512))
@@ -75,10 +74,55 @@ def test_pairs_just_above_and_below_the_threshold_are_told_apart_in_either_preci
     rounded_down[1, :11] *= -1
     vectors = np.concatenate([base, partner, rounded_down]).astype(np.float32)
     n = len(vectors)
-    a, b = cluster_pairs(vectors, np.zeros(n, np.int32), np.arange(n, dtype=np.int64), np.zeros(n, bool),
-                         np.ones(n, bool), eps=0.1, bfloat16=bfloat16)
-    expected = {(i, i + len(offsets)) for i in np.flatnonzero(offsets > 0).tolist()} | {(n - 2, n - 1)}
+    return vectors, {(i, i + len(offsets)) for i in np.flatnonzero(offsets > 0).tolist()} | {(n - 2, n - 1)}
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+@pytest.mark.parametrize("clusters", ["one", "a cluster a pair"])
+def test_pairs_just_above_and_below_the_threshold_are_told_apart_in_either_precision(bfloat16, clusters):
+    """bfloat16 products only pick candidates (in one cluster); clusters of two are multiplied
+    in float32; either way the pairs are the float32 ones."""
+    vectors, expected = near_threshold_vectors()
+    n = len(vectors)
+    cluster = np.zeros(n, np.int32) if clusters == "one" else \
+        np.concatenate([np.arange(80), np.arange(80), [80, 80]]).astype(np.int32)
+    a, b, exact = cluster_pairs(vectors, cluster, np.arange(n, dtype=np.int64), np.zeros(n, bool),
+                                np.ones(n, bool), eps=0.1, bfloat16=bfloat16)
+    assert exact.all()
     assert set(zip(a.tolist(), b.tolist())) == expected == brute_force_pairs(vectors, 0.1)
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+@pytest.mark.parametrize("clusters", ["one", "a cluster a pair"])
+def test_8_bit_base_rows_give_candidates_that_the_exact_vectors_settle(bfloat16, clusters):
+    """The first of each pair as the cluster-major base stores it (8 bits, clean), the second
+    exact and new: every pair is among the candidates flagged for the exact check, and that
+    check gives exactly the float32 pairs."""
+    vectors, expected = near_threshold_vectors()
+    n = len(vectors)
+    stored = np.zeros(n, bool)
+    stored[:80] = True
+    stored[n - 2] = True
+    codes, scales = cluster_base.quantize(vectors[stored])
+    read, rounded = vectors.copy(), np.empty(codes.shape, np.float32)
+    cluster_base.dequantize(codes, scales, rounded)
+    read[stored] = rounded
+    assert not np.array_equal(read[stored], vectors[stored])
+    error = np.zeros(n, np.float32)
+    error[stored] = scales[:, 1]
+    # The bound holds: the product with any unit vector moves by less than the row's bound.
+    probe = np.random.default_rng(1).standard_normal((200, 512)).astype(np.float32)
+    probe /= np.linalg.norm(probe, axis=1, keepdims=True)
+    assert (np.abs((read[stored] - vectors[stored]) @ probe.T) <= error[stored, None]).all()
+    cluster = np.zeros(n, np.int32) if clusters == "one" else \
+        np.concatenate([np.arange(80), np.arange(80), [80, 80]]).astype(np.int32)
+    a, b, exact = cluster_pairs(read, cluster, np.arange(n, dtype=np.int64), np.zeros(n, bool),
+                                ~stored, eps=0.1, bfloat16=bfloat16, error=error)
+    assert not exact.any()  # every pair here has a stored side
+    candidates = set(zip(a.tolist(), b.tolist()))
+    assert expected <= candidates
+    settled = np.einsum("nd,nd->n", vectors[a], vectors[b]) >= 0.9
+    assert set(zip(a[settled].tolist(), b[settled].tolist())) == expected
 
 
 def test_the_exact_search_returns_the_most_similar_centroids_in_order():
@@ -172,8 +216,8 @@ def test_without_balance_clusters_no_sample_is_held_out_and_the_offsets_are_zero
 
 def set_of_pairs(vectors: np.ndarray, result: assignment.Assignment) -> set[tuple[int, int]]:
     rows = assignment.cluster_order(result)
-    a, b = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64), rows[:, 2].astype(bool),
-                         np.ones(len(rows), bool), 0.1)
+    a, b, _ = cluster_pairs(vectors[rows[:, 1]], rows[:, 0], rows[:, 1].astype(np.int64),
+                            rows[:, 2].astype(bool), np.ones(len(rows), bool), 0.1)
     return set(zip(a.tolist(), b.tolist()))
 
 
@@ -219,7 +263,8 @@ def test_a_new_shard_is_assigned_alone_and_compared_alone_with_the_same_result_a
 
 def test_incremental_runs_read_the_cluster_major_base_and_equal_a_full_run(pool, tmp_path):
     """A full run writes the cluster-major base; a new shard then reads only the clusters it
-    touches, the others' rows from the base; a departed shard's base rows are left out; once
+    touches, the others' rows from the base (8-bit: candidates checked against the shards'
+    exact vectors); a departed shard's base rows are left out; once
     the shards outside the base pass rebase_share, the base is written again. Each result
     equals a full run's."""
     lake, spec = LakeResource(root=str(tmp_path / "lake")), pool["spec"]
@@ -255,6 +300,7 @@ def test_incremental_runs_read_the_cluster_major_base_and_equal_a_full_run(pool,
 
     grown = run_steps(lake, shards, settings)  # one shard of six outside the base
     assert grown["mode"] == "incremental" and not grown["rebased"] and base() == written
+    assert written["format"] == "int8" and grown["checked_against_exact"] > 0  # pairs through 8-bit rows
     touched = np.unique(clusters_of(shards[5]))  # only these clusters' rows are read
     assert grown["rows_read"] == sum(int(np.isin(clusters_of(s), touched).sum()) for s in shards)
     new = duplicates(lake, [shards[5]])
@@ -406,3 +452,24 @@ def test_a_hash_group_that_loses_its_first_sample_stays_one_group(pool, tmp_path
     lake.remove(f"{dedup_dir(MODEL)}/state.json")  # no state: a full run
     assert run_steps(lake, shards, settings)["mode"] == "full"
     assert duplicates(lake, shards).sort_by([("shard", "ascending"), ("key", "ascending")]).equals(incremental)
+
+
+def test_blocks_give_runs_as_views_and_the_rest_gathered():
+    """The rows the pairwise step multiplies: long runs of consecutive rows are views of the
+    table (no copy), short ones gathered; every block holds exactly its positions' rows."""
+    import torch
+
+    from assets.dedup.pairs import RUN_ROWS, Workspace, _blocks
+
+    table = torch.from_numpy(np.random.default_rng(0).standard_normal((1_000, 8)).astype(np.float32))
+    positions = np.concatenate([np.arange(10, 10 + RUN_ROWS + 5), [300, 302, 305], np.arange(400, 400 + 3 * RUN_ROWS),
+                                [999]])
+    seen = []
+    for part, block in _blocks(positions, table, Workspace(), chunk=2 * RUN_ROWS):
+        assert torch.equal(block, table[torch.from_numpy(part)])
+        assert len(part) <= 2 * RUN_ROWS
+        seen.append((part.copy(), block.data_ptr() >= table.data_ptr() and
+                     block.data_ptr() < table.data_ptr() + table.numel() * 4))
+    assert sorted(np.concatenate([p for p, _ in seen]).tolist()) == sorted(positions.tolist())
+    views = [p for p, is_view in seen if is_view]
+    assert sum(len(p) for p in views) == RUN_ROWS + 5 + 3 * RUN_ROWS  # both runs, uncopied

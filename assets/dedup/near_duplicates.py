@@ -3,10 +3,12 @@
 1. Every covered shard's cluster column (4 bytes a sample) gives the cluster sizes; clusters
    are cut into contiguous ranges whose vectors fit `memory_budget_bytes`.
 2. For each range, the rows of those clusters are read: a shard in the cluster-major base
-   (assets/dedup/cluster_base.py) from the base, a ranged read per run of wanted clusters;
-   any other shard with one ranged read of its own assignment files. A pass that reads every
-   cluster writes the base again. Within each cluster, pairs with cosine >= 1 - eps are
-   candidates (assets/dedup/pairs.py), and a candidate is kept when the two 8x8 thumbnails correlate
+   (assets/dedup/cluster_base.py) from the base, 8-bit, a ranged read per run of wanted
+   clusters; any other shard exact, with one ranged read of its own assignment files. A pass
+   that reads every cluster reads them all from the shards' files and writes the base again.
+   Within each cluster, pairs with cosine >= 1 - eps are candidates (assets/dedup/pairs.py;
+   one through an 8-bit row is checked against the exact vectors in the shards' files), and
+   a candidate is kept when the two 8x8 thumbnails correlate
    at least `min_thumbnail_correlation` (0 turns the check off): that separates a re-upload of
    one picture from a second picture of the same thing when the embedding does not.
 3. Byte-identical images (same sha256) and identical perceptual hashes are folded in
@@ -95,30 +97,34 @@ def cluster_ranges(counts: np.ndarray, row_bytes: int, budget_bytes: int) -> lis
 
 def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], base: BaseUse | None, lo: int, hi: int,
                wanted: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                              np.ndarray]:
-    """(vectors, cluster, id, visitor, dirty) of every shard's rows in the `wanted` clusters
-    (a bool per cluster) of [lo, hi): the based shards' from the cluster-major base, a ranged
-    read per run of wanted clusters; each other shard's with one ranged read of its own files.
-    The vectors are widened straight into `buffer` (float32, reused range after range: the
+                                                              np.ndarray, np.ndarray]:
+    """(vectors, cluster, id, visitor, dirty, error bound) of every shard's rows in the
+    `wanted` clusters (a bool per cluster) of [lo, hi): the based shards' from the
+    cluster-major base, 8-bit, a ranged read per run of wanted clusters (their error bound is
+    positive); each other shard's exact, with one ranged read of its own files (bound 0). The
+    vectors are written as float32 straight into `buffer` (reused range after range: the
     vectors returned are a view of it)."""
     capacity = len(buffer)  # sized for the range's rows (left-out base rows included)
     clusters, ids = np.empty(capacity, np.int32), np.empty(capacity, np.int64)
     visitor, dirty = np.empty(capacity, bool), np.empty(capacity, bool)
+    error = np.empty(capacity, np.float32)
     at = 0
 
-    def put(vectors: np.ndarray, cluster: np.ndarray, part: np.ndarray | int, row: np.ndarray,
-            visits: np.ndarray, changed: bool) -> None:
+    def put(count: int, cluster: np.ndarray, part: np.ndarray | int, row: np.ndarray, visits: np.ndarray,
+            changed: bool) -> slice:
         nonlocal at
-        end = at + len(vectors)
-        as_float32(vectors, out=buffer[at:end])
-        clusters[at:end] = cluster
-        ids[at:end] = (np.asarray(part, np.int64) << SHARD_BITS) | row
-        visitor[at:end] = visits != 0
-        dirty[at:end] = changed
-        at = end
+        rows = slice(at, at + count)
+        clusters[rows] = cluster
+        ids[rows] = (np.asarray(part, np.int64) << SHARD_BITS) | row
+        visitor[rows] = visits != 0
+        dirty[rows] = changed
+        at += count
+        return rows
 
-    for block, rows in cluster_base.read_clusters(lake, model_id, base, wanted, lo, hi) if base else ():
-        put(block, rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], False)  # a based shard is a clean one
+    for codes, scales, rows in cluster_base.read_clusters(lake, model_id, base, wanted, lo, hi) if base else ():
+        into = put(len(codes), rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], False)  # based: clean
+        cluster_base.dequantize(codes, scales, buffer[into])
+        error[into] = scales[:, 1]
     for index, part in enumerate(parts):
         if base is not None and base.based[index]:
             continue
@@ -126,9 +132,41 @@ def read_range(lake: LakeResource, model_id: str, parts: list[ShardPart], base: 
         keep = wanted[part.clusters[start:stop]]
         if keep.any():
             rows = lake.read_npy_rows(f"{part.files(model_id)}/rows.npy", start, stop)[keep]
-            put(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep], rows[:, 0], index,
-                rows[:, 1], rows[:, 2], part.dirty)
-    return buffer[:at], clusters[:at], ids[:at], visitor[:at], dirty[:at]
+            into = put(len(rows), rows[:, 0], index, rows[:, 1], rows[:, 2], part.dirty)
+            as_float32(lake.read_npy_rows(f"{part.files(model_id)}/vectors.npy", start, stop)[keep],
+                       out=buffer[into])
+            error[into] = 0
+    return buffer[:at], clusters[:at], ids[:at], visitor[:at], dirty[:at], error[:at]
+
+
+def exact_vectors(lake: LakeResource, model_id: str, parts: list[ShardPart], ids: np.ndarray) -> np.ndarray:
+    """float32 vectors of the sample ids, from each shard's own assignment files (a sample's
+    own row, not a visit: the vector is the same)."""
+    out = np.empty((len(ids), embedding_width(lake, model_id, parts)), np.float32)
+    shard_of, row_of = ids >> SHARD_BITS, ids & ((1 << SHARD_BITS) - 1)
+    for index in np.unique(shard_of):
+        at = np.flatnonzero(shard_of == index)
+        files = parts[int(index)].files(model_id)
+        rows = lake.read_npy(f"{files}/rows.npy")
+        own = np.flatnonzero(rows[:, 2] == 0)
+        position = np.full(int(rows[:, 1].max()) + 1, -1, np.int64)
+        position[rows[own, 1]] = own
+        wanted = position[row_of[at]]
+        order = np.argsort(wanted, kind="stable")
+        read = lake.read_npy_runs(f"{files}/vectors.npy", [(p, p + 1) for p in wanted[order].tolist()])
+        out[at[order]] = as_float32(read)
+    return out
+
+
+def confirmed(lake: LakeResource, model_id: str, parts: list[ShardPart], a: np.ndarray, b: np.ndarray,
+              threshold: float) -> np.ndarray:
+    """Whether each candidate (a, b) found through an 8-bit base row is a pair: its float32
+    product from the exact vectors at or above `threshold`."""
+    if not len(a):
+        return np.zeros(0, bool)
+    ends, where = np.unique(np.concatenate([a, b]), return_inverse=True)
+    vectors = exact_vectors(lake, model_id, parts, ends)
+    return np.einsum("nd,nd->n", vectors[where[:len(a)]], vectors[where[len(a):]]) >= threshold
 
 
 def keys_of(lake: LakeResource, model_id: str, parts: list[ShardPart], ids: np.ndarray) -> pa.Table:
@@ -169,6 +207,7 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
     outside = sum(len(p.clusters) for i, p in enumerate(parts) if base is None or not base.based[i])
     rebase = base is None or outside > settings.rebase_share * sum(len(p.clusters) for p in parts)
     if rebase:  # every cluster is read (and written to the new base); pairs still need a dirty side
+        base = None  # read from the shards' own files: the new base is quantized from exact rows
         wanted = np.ones(centroids, bool)
         writer = cluster_base.BaseWriter(lake, model_id, [(p.shard, p.version) for p in parts], centroids,
                                          (base_record or {}).get("version"))
@@ -184,24 +223,31 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
     for index, part in enumerate(parts):
         if base is None or not base.based[index]:
             reads += np.bincount(part.clusters, minlength=centroids)
-    # A row read costs its float32 vector and its ids (similarity blocks are bounded apart).
+    # A row read costs its float32 vector, its ids and its error bound (similarity blocks are bounded apart).
     width = embedding_width(lake, model_id, parts)
-    row_bytes = 4 * (width + 4)
+    row_bytes = 4 * (width + 5)
     wanted_reads = np.where(wanted, reads, 0)
     ranges = cluster_ranges(wanted_reads, row_bytes, settings.memory_budget_bytes)
     # One buffer for every range's vectors: a fresh one per range would page-fault its way in.
     buffer = np.empty((max(int(wanted_reads[lo:hi].sum()) for lo, hi in ranges), width), np.float32)
-    found_a, found_b = [], []
+    found_a, found_b, found_exact = [], [], []
     for number, (lo, hi) in enumerate(ranges, 1):
-        vectors, clusters, ids, visitor, dirty = read_range(lake, model_id, parts, base, lo, hi, wanted, buffer)
+        vectors, clusters, ids, visitor, dirty, error = read_range(lake, model_id, parts, base, lo, hi, wanted,
+                                                                   buffer)
         if rebase:
             writer.add_range(lo, hi, vectors, clusters, ids >> SHARD_BITS, ids & ((1 << SHARD_BITS) - 1), visitor)
-        a, b = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps)
+        a, b, exact = arithmetic.cluster_pairs(vectors, clusters, ids, visitor, dirty, settings.eps, error=error)
         found_a.append(a)
         found_b.append(b)
+        found_exact.append(exact)
         if number % 10 == 0 or number == len(ranges):
             log(f"near_duplicates: clusters {hi}/{centroids} compared ({number}/{len(ranges)} ranges)")
-    a, b = arithmetic.unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
+    a, b, exact = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_exact)
+    # Candidates through an 8-bit base row are checked against the exact vectors.
+    unsure = np.flatnonzero(~exact)
+    checked = np.ones(len(a), bool)
+    checked[unsure] = confirmed(lake, model_id, parts, a[unsure], b[unsure], 1 - settings.eps)
+    a, b = arithmetic.unique_pairs(a[checked], b[checked])
     # Both ends at once: each shard's keys and thumbnails are read once.
     ends = keys_of(lake, model_id, parts, np.concatenate([a, b]))
     pictures = thumbnails(lake, ends)
@@ -211,7 +257,7 @@ def semantic_pairs(lake: LakeResource, model_id: str, parts: list[ShardPart], ce
                       "b_shard": second.column("shard"), "b_key": second.column("key"),
                       "reason": pa.array(["semantic"] * len(a), pa.string())}).filter(pa.array(alike))
     figures = {"cluster_ranges": len(ranges), "candidates": int(len(a)), "rebased": rebase,
-               "rows_read": int(wanted_reads.sum())}
+               "rows_read": int(wanted_reads.sum()), "checked_against_exact": int(len(unsure))}
     return table, figures, writer.finish() if rebase else base_record
 
 
