@@ -10,6 +10,7 @@
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
     clipsieve search --lake LAKE --subset POLICY ["a red car" | --image PATH] [-k 10] [--json]
     clipsieve explain --lake LAKE KEY
+    clipsieve serve --lake LAKE [--crawl CRAWL] [--host 127.0.0.1 --port 1234]   search service and web page
     clipsieve lineage --lake LAKE --subset POLICY
     clipsieve summary --lake LAKE
     clipsieve gc --lake LAKE                      delete retired/: the outputs of shards that left the crawl
@@ -309,6 +310,33 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{row['key']}  {row['score']:.4f}  {row['caption']}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from assets.subsets import POLICY_DIR
+    from orchestration.serve.app import create_app
+    from orchestration.serve.service import SearchService, ServiceSettings
+    from resources.clip_model import ClipModelResource
+    from resources.crawl import CrawlResource
+    from resources.lake import LakeResource
+
+    pretrained = _pretrained(args)
+    clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
+    policy_dir = Path(args.policy_dir or os.environ.get("CLIPSIEVE_POLICY_DIR") or POLICY_DIR)
+    cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "clipsieve" / "serve")
+    settings = ServiceSettings(fetch_image_urls=args.fetch_image_urls)
+    service = SearchService(LakeResource(root=args.lake), clip.load(), clip.model_id, policy_dir, cache_dir,
+                            pretrained, CrawlResource(root=args.crawl) if args.crawl else None, settings)
+    for name, why in service.unavailable.items():
+        print(f"not served: {name}: {why}", file=sys.stderr)
+    print(f"serving {', '.join(service.indices_list()) or 'no index'} on http://{args.host}:{args.port}/",
+          flush=True)
+    try:
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()
+
+
 def cmd_heads_import(args: argparse.Namespace) -> None:
     from resources.head_import import import_head
 
@@ -441,6 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array of {key, score, caption}")
     _model_args(p)
     p.set_defaults(func=cmd_search)
+
+    p = commands.add_parser("serve", help="search service (clip-retrieval's back, compatible) and web page")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--crawl", help="the crawl the lake was read from: results carry their images")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=1234)
+    p.add_argument("--policy-dir", help="policy folder, where 'save as policy' writes "
+                                        "(default: $CLIPSIEVE_POLICY_DIR or sql/policies)")
+    p.add_argument("--cache-dir", help="local folder for the index tables (default: ~/.cache/clipsieve/serve)")
+    p.add_argument("--fetch-image-urls", action="store_true",
+                   help="allow image_url queries (the server then fetches any URL a client sends)")
+    _model_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("explain", help="one sample's crawl row, scores, policy decisions and runs")
     p.add_argument("--lake", required=True)

@@ -115,6 +115,23 @@ def vit_b_32_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def served(materialized, tmp_path_factory) -> Iterator[dict]:
+    """`clipsieve serve` over the materialized lake and its crawl, with a copy of the policy
+    folder (where its page saves policies): {"url", "policies"}."""
+    import shutil
+
+    from assets.subsets import POLICY_DIR
+    from tests.serve_server import serve_process
+
+    policies = tmp_path_factory.mktemp("served-policies")
+    for path in POLICY_DIR.iterdir():
+        shutil.copy(path, policies / path.name)
+    with serve_process(materialized["lake"], materialized["crawl"], policies,
+                       tmp_path_factory.mktemp("serve-cache")) as url:
+        yield {"url": url, "policies": policies}
+
+
+@pytest.fixture(scope="session")
 def s3() -> Iterator[dict]:
     """An S3 server on loopback (moto's server mode) with one bucket: tests/s3_server.py."""
     from tests.s3_server import s3_server
