@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import fsspec
 
-from tests.postgres_server import free_port
+from tests.postgres_server import free_port, stop_process
 
 
 @contextmanager
@@ -36,12 +36,7 @@ def s3_server(bucket: str = "clipsieve") -> Iterator[dict]:
         bucket_filesystem(server).mkdir(bucket)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def bucket_filesystem(server: dict) -> fsspec.AbstractFileSystem:

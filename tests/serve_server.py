@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from email.message import Message
 from pathlib import Path
 
-from tests.postgres_server import free_port
+from tests.postgres_server import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_CLIENT_VENV = REPO / ".venv-clipclient"  # gitignored; made once per checkout
@@ -40,12 +40,7 @@ def serve_process(lake: Path, crawl: Path, policy_dir: Path, cache_dir: Path) ->
                 time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
 
 
 def clip_client_python() -> Path:

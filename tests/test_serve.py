@@ -169,6 +169,12 @@ def test_a_saved_search_is_a_policy_whose_subset_is_the_results(service, policy_
             service.save_policy({**body, "name": bad})
     assert sorted(p.name for p in policy_dir.iterdir()) == sorted([*(p.name for p in POLICY_DIR.iterdir()),
                                                                    "red_circles.sql"])
+    # The next load of the definitions has its subset, index and audit.
+    from orchestration.definitions import build_definitions
+
+    keys = {k.to_user_string() for k in build_definitions(policy_dir=policy_dir).resolve_asset_graph()
+            .get_all_asset_keys()}
+    assert {"red_circles_subset", "red_circles_index", "red_circles_audit"} <= keys
 
 
 def _without_sets(sql: str, catalog) -> str:
@@ -244,3 +250,30 @@ def test_a_large_page_from_an_ivf_probes_enough_lists_without_changing_the_index
     exact = np.argsort(-(vectors @ vectors[0]))[:2_000]
     assert len(set(page.rows.tolist()) & set(exact.tolist())) >= 0.9 * 2_000
     assert len(search(served, vectors[0], Filters(safe=False, deduplicate=False), 0, 10, 400_000).rows) == 10
+
+
+def test_image_url_queries_fetch_only_when_allowed_and_only_http(service, materialized, tmp_path):
+    """Off by default (test_bad_requests...); allowed, the server fetches the URL (here a
+    loopback HTTP server holding a crawl image) and finds that picture first."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    index = service.indices[INDEX]
+    row = index.rows([0], ["shard", "tar_member"])[0]
+    crawl = CrawlResource(root=str(materialized["crawl"]))
+    (tmp_path / "query.jpg").write_bytes(dict(crawl.iter_tar(row["shard"], {row["tar_member"]}))[row["tar_member"]])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    allowed, service.settings = service.settings, dataclasses.replace(service.settings, fetch_image_urls=True)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/query.jpg"
+        results, _ = knn(service, text=None, image_url=url, deduplicate=False)
+        assert results[0]["similarity"] > 0.99
+        with pytest.raises(ValueError, match="http"):
+            knn(service, text=None, image_url=f"file://{tmp_path}/query.jpg")
+    finally:
+        service.settings = allowed
+        server.shutdown()
