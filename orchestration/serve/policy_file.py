@@ -9,12 +9,11 @@ exclusively (never over an existing file), in the policy folder.
 import os
 from pathlib import Path
 
-from orchestration.serve.search import SAFE_MAX_PUNSAFE, Filters
+from orchestration.serve.search import RANGE_COLUMNS, SAFE_MAX_PUNSAFE, Filters
 from resources.safe_paths import check_policy_name
 
 # Range filters the `scores` view can re-apply (pviolence is the service's own score).
-VIEW_COLUMNS = ("similarity", "punsafe", "pwatermark", "aesthetic", "toxicity", "language_score", "caption_words",
-                "min_side", "aspect_ratio")
+VIEW_COLUMNS = tuple(c for c in RANGE_COLUMNS if c != "pviolence")
 
 
 def _literal(value: str) -> str:

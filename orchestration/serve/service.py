@@ -178,11 +178,7 @@ class SearchService:
     def save_policy(self, body: dict[str, Any]) -> dict[str, Any]:
         """Write the query's results and filters as a new policy file (orchestration/serve/policy_file.py)."""
         name = check_policy_name(str(body.get("name", "")))
-        index = self.index(body.get("indice_name"))
-        filters = self._filters(body, index)
-        query = self._query(body, index)
-        limit = _count(body.get("limit", 1_000), "limit", self.settings.max_saved_members)
-        page = search(index, query, filters, 0, limit, max(self.settings.max_searched, limit))
+        index, filters, page = self._subset_results(body)
         found = index.rows(page.rows.tolist(), ["key", "shard"])
         described = _describe_query(body, index)
         text = policy_file.policy_sql(name, described, filters, found, page.searched,
@@ -197,11 +193,7 @@ class SearchService:
     def export(self, body: dict[str, Any], kind: str) -> tuple[bytes, str]:
         """The query's filtered results as (file bytes, file name): `parquet` (url, caption,
         img2dataset's input) or `uids` (DataComp's subset array)."""
-        index = self.index(body.get("indice_name"))
-        filters = self._filters(body, index)
-        query = self._query(body, index)
-        limit = _count(body.get("limit", 1_000), "limit", self.settings.max_saved_members)
-        page = search(index, query, filters, 0, limit, max(self.settings.max_searched, limit))
+        index, _, page = self._subset_results(body)
         found = index.table.take(pa.array(page.rows, pa.int64()))
         out = io.BytesIO()
         if kind == "parquet":
@@ -228,6 +220,14 @@ class SearchService:
         return self.crawl.read(found["shard"], found["tar_member"])
 
     # --- parts --------------------------------------------------------------------------------
+
+    def _subset_results(self, body: dict[str, Any]) -> tuple[ServedIndex, Filters, SearchPage]:
+        """The first `limit` results (default 1,000) a saved policy or a download holds."""
+        index = self.index(body.get("indice_name"))
+        filters = self._filters(body, index)
+        query = self._query(body, index)
+        limit = _count(body.get("limit", 1_000), "limit", self.settings.max_saved_members)
+        return index, filters, search(index, query, filters, 0, limit, max(self.settings.max_searched, limit))
 
     def index(self, name: str | None) -> ServedIndex:
         if name is None:
