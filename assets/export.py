@@ -8,6 +8,9 @@
                 it as .txt, re-sharded into new tars of `samples_per_shard`, each with a
                 parquet and stats file like img2dataset's.
 
+A sampling policy's member drawn several times is exported once, with its `draws` in the
+parquet rows; only the uid file repeats it (as FLYT's released subsets do).
+
 Keys, shard and policy names come from the crawl or the command line, so none is used as a
 path before resources/safe_paths.py has checked it: a hostile key is exported under a
 safe derived name (`member_stem`), never as a tar member like `../../evil.jpg`.
@@ -142,6 +145,9 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
     wanted_by_shard: dict[str, list[str]] = {}
     for key, shard in zip(members.column("key").to_pylist(), members.column("shard").to_pylist()):
         wanted_by_shard.setdefault(shard, []).append(key)
+    # A members file from before subsets had draws holds each member once.
+    draws = members.column("draws").to_pylist() if "draws" in members.column_names else [1] * members.num_rows
+    draws_of = dict(zip(zip(members.column("shard").to_pylist(), members.column("key").to_pylist()), draws))
     stems = unique_stems([(shard, key) for shard, keys in wanted_by_shard.items() for key in keys])
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -156,7 +162,8 @@ def export_webdataset(lake: LakeResource, crawl: CrawlResource, policy: str, out
         samples = lake.read_parquet(f"shards/{check_shard_name(shard)}/samples.parquet")
         wanted = set(wanted_by_shard[shard])
         # The usable row of each key: a key the crawl repeats also has duplicate_key rows.
-        rows = {r["key"]: r for r in samples.to_pylist() if r["key"] in wanted and r["image_status"] == "ok"}
+        rows = {r["key"]: {**r, "draws": draws_of[(shard, r["key"])]}
+                for r in samples.to_pylist() if r["key"] in wanted and r["image_status"] == "ok"}
         image_member = {r["tar_member"]: r["key"] for r in rows.values()}
         files: dict[str, dict[str, bytes]] = {k: {} for k in rows}
         try:
@@ -186,8 +193,9 @@ def _image_extension(extension: str) -> str:
 
 
 def _shard_row(row: dict, stem: str) -> dict:
-    """The exported parquet row: the crawl's columns, with the key the tar members carry."""
-    return {**{c: row.get(c) for c in _SHARD_COLUMNS}, "key": stem}
+    """The exported parquet row: the crawl's columns, with the key the tar members carry and
+    the times the member was drawn."""
+    return {**{c: row.get(c) for c in _SHARD_COLUMNS}, "key": stem, "draws": row.get("draws", 1)}
 
 
 def _write_shard(out: Path, index: int, samples: list[tuple[dict, dict[str, bytes], str]]) -> Path:

@@ -1,7 +1,10 @@
 """<policy>_subset: one asset per SQL policy file in sql/policies/ (lake: subsets/<policy>/).
 
 A policy is DuckDB SQL over the catalog views: `SET VARIABLE name = value;` lines for its
-parameters, then one SELECT returning the member keys (`key`, `shard`). Parameters are
+parameters, then one SELECT returning the member keys (`key`, `shard`). A policy that sets
+`sampling` draws a multiset instead: its SELECT returns candidates with a `score`, and
+members are drawn by it, some several times (assets/sampling_policy.py); every subset's
+members carry `draws` (1 for a filter policy). Parameters are
 taken, in order, from the file, from the model's calibration file (a model whose
 similarity scale differs from ViT-B/32's ships one: models/demo/calibration.json), and
 from run config. Adding a policy is adding a file: the asset appears on reload.
@@ -24,6 +27,7 @@ import pyarrow.parquet as pq
 
 from assets.audits.metrics import before_after_figures
 from assets.export import UID_DTYPE
+from assets.sampling_policy import SamplingSpec, create_sampled_draws
 from resources.catalog import SQL_DIR, Catalog, SqlLimits, interrupt_after, locked_connection, read_sql
 from resources.lake import (
     SUBSET_RECORD_KEY,
@@ -37,7 +41,7 @@ from resources.lake import (
 )
 from resources.versions import text_digest
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 POLICY_DIR = SQL_DIR / "policies"  # the shipped policies (CurationFiles.policy_dir picks the folder)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SET_VARIABLE = re.compile(r"^\s*SET\s+VARIABLE\s+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.IGNORECASE)
@@ -130,8 +134,8 @@ def _sql_literal(value: object) -> str:
 
 @dataclass(frozen=True)
 class Members:
-    """A policy's members in a local Parquet file: policy, key, shard, uid, one row per member
-    in (shard, key) order. Written a batch at a time, read back the same way or by DuckDB."""
+    """A policy's members in a local Parquet file: policy, key, shard, uid, draws, one row per
+    member in (shard, key) order. Written a batch at a time, read back the same way or by DuckDB."""
     path: str
     num_rows: int
 
@@ -149,10 +153,11 @@ class Members:
 
 
 def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object],
-               scratch: str) -> tuple[Members, dict[str, str]]:
-    """Members selected by the policy, written into the local folder `scratch`, and the
-    parameters in effect. The policy's result goes to a file a batch at a time and is read
-    back by DuckDB: the members are never a Python object, whatever the pool's size."""
+               scratch: str, pool: int | None = None) -> tuple[Members, dict[str, str]]:
+    """Members selected (or drawn) by the policy, written into the local folder `scratch`,
+    and the parameters in effect; `pool`: the scored pool's size, when the caller has it.
+    The policy's result goes to a file a batch at a time and is read back by DuckDB: the
+    members are never a Python object, whatever the pool's size."""
     connection = catalog.connection
     try:
         statements = connection.extract_statements(policy.sql)
@@ -177,22 +182,37 @@ def run_policy(catalog: Catalog, policy: Policy, params: dict[str, object],
         raise ValueError(f"policy {policy.name}: refused (policies may read only the lake): {error}") from None
     except duckdb.Error as error:
         raise ValueError(f"policy {policy.name}: query failed: {error}") from None
-    missing = {"key", "shard"} - set(pq.read_schema(result).names)
-    if missing:
-        raise ValueError(f"policy {policy.name}: result lacks column(s) {sorted(missing)}")
     effective = {
         name: str(connection.execute(f"SELECT getvariable('{name}')").fetchone()[0]) for name in policy.parameters
     }
+    try:
+        sampling = SamplingSpec.from_params(effective)
+    except ValueError as error:
+        raise ValueError(f"policy {policy.name}: {error}") from None
+    required = {"key", "shard", "score"} if sampling else {"key", "shard"}
+    missing = required - set(pq.read_schema(result).names)
+    if missing:
+        raise ValueError(f"policy {policy.name}: result lacks column(s) {sorted(missing)}")
     connection.register("policy_result", ds.dataset(result, format="parquet"))
     try:
         strays = connection.execute(read_sql("subsets/strays.sql")).fetchone()[0]
         if strays:
             raise ValueError(f"policy {policy.name}: {strays} returned key(s) are not in the scored pool")
+        if sampling:
+            if pool is None:
+                pool = catalog.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
+            try:
+                create_sampled_draws(catalog, sampling, pool, scratch)
+            except ValueError as error:
+                raise ValueError(f"policy {policy.name}: {error}") from None
+        else:
+            connection.execute(read_sql("subsets/filtered_draws.sql"))
         # One row per member, in a stable order, with the crawl's uid when it has one.
         path = os.path.join(scratch, f"{policy.name}_members.parquet")
         rows = catalog.query_to_parquet(read_sql("subsets/members.sql"), path, {"policy": policy.name})
     finally:
-        connection.unregister("policy_result")
+        for name in ("policy_result", "sampling_candidates", "sampling_draws"):
+            connection.unregister(name)
         os.remove(result)
     return Members(path, rows), effective
 
@@ -224,12 +244,13 @@ def uid_array(db: Catalog) -> np.ndarray:
 @dataclass(frozen=True)
 class Candidate:
     """A policy's result before the checks decide whether it is committed."""
-    members: Members  # policy, key, shard, uid: one row per member in (shard, key) order
+    members: Members  # policy, key, shard, uid, draws: one row per member in (shard, key) order
     params: dict[str, str]  # the parameters in effect
     figures: dict  # before_after_figures of the candidate against the pool
     pool: int  # samples in the scored pool
     version: str
     per_shard: dict[str, int]  # members of each shard, in shard order
+    draws: int  # members counted as often as drawn (the member count for a filter policy)
     uids: np.ndarray  # DataComp's subset array
 
 
@@ -238,12 +259,12 @@ def select_candidate(catalog: Catalog, policy: Policy, params: dict[str, object]
     members are written into the local folder `scratch`. The catalog's subset_members is the
     candidate from then on: close it after."""
     pool = catalog.query(read_sql("subsets/pool_size.sql")).column("n")[0].as_py()
-    members, effective = run_policy(catalog, policy, params, scratch)
+    members, effective = run_policy(catalog, policy, params, scratch, pool)
     figures = candidate_figures(catalog, policy.name, members)
     summary = catalog.query(read_sql("subsets/summary.sql"))
     per_shard = dict(zip(summary.column("shard").to_pylist(), summary.column("members").to_pylist()))
     return Candidate(members, effective, figures, pool, subset_version(summary, effective), per_shard,
-                     uid_array(catalog))
+                     sum(summary.column("draws").to_pylist()), uid_array(catalog))
 
 
 def commit_subset(lake: LakeResource, policy: str, members: Members | pa.Table, version: str, record: dict,

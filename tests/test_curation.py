@@ -207,6 +207,27 @@ def test_export_formats_read_back_with_their_libraries(materialized, lake, tmp_p
     assert shard_rows.num_rows == 200 and "status" in shard_rows.column_names
 
 
+def test_a_sampled_subset_exports_uids_as_drawn_and_each_member_once(materialized, lake, catalog, tmp_path):
+    """similarity_scs (Soft Cap Sampling): as many draws as the pool, leaning to the better
+    matched pairs; the uid file repeats members as drawn, the parquet export holds each once."""
+    members = lake.read_parquet("subsets/similarity_scs/members.parquet")
+    draws = members.column("draws").to_numpy()
+    pool = catalog.query("SELECT count(*) AS n FROM scores").column("n")[0].as_py()
+    assert draws.sum() == pool and draws.min() >= 1 and draws.max() > 1 and members.num_rows < pool
+    drawn = catalog.query("SELECT avg(s.similarity) AS drawn FROM subset_members m JOIN scores s USING (shard, key) "
+                          "WHERE m.policy = 'similarity_scs'").column("drawn")[0].as_py()
+    assert drawn > catalog.query("SELECT avg(similarity) AS pool FROM scores").column("pool")[0].as_py()
+    run_cli("export", "--lake", str(materialized["lake"]), "--subset", "similarity_scs", "--format", "uids",
+            "--out", str(tmp_path / "uids"))
+    uids = np.load(tmp_path / "uids" / "similarity_scs_uids.npy")
+    assert len(uids) == pool and (np.sort(uids, order=["f0", "f1"]) == uids).all()
+    assert sorted(np.unique(uids, return_counts=True)[1].tolist()) == sorted(draws.tolist())
+    run_cli("export", "--lake", str(materialized["lake"]), "--subset", "similarity_scs", "--format", "parquet",
+            "--out", str(tmp_path / "pq"))
+    rows = pq.read_table(tmp_path / "pq" / "similarity_scs.parquet", columns=["key", "draws"])
+    assert rows.num_rows == members.num_rows and rows.column("draws").to_numpy().sum() == pool
+
+
 def test_uids_are_derived_from_keys_where_the_crawl_has_none():
     db = Catalog(connection=duckdb.connect())
     db.connection.register("candidate", pa.table({

@@ -141,3 +141,93 @@ def test_a_snapshot_read_again_in_the_process_follows_changes_to_the_lake(catalo
     changed = open_catalog(lake.url, MODEL, snapshot_rows=100)
     assert changed.query(sql).column("similarity").to_pylist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
     changed.close()
+
+
+def _sampling_policy(kind: str, score: str = "similarity", **params: object) -> Policy:
+    settings = {"sampling": f"'{kind}'", "sampling_seed": 0, **params}
+    lines = [f"SET VARIABLE {name} = {value};" for name, value in settings.items()]
+    return Policy("sampled", "\n".join(lines) + f"\nSELECT key, shard, {score} AS score FROM scores;")
+
+
+def test_a_sampling_policy_draws_a_multiset_by_score_seeded(catalog, tmp_path):
+    # 20 draws (5 x the 4-sample pool) one at a time; similarity 0.35, 0.29, 0.31, 0.1.
+    policy = _sampling_policy("soft_cap", total_size_share=5, batch_share=0.25, temperature=0.05,
+                              repetition_penalty=0.5)
+    members, params = run_policy(catalog, policy, {}, str(tmp_path))
+    table = members.read()
+    assert table.column_names == ["policy", "key", "shard", "uid", "draws"]
+    draws = dict(zip(table.column("key").to_pylist(), table.column("draws").to_pylist()))
+    assert sum(draws.values()) == 20 and params["sampling"] == "soft_cap"
+    assert draws["000000000"] == max(draws.values()) and draws.get("000000003", 0) < draws["000000000"] / 2
+    assert run_policy(catalog, policy, {}, str(tmp_path))[0].read().equals(table)
+    reseeded = [run_policy(catalog, policy, {"sampling_seed": seed}, str(tmp_path))[0].read() for seed in range(1, 6)]
+    assert any(not other.equals(table) for other in reseeded)
+
+
+def test_hard_cap_caps_each_member_and_the_uid_file_repeats_members_as_drawn(catalog, tmp_path):
+    from assets.subsets import uid_array
+
+    policy = _sampling_policy("hard_cap", total_size_share=5, batch_share=0.5, temperature=0.01, frequency_limit=6)
+    table = run_policy(catalog, policy, {}, str(tmp_path))[0].read()
+    draws = table.column("draws").to_pylist()
+    assert sum(draws) == 20 and max(draws) == 6 and len(draws) == 4  # the best three capped, the rest to the fourth
+    catalog.connection.register("candidate", table)
+    try:
+        uids = uid_array(catalog)
+    finally:
+        catalog.connection.unregister("candidate")
+    assert len(uids) == 20 and uids.tolist() == sorted(uids.tolist())
+    assert sorted(np.unique(uids, return_counts=True)[1].tolist()) == sorted(draws)
+    with pytest.raises(ValueError, match="policy sampled: 24 draws cannot be made from 4 scored members at most 5"):
+        run_policy(catalog, policy, {"total_size_share": 6, "frequency_limit": 5}, str(tmp_path))
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SET VARIABLE sampling = 'top_k';\nSELECT key, shard, similarity AS score FROM scores", "sampling must be one of"),
+    ("SET VARIABLE sampling = 'soft_cap';\nSELECT key, shard FROM scores", r"lacks column\(s\) \['score'\]"),
+    ("SET VARIABLE sampling = 'soft_cap';\nSET VARIABLE temperature = 'warm';\n"
+     "SELECT key, shard, similarity AS score FROM scores", "temperature must be a number"),
+    ("SET VARIABLE sampling = 'soft_cap';\nSELECT key, shard, NULL::DOUBLE AS score FROM scores",
+     "no member has a score"),
+])
+def test_a_broken_sampling_policy_fails_with_its_reason(catalog, sql, message, tmp_path):
+    with pytest.raises(ValueError, match=f"policy broken: .*{message}"):
+        run_policy(catalog, Policy("broken", sql), {}, str(tmp_path))
+
+
+def test_subset_rates_count_a_member_as_often_as_it_was_drawn(catalog, tmp_path):
+    """The unsafe, toxic sample drawn 17 times of 20 is 85% of the training data, not a quarter."""
+    from assets.subsets import candidate_figures
+
+    lake = LakeResource(root=catalog.lake_path)
+    lake.write_parquet(f"shards/00000/dedup/{MODEL}/duplicates.parquet", pa.table({
+        "key": KEYS, "shard": ["00000"] * 4, "cluster": [0] * 4, "is_duplicate": [False, False, False, True],
+        "duplicate_of": [None, None, None, KEYS[0]], "duplicate_reason": [None, None, None, "exact"],
+        "group_size": [2, 1, 1, 2]}))
+    catalog = open_catalog(lake.url, MODEL)
+    policy = _sampling_policy("hard_cap", score="CASE WHEN key = '000000003' THEN 10 ELSE 0 END",
+                              total_size_share=5, batch_share=0.25, frequency_limit=17)
+    members = run_policy(catalog, policy, {}, str(tmp_path))[0]
+    draws = dict(zip(members.read().column("key").to_pylist(), members.read().column("draws").to_pylist()))
+    assert draws["000000003"] == 17 and sum(draws.values()) == 20
+    after = candidate_figures(catalog, "sampled", members)["after"]
+    assert after["samples"] == len(draws) and after["draws"] == 20
+    assert after["nsfw_rate"] == pytest.approx(17 / 20) and after["toxic_rate"] == pytest.approx(17 / 20)
+    assert after["toxic"] == 17
+    assert after["near_duplicate_rate"] == pytest.approx(17 / 20)
+    # Drawing a member again is no exact duplicate: the rate counts distinct members' sha256
+    sha256 = {"000000000": "x", "000000001": "y", "000000002": "z", "000000003": "x"}
+    assert after["exact_duplicate_rate"] == pytest.approx(1 - len({sha256[k] for k in draws}) / len(draws))
+    catalog.close()
+
+
+def test_a_members_file_written_before_draws_reads_as_drawn_once(catalog, tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    lake.write_parquet("subsets/old/members.parquet", pa.table({
+        "policy": ["old"], "key": [KEYS[0]], "shard": ["00000"], "uid": ["a"]}))
+    db = open_catalog(lake.url, MODEL)
+    try:
+        assert db.query("SELECT policy, key, draws FROM subset_members").to_pylist() == [
+            {"policy": "old", "key": KEYS[0], "draws": 1}]
+    finally:
+        db.close()

@@ -476,11 +476,12 @@ def merged(tmp_path_factory) -> dict:
     for shard in ("00000", "00001"):
         samples = read_samples(CrawlResource(root=str(crawl)), shard)
         lake.write_parquet(samples_path(shard), samples)
-        rows += [{"policy": "merged", "key": r["key"], "shard": shard, "uid": None}
+        rows += [{"policy": "merged", "key": r["key"], "shard": shard, "uid": None, "draws": 1}
                  for r in samples.to_pylist() if r["image_status"] == "ok"]
     # Committed as a subset asset commits one: its uid array made by sql/subsets/uids.sql.
     members = pa.Table.from_pylist(rows, schema=pa.schema([("policy", pa.string()), ("key", pa.string()),
-                                                           ("shard", pa.string()), ("uid", pa.string())]))
+                                                           ("shard", pa.string()), ("uid", pa.string()),
+                                                           ("draws", pa.int64())]))
     db = Catalog(connection=duckdb.connect())
     db.connection.register("candidate", members)
     commit_subset(lake, "merged", members, "v1", {"version": "v1", "uids": uids_path("merged", "v1")}, uid_array(db))

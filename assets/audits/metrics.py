@@ -36,7 +36,7 @@ from resources.curation_files import TERMS_DIR
 from resources.indexing import read_index
 from resources.lake import LakeResource, audit_dir, index_dir
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 RETRIEVAL_K = 50
 WEAT_SAMPLE = 500  # members per group in the cross-modal test
 
@@ -157,10 +157,10 @@ def _create_side_views(catalog: Catalog, policy: str) -> None:
 
 def _rates_and_representation(catalog: Catalog) -> dict[str, Any]:
     rates = _side_rows(catalog.query(read_sql("audits/rates.sql")))
-    empty = {"samples": 0, "toxic": 0}
+    empty = {"samples": 0, "draws": 0, "toxic": 0}
     before, after = rates.get("before", empty), rates.get("after", empty)
-    for side in (before, after):
-        side["toxic_rate_ci95"] = list(formulas.wilson_interval(side.get("toxic", 0), side["samples"]))
+    for side in (before, after):  # toxic counts draws (sql/audits/rates.sql), so the interval does too
+        side["toxic_rate_ci95"] = list(formulas.wilson_interval(side.get("toxic", 0), side["draws"]))
     return {"before": before, "after": after,
             "representation": representation(catalog.query(read_sql("audits/group_counts.sql")),
                                              before["samples"], after["samples"])}
@@ -251,7 +251,7 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-RATE_ROWS = ("samples", "nsfw_rate", "nsfw_rate_p90", "watermark_rate", "toxic_rate", "exact_duplicate_rate",
+RATE_ROWS = ("samples", "draws", "nsfw_rate", "nsfw_rate_p90", "watermark_rate", "toxic_rate", "exact_duplicate_rate",
              "near_duplicate_rate", "english_rate", "mean_similarity")
 
 

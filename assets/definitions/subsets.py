@@ -106,6 +106,7 @@ def _select_and_commit(context: AssetExecutionContext, policy: Policy, model_id:
     yield MaterializeResult(check_results=results, metadata={
         **table_metadata(members),
         "members": members.num_rows,
+        "draws": candidate.draws,
         "shards": len(per_shard),
         "members_per_shard": MetadataValue.json(per_shard),
         "pool": candidate.pool,

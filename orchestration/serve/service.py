@@ -201,7 +201,9 @@ class SearchService:
             return out.getvalue(), f"{index.name}-results.parquet"
         if kind == "uids":
             with self.lock:
-                self.catalog.connection.register("candidate", found.select(["shard", "key", "uid"]))
+                results = found.select(["shard", "key", "uid"])  # each result once
+                self.catalog.connection.register(
+                    "candidate", results.append_column("draws", pa.array([1] * results.num_rows, pa.int64())))
                 try:
                     np.save(out, uid_array(self.catalog))
                 finally:

@@ -1,5 +1,6 @@
--- A subset's members with every score and the duplicate flags ($policy names it).
-SELECT s.*, d.is_duplicate, d.duplicate_of
+-- A subset's members with every score, the duplicate flags and the times each was drawn
+-- ($policy names it).
+SELECT s.*, m.draws, d.is_duplicate, d.duplicate_of
 FROM subset_members AS m
 JOIN scores AS s USING (shard, key)
 LEFT JOIN duplicates AS d USING (shard, key)
