@@ -6,7 +6,8 @@ with the prevalence (McDermott et al. 2024's advice for rare classes). `fpr_clea
 false-positive rate among clean samples only. For each policy: the share of each defect
 class that survives and the share of clean samples wrongly dropped, over every crawl row.
 For the NSFW and watermark scores, every kind of head that fits the model (the head file,
-the zero-shot prompts) is measured the same way, whichever one the pipeline used.
+the zero-shot prompts) is measured the same way, whichever one the pipeline used. Once the
+flyt group has run, the FLYT score is measured against every defect class (`flyt`).
 
 Needs a ground-truth file (`key`, `shard`, `defect`), as the sample crawl writes.
 """
@@ -30,7 +31,7 @@ from resources.embedding_files import load_image_embeddings
 from resources.heads import HeadChoice, HeadsResource
 from resources.lake import LakeResource
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 EVALUATION_PATH = "evaluation/metrics.json"
 
 
@@ -121,6 +122,8 @@ def evaluate(catalog: Catalog, truth: ds.Dataset, policies: list[Policy],
                 "language": params.get("laion2b_en", {}).get("language"),
                 **{spec.parameter: thresholds[spec.name] for spec in FILTERS if spec.parameter}}).to_pylist()
             connection.unregister("head_scores")
+            # The FLYT score, once the flyt group has been materialized.
+            learned = None if "flyt_scores" in catalog.missing else catalog.query(read_sql("evaluation/flyt.sql"))
         survival = catalog.query(read_sql("evaluation/survival.sql")).to_pylist()
     finally:
         connection.unregister("truth")
@@ -138,6 +141,8 @@ def evaluate(catalog: Catalog, truth: ds.Dataset, policies: list[Policy],
         clean = entry["survives"].get("clean")
         entry["clean_dropped"] = None if clean is None else 1 - clean
     result: dict[str, Any] = {"filters": filters, "policies": by_policy}
+    if learned is not None:
+        result["flyt"] = learned.to_pylist()
     if head_kinds is not None:
         result["heads"] = [{"filter": f"{variants[column].name} ({choice.kind})", "column": column,
                             "defects": list(variants[column].defects), "threshold": thresholds[variants[column].name],
@@ -196,4 +201,10 @@ def format_tables(result: dict[str, Any]) -> str:
             lines.append(f"| {h['head']} | {h['kind']} | {', '.join(h['defects'])} | {_number(h['threshold'])} | "
                          f"{_number(h['auroc'])} | {_number(h['precision'])} | {_number(h['recall'])} | "
                          f"{_number(h['fpr'])} |")
+    if result.get("flyt"):
+        lines += ["", "The FLYT score against each defect class (AUROC of a low score for the class vs clean):", "",
+                  "| defect | samples | AUROC | mean score | clean mean score |", "|---|---|---|---|---|"]
+        for row in result["flyt"]:
+            lines.append(f"| {row['defect']} | {row['samples']} | {_number(row['auroc'])} | "
+                         f"{_number(row['mean_score'])} | {_number(row['clean_mean_score'])} |")
     return "\n".join(lines)

@@ -74,6 +74,11 @@ class Policy:
         finally:
             connection.close()
 
+    def reads(self, view: str) -> bool:
+        """Whether the policy's SQL names `view` (outside comments): a policy that reads an
+        optional view (flyt_scores) depends on the asset that writes it."""
+        return re.search(rf"\b{re.escape(view)}\b", _uncommented(self.sql), re.IGNORECASE) is not None
+
     def version(self, params: dict[str, object]) -> str:
         """Digest of the SQL and the parameters that replace its defaults."""
         return text_digest(self.sql + json.dumps(params, sort_keys=True))

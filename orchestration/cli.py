@@ -5,6 +5,8 @@
     clipsieve materialize --crawl CRAWL --lake LAKE [--model NAME --pretrained TAG_OR_PATH]
                           [--shards 00000,00001 --no-cross-shard]   (parallel runs: disjoint shards)
                           [--in-process]     (runs in this process, not through the run launcher)
+                          [--flyt]           (also train the FLYT scorer and its policies: the flyt group)
+    clipsieve downstream-data OUT.parquet [--samples 1000 --seed 5000]   labelled scenes for FLYT
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
@@ -73,6 +75,15 @@ def cmd_sample_crawl(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def cmd_downstream_data(args: argparse.Namespace) -> None:
+    from assets.flyt.downstream import generate_scenes, write_downstream
+
+    data = generate_scenes(args.samples, args.seed)
+    path = write_downstream(data, Path(args.out))
+    print(json.dumps({"path": str(path), "images": len(data), "classes": len(data.classes),
+                      "templates": data.templates}, indent=2))
+
+
 # `clipsieve materialize` exit statuses (argparse's usage errors are 2).
 EXIT_CRASHED = 1  # a step failed with an error: its shard or asset is not done
 EXIT_BLOCKED = 3  # every step ran or was skipped below a blocking check that failed; no step crashed
@@ -94,7 +105,7 @@ def cmd_materialize(args: argparse.Namespace) -> None:
     with DagsterServer(instance.root_directory, location_env(**settings), log=log) as server:
         try:
             report = run_pipeline(defs, instance, server, in_process=args.in_process, log=log, shards=shards,
-                                  cross_shard=not args.no_cross_shard)
+                                  cross_shard=not args.no_cross_shard, flyt=args.flyt)
         except PipelineFailed as failure:
             report = failure.report
     print(f"shards: {len(report.shards)}; with per-shard work: {len(report.per_shard_runs)}; "
@@ -427,8 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true",
                    help="execute the runs in this process instead of launching them through the instance's "
                         "run launcher (what a laptop or a test needs; Dagster still decides what is stale)")
+    p.add_argument("--flyt", action="store_true",
+                   help="also materialize the flyt group: train the FLYT scorer (minutes on a CPU), score every "
+                        "shard with it, and the policies that read flyt_scores")
     _model_args(p)
     p.set_defaults(func=cmd_materialize)
+
+    p = commands.add_parser("downstream-data", help="write labelled scenes (colour and shape classes) as a "
+                                                    "downstream set for FLYT and the downstream proxy")
+    p.add_argument("out", help="the Parquet file to write")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=5000,
+                   help="5000: FLYT's training set; 6000: the proxy's held-out set (the crawl uses 0)")
+    p.set_defaults(func=cmd_downstream_data)
 
     p = commands.add_parser("query", help="run SQL against the catalog views (samples, scores, ...)")
     p.add_argument("--lake", required=True)

@@ -23,6 +23,7 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
+    AutomationCondition,
     Definitions,
     ExecutorDefinition,
     define_asset_job,
@@ -30,7 +31,17 @@ from dagster import (
     multi_or_in_process_executor,
 )
 
-from assets.definitions import audits, embeddings, evaluation, indices, near_duplicates, samples, scores, subsets
+from assets.definitions import (
+    audits,
+    embeddings,
+    evaluation,
+    flyt,
+    indices,
+    near_duplicates,
+    samples,
+    scores,
+    subsets,
+)
 from assets.definitions.checks import bounds as check_bounds
 from assets.definitions.crawl_shard import crawl_shard
 from assets.definitions.partitions import DEFAULT_SHARDS_PER_RUN, shard_batches, shard_partitions
@@ -51,6 +62,7 @@ from resources.crawl import CrawlResource
 from resources.curation_files import DEFAULTS as CURATION_FILE_VARIABLES
 from resources.curation_files import CurationFiles
 from resources.dedup import DedupResource
+from resources.flyt import FlytResource
 from resources.heads import HeadsResource
 from resources.indexing import IndexResource
 from resources.lake import LakeResource
@@ -87,32 +99,40 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
         scores.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
     ]
     dedup = near_duplicates.build_dedup_assets(model_id, batches)
-    # A subset reads every per-shard output and the duplicate groups.
+    learned = flyt.build_flyt_assets(model_id, batches)
+    # A subset reads every per-shard output and the duplicate groups; one that reads a view of
+    # FLYT's scores also those, and belongs to the flyt group with them.
     upstream = [a.key for a in per_shard] + [dedup[-1].key]
     calibration = calibrated_params(clip.pretrained)
     policies = load_policies(Path(files.policy_dir))
     per_policy = []
     for policy in policies:
         limits = check_bounds(policy.name, files.checks)
+        flyt_scores = [score for view, score in flyt.FLYT_VIEWS.items() if policy.reads(view)]
+        deps = upstream + flyt_scores
+        group = {"group": flyt.FLYT_GROUP} if flyt_scores else {}
         per_policy += [
-            subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), upstream, limits),
-            indices.build_index_asset(policy.name, model_id, limits),
-            audits.build_audit_asset(policy.name, model_id, limits),
+            subsets.build_subset_asset(policy, model_id, calibration.get(policy.name, {}), deps, limits, **group),
+            indices.build_index_asset(policy.name, model_id, limits, **group),
+            audits.build_audit_asset(policy.name, model_id, limits, **group),
         ]
     return [
         crawl_shard,
         *per_shard,
         *dedup,
+        *learned,
         *per_policy,
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
             [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
     ]
 
 
-def per_shard_keys(definitions: Definitions) -> list[AssetKey]:
-    """The per-shard assets of `definitions`: those materialized per crawl shard."""
+def per_shard_keys(definitions: Definitions, with_flyt: bool = False) -> list[AssetKey]:
+    """The per-shard assets of `definitions`: those materialized per crawl shard (by a plain
+    `clipsieve materialize`; `with_flyt`: also the flyt group's, as `--flyt` adds them)."""
     graph = definitions.resolve_asset_graph()
-    return [key for key in graph.materializable_asset_keys if graph.get(key).partitions_def is not None]
+    return [key for key in graph.materializable_asset_keys if graph.get(key).partitions_def is not None
+            and (with_flyt or graph.get(key).group_name != flyt.FLYT_GROUP)]
 
 
 def build_resources(crawl: str | Path | None = None, lake: str | Path | None = None, model_name: str | None = None,
@@ -130,13 +150,18 @@ def build_resources(crawl: str | Path | None = None, lake: str | Path | None = N
         "catalog": CatalogResource(),
         "indexing": IndexResource(),
         "dedup": DedupResource(),
+        "flyt": FlytResource(),
         "files": CurationFiles.from_env(policy_dir=policy_dir, checks=checks),
     }
 
 
-PER_SHARD_JOB, CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "observe_crawl"
-# The per_shard job runs every shard-partitioned asset, the cross_shard job every other one.
-PER_SHARD_SELECTION = AssetSelection.groups(*PER_SHARD_GROUPS) | AssetSelection.assets(near_duplicates.ASSIGNMENT)
+PER_SHARD_JOB, CROSS_SHARD_JOB, FLYT_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "flyt", "observe_crawl"
+# The per_shard job runs every shard-partitioned asset, the flyt job FLYT's pool-wide assets
+# (the scorer and the policies over its scores: it trains, so no refresh runs it unasked),
+# the cross_shard job every other one.
+PER_SHARD_SELECTION = (AssetSelection.groups(*PER_SHARD_GROUPS)
+                       | AssetSelection.assets(near_duplicates.ASSIGNMENT, flyt.FLYT_SCORE, flyt.MIX_SCORE))
+FLYT_SELECTION = AssetSelection.groups(flyt.FLYT_GROUP) - PER_SHARD_SELECTION
 
 
 def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
@@ -154,14 +179,22 @@ def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
     )
     cross_shard = define_asset_job(
         CROSS_SHARD_JOB,
-        selection=AssetSelection.groups(*CROSS_SHARD_GROUPS) - PER_SHARD_SELECTION,
+        selection=AssetSelection.groups(*CROSS_SHARD_GROUPS) - PER_SHARD_SELECTION - FLYT_SELECTION,
         executor_def=multi_or_in_process_executor if in_process else executor,
         config=CROSS_SHARD_EXECUTION if in_process else None,
         description="Near-duplicate centroids and groups, then every policy's subset, index and audit, over all "
                     "shards " + ("(in the run's process; `execution: {config: {multiprocess: {}}}` runs a process "
                              "per step)." if in_process else f"({where})."),
     )
-    return [per_shard, cross_shard]
+    learned = define_asset_job(
+        FLYT_JOB,
+        selection=FLYT_SELECTION,
+        executor_def=multi_or_in_process_executor if in_process else executor,
+        config=CROSS_SHARD_EXECUTION if in_process else None,
+        description="FLYT: train the scorer on the pool (a shard's FLYT score is in per_shard), then the "
+                    f"policies over its scores, their indices and audits ({where}).",
+    )
+    return [per_shard, cross_shard, learned]
 
 
 observe_crawl_job = define_asset_job(
@@ -174,15 +207,22 @@ observe_crawl_job = define_asset_job(
 
 def with_automation(assets: list, refresh_cron: str) -> list:
     """Per-shard assets follow their shard's observed crawl files eagerly; cross-shard assets
-    refresh on `refresh_cron` (orchestration/schedules.py)."""
+    refresh on `refresh_cron` (orchestration/schedules.py), FLYT's once materialized by hand."""
     cross_shard = cross_shard_automation(refresh_cron)
+    learned = (cross_shard & ~AutomationCondition.missing()).with_label(
+        f"{cross_shard.get_label()}, once materialized")
+
+    def condition(spec: AssetSpec, partitioned: bool) -> AutomationCondition:
+        if partitioned:
+            return PER_SHARD_AUTOMATION
+        return learned if spec.group_name == flyt.FLYT_GROUP else cross_shard
+
     automated = []
     for item in assets:
         if isinstance(item, AssetsDefinition):
             node_partitioned = item.partitions_def is not None
             item = item.map_asset_specs(lambda spec, p=node_partitioned: spec if spec.automation_condition else
-                                        spec.replace_attributes(
-                                            automation_condition=PER_SHARD_AUTOMATION if p else cross_shard))
+                                        spec.replace_attributes(automation_condition=condition(spec, p)))
         automated.append(item)
     return automated
 
@@ -225,10 +265,10 @@ def build_definitions(policy_dir: str | Path | None = None, checks: str | Path |
     embedding_gpus = float(embedding_gpus if embedding_gpus is not None
                            else os.environ.get(SETTING_VARIABLES["embedding_gpus"]) or 0)
     assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run, embedding_gpus)
-    per_shard_job, cross_shard_job = build_jobs(executor if executor is not None else executor_from_env())
+    per_shard_job, cross_shard_job, flyt_job = build_jobs(executor if executor is not None else executor_from_env())
     return Definitions(
         assets=with_automation(assets, refresh_cron),
-        jobs=[per_shard_job, cross_shard_job, observe_crawl_job, demo_crawl],
+        jobs=[per_shard_job, cross_shard_job, flyt_job, observe_crawl_job, demo_crawl],
         sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job, refresh_cron)],
         executor=in_process_executor,  # what an asset launched from the graph runs with

@@ -107,7 +107,8 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
     sample = rows[0]
     shard = sample["shard"]
     scores = catalog.query(read_sql("lineage/scores.sql"), {"key": key}).to_pylist()
-    members = {r["policy"] for r in catalog.query(read_sql("lineage/membership.sql"), {"key": key}).to_pylist()}
+    members = {r["policy"]: r["draws"]
+               for r in catalog.query(read_sql("lineage/membership.sql"), {"key": key}).to_pylist()}
     materialized = {r["policy"] for r in catalog.query(read_sql("lineage/policies.sql")).to_pylist()}
     result: dict[str, Any] = {"key": key, "shard": shard, "tar_member": sample.get("tar_member"),
                               "url": sample.get("url"), "caption": sample.get("caption"),
@@ -127,6 +128,8 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
             continue
         params = effective_params(policy, calibration)
         decisions[policy.name] = policy_decision(catalog, policy, params, key, shard, policy.name in members)
+        if policy.name in members and "sampling" in params:  # a multiset: how often it was drawn
+            decisions[policy.name]["draws"] = members[policy.name]
     result["policies"] = decisions
     if instance is not None:
         # Every asset the instance has materialized for this shard's partition.

@@ -45,9 +45,10 @@ from dagster import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from assets.definitions.flyt import FLYT_GROUP
 from assets.definitions.partitions import shard_partitions
 from orchestration.dagster_server import DagsterServer
-from orchestration.definitions import CROSS_SHARD_JOB, OBSERVE_CRAWL_JOB, PER_SHARD_JOB
+from orchestration.definitions import CROSS_SHARD_JOB, FLYT_JOB, OBSERVE_CRAWL_JOB, PER_SHARD_JOB
 from resources.crawl import CrawlResource
 from resources.lake import LakeResource, pool_shards
 from resources.processes import is_gone, this_process
@@ -334,16 +335,20 @@ class Plan:
     stages: list[set[AssetKey]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, defs: Definitions, crawl: CrawlResource) -> "Plan":
+    def of(cls, defs: Definitions, crawl: CrawlResource, flyt: bool = False) -> "Plan":
         graph = defs.resolve_asset_graph()
-        nodes = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
-        per_shard = {n.key for n in nodes if n.partitions_def is not None}
-        # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has.
+        # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has;
+        # FLYT trains a model, so it runs when asked for.
         skip = set() if crawl.has_ground_truth() else {"evaluation"}
+        if not flyt:
+            skip.add(FLYT_GROUP)
+        nodes = [graph.get(k) for k in graph.get_all_asset_keys()
+                 if graph.get(k).is_materializable and graph.get(k).group_name not in skip]
+        per_shard = {n.key for n in nodes if n.partitions_def is not None}
         # A single-run policy (no maximum) puts every shard in one run.
         shards_per_run = min(n.backfill_policy.max_partitions_per_run or sys.maxsize for n in nodes
                              if n.key in per_shard and n.backfill_policy is not None)
-        cross_shard = {n.key for n in nodes if n.partitions_def is None and n.group_name not in skip}
+        cross_shard = {n.key for n in nodes if n.partitions_def is None}
         return cls(defs, per_shard, cross_shard, shards_per_run, stages(defs, per_shard | cross_shard))
 
     def stale_work(self, server: DagsterServer, shards: list[str],
@@ -416,6 +421,22 @@ def _run_per_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance,
                 failed(run_id, alone, [shard])
 
 
+def _job_waves(defs: Definitions, keys: set[AssetKey]) -> list[tuple[str, set[AssetKey]]]:
+    """`keys` as runs of the cross_shard and flyt jobs, in an order that runs every asset after
+    its parents among `keys` (one cross_shard run when no FLYT asset is among them)."""
+    graph = defs.resolve_asset_graph()
+    job_of = {k: FLYT_JOB if graph.get(k).group_name == FLYT_GROUP else CROSS_SHARD_JOB for k in keys}
+    remaining, waves = set(keys), []
+    while remaining:
+        for job in (CROSS_SHARD_JOB, FLYT_JOB):
+            ready = {k for k in remaining if job_of[k] == job and
+                     all(job_of[a] == job for a in _relatives(defs, {k}, remaining, down=False))}
+            if ready:
+                waves.append((job, ready))
+                remaining -= ready
+    return waves
+
+
 def _run_cross_shard(plan: Plan, server: DagsterServer, instance: DagsterInstance,
                      runs: InstanceRuns | InProcessRuns, keys: set[AssetKey], report: RunReport,
                      log: Callable[[str], None]) -> None:
@@ -424,29 +445,30 @@ def _run_cross_shard(plan: Plan, server: DagsterServer, instance: DagsterInstanc
     todo = keys if report.per_shard_runs or report.removed_shards else plan.cross_shard_work(server, instance, keys)
     if not todo:
         return
-    log(f"cross-shard: materializing {len(todo)} asset(s)")
-    run_id, outcome = runs.run(CROSS_SHARD_JOB, todo, {})
-    if EVALUATION in todo and EVALUATION not in outcome.materialized and outcome.blocked and not outcome.crashed:
-        # A blocked subset stops everything below it in the run, evaluation included;
-        # evaluation measures what exists, so it runs on its own.
-        log("evaluation did not run below a blocked subset: materializing it on its own")
-        outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
-    report.blocked += outcome.blocked
-    report.warnings += outcome.warnings
-    if outcome.crashed:
-        report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
+    for job, part in _job_waves(plan.defs, todo):
+        log(f"{'cross-shard' if job == CROSS_SHARD_JOB else job}: materializing {len(part)} asset(s)")
+        run_id, outcome = runs.run(job, part, {})
+        if EVALUATION in part and EVALUATION not in outcome.materialized and outcome.blocked and not outcome.crashed:
+            # A blocked subset stops everything below it in the run, evaluation included;
+            # evaluation measures what exists, so it runs on its own.
+            log("evaluation did not run below a blocked subset: materializing it on its own")
+            outcome.crashed += runs.run(CROSS_SHARD_JOB, {EVALUATION}, {})[1].crashed
+        report.blocked += outcome.blocked
+        report.warnings += outcome.warnings
+        if outcome.crashed:
+            report.failures.append(f"cross-shard run {run_id} failed:\n" + _failures(outcome))
     report.cross_shard_assets = sorted({*report.cross_shard_assets, *(k.to_user_string() for k in todo)})
 
 
 def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterServer, in_process: bool = False,
                  log: Callable[[str], None] = print, shards: list[str] | None = None,
-                 cross_shard: bool = True) -> RunReport:
+                 cross_shard: bool = True, flyt: bool = False) -> RunReport:
     """Register the crawl's complete shards, then materialize what Dagster reports out of date.
 
     `defs` must be the definitions `server`'s code location builds (the same settings).
     `shards` limits the per-shard work to those shards (parallel processes take disjoint
     slices); `cross_shard=False` leaves the cross-shard assets, and the per-shard ones below
-    them, to a later call.
+    them, to a later call; `flyt` adds FLYT's assets (the flyt group: it trains a model).
     """
     started = time.time()
     crawl, lake = defs.resources["crawl"], defs.resources["lake"]
@@ -475,7 +497,7 @@ def run_pipeline(defs: Definitions, instance: DagsterInstance, server: DagsterSe
     if not observed.success:
         report.failures.append(f"run {run_id} observing the crawl failed:\n{_failures(observed)}")
         raise PipelineFailed(report)
-    plan = Plan.of(defs, crawl)
+    plan = Plan.of(defs, crawl, flyt)
     for stage in plan.stages:
         if stage <= plan.per_shard:
             _run_per_shard(plan, server, instance, runs, shards, stage, report, log)

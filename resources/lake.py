@@ -8,6 +8,7 @@
     <lake>/shards/<shard>/dedup/<model>/duplicates.parquet
     <lake>/dedup/<model>/centroids.json                      names centroids/<v>/centroids.npy
     <lake>/dedup/<model>/state.json                          commits state/<v>/{pairs,groups}.parquet
+    <lake>/flyt/<model>/scorer.json                          commits versions/<v>/scorer.safetensors
     <lake>/subsets/<policy>/members.parquet                  commits versions/<v>/{uids.npy,checks.json}
     <lake>/indices/<policy>/<model>/index_info.json          commits versions/<v>/{image.index,keys.parquet}
     <lake>/audits/<policy>/metrics.json
@@ -102,6 +103,11 @@ def pool_shards(lake: "LakeResource", model_id: str,
 def dedup_dir(model_id: str) -> str:
     """The pool-wide near-duplicate files of a model: centroids and the pairwise step's state."""
     return f"dedup/{model_id}"
+
+
+def flyt_dir(model_id: str) -> str:
+    """The FLYT scorer trained on a model's embeddings: scorer.json names versions/<v>/scorer.safetensors."""
+    return f"flyt/{model_id}"
 
 
 def assignment_dir(shard: str, model_id: str) -> str:

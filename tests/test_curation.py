@@ -226,13 +226,17 @@ def test_a_sampled_subset_exports_uids_as_drawn_and_each_member_once(materialize
             "--out", str(tmp_path / "pq"))
     rows = pq.read_table(tmp_path / "pq" / "similarity_scs.parquet", columns=["key", "draws"])
     assert rows.num_rows == members.num_rows and rows.column("draws").to_numpy().sum() == pool
+    most = int(np.argmax(draws))
+    explained = json.loads(run_cli("explain", "--lake", str(materialized["lake"]),
+                                   members.column("key")[most].as_py()).stdout)
+    assert explained["policies"]["similarity_scs"] == {"kept": True, "draws": int(draws[most])}
 
 
 def test_uids_are_derived_from_keys_where_the_crawl_has_none():
     db = Catalog(connection=duckdb.connect())
     db.connection.register("candidate", pa.table({
         "shard": ["00001", "00001", "00002"], "key": ["000010001", "000010002", "000010002"],
-        "uid": [None, "F" * 32, "f" * 32]}))  # the third repeats the second's uid
+        "uid": [None, "F" * 32, "f" * 32], "draws": [1, 1, 1]}))  # the third repeats the second's uid
     array = uid_array(db)
     assert array.dtype == UID_DTYPE and len(array) == 3 and np.all(np.diff(array["f0"].astype(float)) >= 0)
     halves = {tuple(int(h, 16) for h in (d[:16], d[16:])) for d in (

@@ -29,6 +29,8 @@ def test_graph_has_every_stage_with_shard_partitions():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {k.to_user_string() for k in per_shard_keys(defs)} == set(PER_SHARD)  # what every other test derives
+    assert {k.to_user_string() for k in per_shard_keys(defs, with_flyt=True)} - set(PER_SHARD) == {
+        "scores/flyt", "scores/mflyt"}
     for policy in ("laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe"):
         assert {f"{policy}_subset", f"{policy}_index", f"{policy}_audit"} <= keys
     assert {"dedup_centroids", "near_duplicates", "evaluation"} <= keys
@@ -113,6 +115,16 @@ def test_refresh_schedule_and_automation_are_defined():
     cron = "on the refresh cron or a new code version, blocking checks passed"
     assert labels["safe_subset"] == labels["safe_index"] == cron
     assert "sample_crawl" not in labels and "crawl_shard" not in labels
+    # FLYT trains a model: its pool-wide assets refresh only once materialized, and no job the
+    # schedule or the crawl sensor runs holds them.
+    assert labels["flyt_scorer"] == labels["flyt_scs_subset"] == f"{cron}, once materialized"
+    assert labels["scores/flyt"] == "eager on its shard, or a new flyt_scorer"
+    cross_shard = set(defs.resolve_job_def("cross_shard").asset_layer.executable_asset_keys)
+    learned = set(defs.resolve_job_def("flyt").asset_layer.executable_asset_keys)
+    assert {k.to_user_string() for k in learned} == {"flyt_scorer", "flyt_mix"} | {
+        f"{p}_{a}" for p in ("flyt_scs", "mflyt_scs") for a in ("subset", "index", "audit")}
+    assert not cross_shard & learned and {AssetKey(["scores", "flyt"]), AssetKey(["scores", "mflyt"])} <= set(
+        defs.resolve_job_def("per_shard").asset_layer.executable_asset_keys)
 
 
 def test_the_command_exits_directly_with_its_output_whole_and_its_exit_code(tmp_path):
@@ -134,7 +146,7 @@ def test_on_ray_every_step_asks_for_a_cpu_and_the_embeddings_step_for_a_gpu():
     from orchestration.execution import step_executor
 
     ray_defs = build_definitions(embedding_gpus=1, executor=step_executor("ray", "http://127.0.0.1:8265"))
-    for job in ("per_shard", "cross_shard"):
+    for job in ("per_shard", "cross_shard", "flyt"):
         assert ray_defs.resolve_job_def(job).executor_def.name == "ray_steps"
     graph = ray_defs.resolve_asset_graph()
     wanted = {key.to_user_string(): json.loads(graph.get(key).assets_def.op.tags["dagster-ray/config"])

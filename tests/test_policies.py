@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from assets.definitions.flyt import FLYT_VIEWS
 from assets.subsets import Policy, load_policies, run_policy
 from resources.catalog import open_catalog
 from resources.lake import LakeResource, embeddings_dir, samples_path, score_path
@@ -110,6 +111,8 @@ def test_the_in_memory_pool_gives_the_same_members_and_audit_figures_as_the_file
         snapshot.close()
         snapshot = memory.open(lake.url, model, snapshot=True)
         for policy in load_policies():
+            if any(policy.reads(view) for view in FLYT_VIEWS):  # the lake is materialized without --flyt
+                continue
             assert run_policy(plain, policy, {}, str(tmp_path))[0].read().equals(
                 run_policy(snapshot, policy, {}, str(tmp_path))[0].read()), policy.name
             assert audit_metrics(plain, policy.name) == audit_metrics(snapshot, policy.name), policy.name

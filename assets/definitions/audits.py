@@ -12,7 +12,8 @@ from resources.curation_files import CurationFiles
 from resources.lake import LakeResource
 
 
-def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
+def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool],
+                      group: str = "audits") -> AssetsDefinition:
     """The <policy>_audit asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
     key = audit_key(policy)
 
@@ -21,7 +22,7 @@ def build_audit_asset(policy: str, model_id: str, limits: dict[str, float | bool
         key=key,
         check_specs=checks.specs(key, checks.AUDIT_CHECKS, limits, blocking=False),
         deps=[subset_key(policy), index_key(policy)],
-        group_name="audits",
+        group_name=group,
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="duckdb",
         description=f"Audit of {policy}_subset: rates, distributions, representation, retrieval bias and "

@@ -28,7 +28,7 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
     @asset(
         op_tags=CPU_STEP,
         name="evaluation",
-        deps=[AssetKey("near_duplicates")] + [subset_key(p.name) for p in policies],
+        deps=[AssetKey("near_duplicates"), AssetKey(["scores", "flyt"])] + [subset_key(p.name) for p in policies],
         group_name="evaluation",
         code_version=f"{CODE_VERSION}+{model_id}+{heads_version}",
         compute_kind="duckdb",

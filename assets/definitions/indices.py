@@ -11,7 +11,8 @@ from resources.indexing import IndexResource
 from resources.lake import LakeResource, index_dir
 
 
-def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool]) -> AssetsDefinition:
+def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool],
+                      group: str = "indices") -> AssetsDefinition:
     """The <policy>_index asset; `limits`: the policy's check bounds (assets/definitions/checks.py)."""
     key = index_key(policy)
     blocking = checks.is_blocking(limits)
@@ -21,7 +22,7 @@ def build_index_asset(policy: str, model_id: str, limits: dict[str, float | bool
         key=key,
         check_specs=checks.specs(key, checks.INDEX_CHECKS, limits, blocking),
         deps=[subset_key(policy), AssetKey("embeddings")],
-        group_name="indices",
+        group_name=group,
         code_version=f"{CODE_VERSION}+{model_id}",
         compute_kind="faiss",
         description=f"faiss kNN index over the image embeddings of {policy}_subset.",

@@ -19,11 +19,11 @@ from dagster import (
 )
 
 from assets.dedup import assignment, centroids, near_duplicates
-from assets.definitions.partitions import for_each_shard, shard_batches, shard_partitions
+from assets.definitions.partitions import for_each_shard, scored_pool, shard_batches, shard_partitions
 from assets.definitions.step_resources import CPU_STEP
 from resources.catalog import CatalogResource
 from resources.dedup import DedupResource
-from resources.lake import LakeResource, dedup_dir, pool_shards
+from resources.lake import LakeResource, dedup_dir
 
 CENTROIDS, ASSIGNMENT = AssetKey("dedup_centroids"), AssetKey("dedup_assignment")
 # An assignment follows its shard's embeddings as every per-shard asset follows its parents,
@@ -40,15 +40,6 @@ ASSIGNMENT_AUTOMATION = (
 ).with_label("eager on its shard, or new centroids")
 
 
-def _pool(context: AssetExecutionContext, lake: LakeResource, model_id: str) -> list[str]:
-    """The scored pool's shards; those left out are logged (the registered partitions name
-    shards with no output at all, a failed `samples`)."""
-    complete, left_out = pool_shards(lake, model_id, context.instance.get_dynamic_partitions(shard_partitions.name))
-    for shard, reason in left_out.items():
-        context.log.warning(f"{context.asset_key.to_user_string()} leaves out shard {shard}: {reason}")
-    return complete
-
-
 def build_centroids_asset(model_id: str) -> AssetsDefinition:
     @asset(
         op_tags=CPU_STEP,
@@ -61,7 +52,7 @@ def build_centroids_asset(model_id: str) -> AssetsDefinition:
     def dedup_centroids(context: AssetExecutionContext, lake: LakeResource, dedup: DedupResource) -> MaterializeResult:
         """Spherical k-means centroids of the pool's image embeddings, trained on a bounded sample;
         kept while they fit the pool."""
-        info = centroids.update_centroids(lake, model_id, _pool(context, lake, model_id), dedup.settings())
+        info = centroids.update_centroids(lake, model_id, scored_pool(context, lake, model_id), dedup.settings())
         context.log.info(f"dedup_centroids: {'trained' if info['retrained'] else 'kept'} {info['clusters']} "
                          f"centroids ({info['reason'] if info['retrained'] else 'they still fit the pool'})")
         return MaterializeResult(data_version=DataVersion(info["version"]), metadata={
@@ -107,7 +98,7 @@ def build_near_duplicates_asset(model_id: str) -> AssetsDefinition:
     def near_duplicates_asset(context: AssetExecutionContext, lake: LakeResource, catalog: CatalogResource,
                               dedup: DedupResource) -> MaterializeResult:
         """Duplicate groups across all shards: pairs within clusters, exact and perceptual hashes."""
-        shards, settings = _pool(context, lake, model_id), dedup.settings()
+        shards, settings = scored_pool(context, lake, model_id), dedup.settings()
         db = catalog.open(lake, model_id, memory_limit=settings.duckdb_memory_limit)
         try:
             figures = near_duplicates.find_near_duplicates(lake, db, model_id, shards, settings, context.log.info)

@@ -15,6 +15,8 @@ from dagster import (
     MaterializeResult,
 )
 
+from resources.lake import LakeResource, pool_shards
+
 # backfill_policy on @asset and observable_source_asset are beta; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*(observable_source_asset|DataVersionsByPartition).*")
@@ -42,3 +44,12 @@ def for_each_shard(context: AssetExecutionContext, compute: Callable[[str], dict
     for shard in shards:
         context.add_asset_metadata(compute(shard), partition_key=shard)
     return MaterializeResult(metadata={"shards_in_run": len(shards)})
+
+
+def scored_pool(context: AssetExecutionContext, lake: LakeResource, model_id: str) -> list[str]:
+    """The scored pool's shards; those left out are logged (the registered partitions name
+    shards with no output at all, a failed `samples`)."""
+    complete, left_out = pool_shards(lake, model_id, context.instance.get_dynamic_partitions(shard_partitions.name))
+    for shard, reason in left_out.items():
+        context.log.warning(f"{context.asset_key.to_user_string()} leaves out shard {shard}: {reason}")
+    return complete

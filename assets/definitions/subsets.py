@@ -39,9 +39,10 @@ class PolicyConfig(Config):
 
 
 def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, object],
-                       upstream: list[AssetKey], limits: dict[str, float | bool]) -> AssetsDefinition:
+                       upstream: list[AssetKey], limits: dict[str, float | bool],
+                       group: str = "subsets") -> AssetsDefinition:
     """The <policy>_subset asset; `calibration` holds the model's parameter values, `limits`
-    the policy's check bounds (assets/definitions/checks.py)."""
+    the policy's check bounds (assets/definitions/checks.py), `group` its asset group."""
 
     key = subset_key(policy.name)
     blocking = checks.is_blocking(limits)
@@ -56,7 +57,7 @@ def build_subset_asset(policy: Policy, model_id: str, calibration: dict[str, obj
         deps=upstream,
         output_required=False,  # a candidate that fails a blocking check is not materialized
         check_specs=checks.specs(key, checks.SUBSET_CHECKS, limits, blocking),
-        group_name="subsets",
+        group_name=group,
         code_version=f"{CODE_VERSION}+{model_id}+{policy.version(calibration)}",
         compute_kind="duckdb",
         description=f"Members kept by policy {policy.name} ({policy.name}.sql in the policy folder) with "
