@@ -123,7 +123,7 @@ def evaluate(catalog: Catalog, truth: ds.Dataset, policies: list[Policy],
                 **{spec.parameter: thresholds[spec.name] for spec in FILTERS if spec.parameter}}).to_pylist()
             connection.unregister("head_scores")
             # The FLYT score, once the flyt group has been materialized.
-            learned = None if "flyt_scores" in catalog.missing else catalog.query(read_sql("evaluation/flyt.sql"))
+            learned = catalog.query(read_sql("evaluation/flyt.sql")) if catalog.has_view("flyt_scores") else None
         survival = catalog.query(read_sql("evaluation/survival.sql")).to_pylist()
     finally:
         connection.unregister("truth")

@@ -7,6 +7,8 @@
                           [--in-process]     (runs in this process, not through the run launcher)
                           [--flyt]           (also train the FLYT scorer and its policies: the flyt group)
     clipsieve downstream-data OUT.parquet [--samples 1000 --seed 5000]   labelled scenes for FLYT
+    clipsieve proxy --lake LAKE --crawl CRAWL [--policies a,b] [--steps 200 --batch 64 --seeds 0,1]
+                                                  train a small CLIP on each subset, zero-shot accuracy
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
@@ -82,6 +84,32 @@ def cmd_downstream_data(args: argparse.Namespace) -> None:
     path = write_downstream(data, Path(args.out))
     print(json.dumps({"path": str(path), "images": len(data), "classes": len(data.classes),
                       "templates": data.templates}, indent=2))
+
+
+def cmd_proxy(args: argparse.Namespace) -> None:
+    from assets.downstream_proxy import PROXY_PATH, ProxySettings, format_table, proxy_subsets, results_json, run_proxy
+    from assets.flyt.downstream import HELDOUT_SEED, generate_scenes, read_downstream
+    from resources.catalog import open_catalog
+    from resources.crawl import CrawlResource
+    from resources.lake import LakeResource
+
+    settings = ProxySettings(args.steps, args.batch, args.lr, tuple(int(s) for s in args.seeds.split(",")))
+    heldout = read_downstream(args.heldout) if args.heldout else generate_scenes(args.heldout_samples, HELDOUT_SEED)
+    lake = LakeResource(root=args.lake)
+    catalog = open_catalog(args.lake, model_id(args.model, _pretrained(args)))
+    try:
+        subsets = proxy_subsets(catalog, args.policies.split(",") if args.policies else None)
+    finally:
+        catalog.close()
+    results = run_proxy(lake, CrawlResource(root=args.crawl), subsets, heldout, settings,
+                        lambda message: print(message, flush=True))
+    written = results_json(results, settings, heldout)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(written, indent=2))
+    else:
+        lake.write_json(PROXY_PATH, written)
+    print(format_table(results, settings, heldout))
+    print(f"\nwritten to {args.json_out or lake.path(PROXY_PATH)}")
 
 
 # `clipsieve materialize` exit statuses (argparse's usage errors are 2).
@@ -443,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "shard with it, and the policies that read flyt_scores")
     _model_args(p)
     p.set_defaults(func=cmd_materialize)
+
+    p = commands.add_parser("proxy", help="the downstream proxy: train a small CLIP from scratch on each subset "
+                                          "(and a random half of the pool) and report zero-shot accuracy")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--crawl", required=True, help="the crawl the lake was read from (the images)")
+    p.add_argument("--policies", help="comma-separated subsets (default: every materialized one, and random_half)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seeds", default="0,1", help="comma-separated: one training run per seed")
+    p.add_argument("--heldout", help="a held-out downstream set (default: generated scenes, seed 6000)")
+    p.add_argument("--heldout-samples", type=int, default=500)
+    p.add_argument("--json-out", help="write the JSON here instead of <lake>/proxy/metrics.json")
+    _model_args(p)
+    p.set_defaults(func=cmd_proxy)
 
     p = commands.add_parser("downstream-data", help="write labelled scenes (colour and shape classes) as a "
                                                     "downstream set for FLYT and the downstream proxy")

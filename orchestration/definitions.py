@@ -38,6 +38,7 @@ from assets.definitions import (
     flyt,
     indices,
     near_duplicates,
+    proxy,
     samples,
     scores,
     subsets,
@@ -122,6 +123,7 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
         *dedup,
         *learned,
         *per_policy,
+        proxy.build_proxy_asset(model_id, [p.name for p in policies]),
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
             [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
     ]
@@ -155,7 +157,8 @@ def build_resources(crawl: str | Path | None = None, lake: str | Path | None = N
     }
 
 
-PER_SHARD_JOB, CROSS_SHARD_JOB, FLYT_JOB, OBSERVE_CRAWL_JOB = "per_shard", "cross_shard", "flyt", "observe_crawl"
+PER_SHARD_JOB, CROSS_SHARD_JOB, FLYT_JOB, PROXY_JOB = "per_shard", "cross_shard", "flyt", "proxy"
+OBSERVE_CRAWL_JOB = "observe_crawl"
 # The per_shard job runs every shard-partitioned asset, the flyt job FLYT's pool-wide assets
 # (the scorer and the policies over its scores: it trains, so no refresh runs it unasked),
 # the cross_shard job every other one.
@@ -165,8 +168,8 @@ FLYT_SELECTION = AssetSelection.groups(flyt.FLYT_GROUP) - PER_SHARD_SELECTION
 
 
 def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
-    """The per_shard and cross_shard jobs, their steps run by `executor` (orchestration/execution.py;
-    in process by default)."""
+    """The per_shard, cross_shard, flyt and proxy jobs, their steps run by `executor`
+    (orchestration/execution.py; in process by default)."""
     in_process = executor is in_process_executor
     where = "in the run's process" if in_process else f"each step placed by the {executor.name} executor"
     per_shard = define_asset_job(
@@ -194,7 +197,14 @@ def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
         description="FLYT: train the scorer on the pool (a shard's FLYT score is in per_shard), then the "
                     f"policies over its scores, their indices and audits ({where}).",
     )
-    return [per_shard, cross_shard, learned]
+    proxy_job = define_asset_job(
+        PROXY_JOB,
+        selection=AssetSelection.groups(proxy.PROXY_GROUP),
+        executor_def=in_process_executor if in_process else executor,
+        description="The downstream proxy: a small CLIP trained from scratch on every subset and measured on a "
+                    "held-out labelled set (minutes per subset and seed on a CPU).",
+    )
+    return [per_shard, cross_shard, learned, proxy_job]
 
 
 observe_crawl_job = define_asset_job(
@@ -215,7 +225,7 @@ def with_automation(assets: list, refresh_cron: str) -> list:
     def condition(spec: AssetSpec, partitioned: bool) -> AutomationCondition:
         if partitioned:
             return PER_SHARD_AUTOMATION
-        return learned if spec.group_name == flyt.FLYT_GROUP else cross_shard
+        return learned if spec.group_name in (flyt.FLYT_GROUP, proxy.PROXY_GROUP) else cross_shard
 
     automated = []
     for item in assets:
@@ -265,10 +275,11 @@ def build_definitions(policy_dir: str | Path | None = None, checks: str | Path |
     embedding_gpus = float(embedding_gpus if embedding_gpus is not None
                            else os.environ.get(SETTING_VARIABLES["embedding_gpus"]) or 0)
     assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run, embedding_gpus)
-    per_shard_job, cross_shard_job, flyt_job = build_jobs(executor if executor is not None else executor_from_env())
+    jobs = build_jobs(executor if executor is not None else executor_from_env())
+    per_shard_job, cross_shard_job = jobs[:2]
     return Definitions(
         assets=with_automation(assets, refresh_cron),
-        jobs=[per_shard_job, cross_shard_job, flyt_job, observe_crawl_job, demo_crawl],
+        jobs=[*jobs, observe_crawl_job, demo_crawl],
         sensors=[build_crawl_sensor(observe_crawl_job, cross_shard_job)],
         schedules=[build_refresh_schedule(cross_shard_job, refresh_cron)],
         executor=in_process_executor,  # what an asset launched from the graph runs with

@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from assets.definitions.flyt import FLYT_GROUP
 from assets.definitions.partitions import shard_partitions
+from assets.definitions.proxy import PROXY_GROUP
 from orchestration.dagster_server import DagsterServer
 from orchestration.definitions import CROSS_SHARD_JOB, FLYT_JOB, OBSERVE_CRAWL_JOB, PER_SHARD_JOB
 from resources.crawl import CrawlResource
@@ -338,8 +339,9 @@ class Plan:
     def of(cls, defs: Definitions, crawl: CrawlResource, flyt: bool = False) -> "Plan":
         graph = defs.resolve_asset_graph()
         # Evaluation needs ground truth, which only the sample crawl (or a labelled crawl) has;
-        # FLYT trains a model, so it runs when asked for.
-        skip = set() if crawl.has_ground_truth() else {"evaluation"}
+        # FLYT trains a model, so it runs when asked for; the downstream proxy trains one per
+        # subset, so only `clipsieve proxy` or the UI runs it.
+        skip = {PROXY_GROUP} if crawl.has_ground_truth() else {"evaluation", PROXY_GROUP}
         if not flyt:
             skip.add(FLYT_GROUP)
         nodes = [graph.get(k) for k in graph.get_all_asset_keys()

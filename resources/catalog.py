@@ -82,6 +82,10 @@ class Catalog:
     lake_path: str = ""
     model_id: str = ""
 
+    def has_view(self, name: str) -> bool:
+        """Whether the connection has the view `name` (an optional view exists once its files do)."""
+        return bool(self.connection.execute(read_sql("catalog/has_view.sql"), {"name": name}).fetchone()[0])
+
     def lake_sql(self, relative: str) -> str:
         """A file under sql/ with its {{lake}} and {{model}} filled in, as the views are."""
         return read_sql(relative).replace("{{lake}}", _literal(self.lake_path.rstrip("/"))[1:-1]) \

@@ -125,6 +125,9 @@ def test_refresh_schedule_and_automation_are_defined():
         f"{p}_{a}" for p in ("flyt_scs", "mflyt_scs") for a in ("subset", "index", "audit")}
     assert not cross_shard & learned and {AssetKey(["scores", "flyt"]), AssetKey(["scores", "mflyt"])} <= set(
         defs.resolve_job_def("per_shard").asset_layer.executable_asset_keys)
+    # The downstream proxy trains a model per subset: its own job, refreshed only once materialized.
+    assert set(defs.resolve_job_def("proxy").asset_layer.executable_asset_keys) == {AssetKey("downstream_proxy")}
+    assert labels["downstream_proxy"] == f"{cron}, once materialized"
 
 
 def test_the_command_exits_directly_with_its_output_whole_and_its_exit_code(tmp_path):

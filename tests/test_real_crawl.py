@@ -39,10 +39,11 @@ def test_vit_b_32_with_no_head_settings_materializes_every_asset(tmp_path, vit_b
     defs = build_definitions(crawl=str(crawl), lake=str(lake), model_name="ViT-B-32", pretrained=vit_b_32_checkpoint)
     assets = [a for a in defs.assets if isinstance(a, AssetsDefinition) and a.key != AssetKey("sample_crawl")]
     # samples, embeddings, 9 scores, 3 near-duplicate steps, 7 x 3 per policy, evaluation; the
-    # flyt group (scorer, mix, their 2 per-shard scores, 2 x 3 per policy) runs with --flyt only
-    learned = [a for a in assets if a.group_names_by_key[a.key] == "flyt"]
+    # flyt group (scorer, mix, their 2 per-shard scores, 2 x 3 per policy) runs with --flyt
+    # only, the downstream proxy with `clipsieve proxy` only
+    learned = [a for a in assets if a.group_names_by_key[a.key] in ("flyt", "proxy")]
     assets = [a for a in assets if a not in learned]
-    assert len(assets) == 36 and len(learned) == 10
+    assert len(assets) == 36 and len(learned) == 11
     for asset in assets:
         for partition in (["00000", "00001"] if asset.partitions_def else [None]):
             records = _materializations(home, asset.key, partition)

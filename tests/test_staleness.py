@@ -39,7 +39,7 @@ def _statuses(world: dict, **settings) -> dict[str, str]:
     """Asset key -> the UI's stale status (of the shard's partition for per-shard assets)."""
     settings = {**world["paths"], **settings}
     specs = [spec for spec in build_definitions(**settings).resolve_all_asset_specs()
-             if spec.group_name not in ("evaluation", "crawl", "flyt")]  # flyt: materialized with --flyt only
+             if spec.group_name not in ("evaluation", "crawl", "flyt", "proxy")]  # flyt, proxy: only when asked
     with DagsterServer(str(world["home"]), location_env(**settings), log=lambda _: None) as server:
         statuses = {key: status for (key, _), status in server.stale_by_partition(
             [spec.key.path for spec in specs if spec.partitions_def is not None], [SHARD]).items()}

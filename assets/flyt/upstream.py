@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from assets.flyt.scorer import FlytScorer
 from resources.crawl import CrawlResource
-from resources.embedding_files import load_embeddings
+from resources.embedding_files import embedded_count, load_embeddings
 from resources.lake import LakeResource, samples_path
 
 
@@ -44,12 +44,11 @@ def read_upstream_pairs(lake: LakeResource, crawl: CrawlResource, model_id: str,
                         max_pairs: int, seed: int = 0) -> UpstreamPairs:
     """Draw up to `max_pairs` embedded pairs evenly from `shards` (seeded)."""
     rng = np.random.default_rng(seed)
-    loaded = {shard: load_embeddings(lake, shard, model_id) for shard in shards}
-    quota = shard_quota({shard: loaded[shard][0].num_rows for shard in shards}, max_pairs)
+    quota = shard_quota({shard: embedded_count(lake, shard, model_id) for shard in shards}, max_pairs)
     keys, images, captions, image_parts, text_parts = [], [], [], [], []
     for shard in shards:
-        table, image, text = loaded.pop(shard)
-        drawn = np.sort(rng.choice(table.num_rows, quota[shard], replace=False))
+        table, image, text = load_embeddings(lake, shard, model_id)
+        drawn = np.sort(rng.choice(table.num_rows, min(quota[shard], table.num_rows), replace=False))
         wanted = table.take(pa.array(drawn)).column("key").to_pylist()
         samples = lake.read_parquet(samples_path(shard), ["key", "caption", "tar_member", "image_status"])
         usable = {r["key"]: r for r in samples.to_pylist() if r["image_status"] == "ok"}
