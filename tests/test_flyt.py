@@ -1,6 +1,7 @@
 """FLYT's parts (assets/flyt/): the weighted CLIP loss against open_clip's own CLIP loss, the
 meta-gradient against finite differences, a short training run, the downstream data."""
 
+import copy
 import json
 
 import numpy as np
@@ -137,7 +138,8 @@ def test_a_short_seeded_training_run_lowers_the_downstream_loss():
     every step then looks ahead from the same place on the same data, so the loss it reports
     is the objective itself, and eight scorer steps lower it."""
     clip = ClipModelResource(model_name=DEMO_MODEL, pretrained=DEMO_CHECKPOINT).load()
-    reference = clip.model.float()
+    cached = {name: value.clone() for name, value in clip.model.state_dict().items()}
+    reference = copy.deepcopy(clip.model).float()  # the loaded model is the process's shared one
     images, captions, _ = _scene_pairs(32, seed=7000)
     with torch.no_grad():
         pixels = torch.stack([clip.preprocess(image) for image in _decoded(images)])
@@ -152,6 +154,8 @@ def test_a_short_seeded_training_run_lowers_the_downstream_loss():
     history = train_scorer(scorer, reference, upstream, downstream, settings)
     assert len(history.losses) == 8 and all(np.isfinite(history.losses))
     assert min(history.losses[-3:]) < history.losses[0] - 0.1
+    for name, value in clip.model.state_dict().items():  # what the embedding steps use is untouched
+        assert value.dtype == cached[name].dtype and torch.equal(value, cached[name]), name
 
 
 def _decoded(images: list[bytes]):

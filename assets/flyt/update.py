@@ -8,6 +8,7 @@ Files: flyt/<model>/versions/<v>/scorer.safetensors, committed by flyt/<model>/s
 written last; the mix is one file, flyt/<model>/mix.json (its weights are its content).
 """
 
+import copy
 import hashlib
 import tempfile
 from collections.abc import Callable
@@ -92,9 +93,11 @@ def _train(scorer, pairs: UpstreamPairs, features: np.ndarray, downstream: Downs
     reference model."""
     reference = ClipModelResource(model_name=settings.reference_model, pretrained=settings.reference_checkpoint,
                                   precision="fp32").load()
+    # A copy: the loaded model is the process's cached one, which the embedding steps share.
+    model = copy.deepcopy(reference.model).float().train()
     upstream = PixelPairs(pairs.images, pairs.captions, features, reference.preprocess, reference.tokenizer)
     labelled = LabelledImages(downstream, reference.preprocess, reference.tokenizer)
-    return train_scorer(scorer, reference.model.float().train(), upstream, labelled, TrainingSettings(
+    return train_scorer(scorer, model, upstream, labelled, TrainingSettings(
         steps=settings.steps, upstream_batch=settings.upstream_batch, downstream_batch=settings.downstream_batch,
         scorer_lr=settings.scorer_lr, inner=settings.inner, reference_lr=settings.reference_lr, seed=settings.seed),
         log)
