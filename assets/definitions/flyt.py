@@ -78,29 +78,39 @@ def build_scorer_asset(model_id: str) -> AssetsDefinition:
     return flyt_scorer
 
 
-def build_flyt_score_asset(model_id: str, batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
+def _shard_score_asset(key: AssetKey, model: AssetKey, deps: list[AssetKey], description: str, load, score,
+                       model_id: str, batches: BackfillPolicy) -> AssetsDefinition:
+    """A per-shard score from a pool-wide `model` asset: `load(lake)` reads the committed model
+    once a run, `score(lake, shard, loaded)` writes one shard's scores."""
     @asset(
         op_tags=CPU_STEP,
-        key=FLYT_SCORE,
-        deps=[AssetKey("embeddings"), SCORER],
+        key=key,
+        deps=[AssetKey("embeddings"), model, *deps],
         partitions_def=shard_partitions,
         group_name=FLYT_GROUP,
         code_version=f"{update.CODE_VERSION}+{model_id}",
         compute_kind="torch",
         backfill_policy=batches,
-        automation_condition=_follows(SCORER),
+        automation_condition=_follows(model),
+        description=description,
     )
-    def flyt_score(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """The FLYT scorer's score of each embedded pair of the shard (`flyt`; higher: weighted up)."""
-        scorer = update.read_scorer(lake, model_id)
+    def shard_score(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        loaded = load(lake)
 
         def one(shard: str) -> dict:
-            table, figures = update.score_shard(lake, shard, model_id, scorer)
+            table, figures = score(lake, shard, loaded)
             return {**figures, **table_metadata(table)}
 
         return for_each_shard(context, one)
 
-    return flyt_score
+    return shard_score
+
+
+def build_flyt_score_asset(model_id: str, batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
+    return _shard_score_asset(
+        FLYT_SCORE, SCORER, [], "The FLYT scorer's score of each embedded pair of the shard (`flyt`; higher: "
+        "weighted up).", lambda lake: update.read_scorer(lake, model_id),
+        lambda lake, shard, scorer: update.score_shard(lake, shard, model_id, scorer), model_id, batches)
 
 
 def build_mix_asset(model_id: str) -> AssetsDefinition:
@@ -128,26 +138,10 @@ def build_mix_asset(model_id: str) -> AssetsDefinition:
 
 
 def build_mix_score_asset(model_id: str, batches: BackfillPolicy = shard_batches()) -> AssetsDefinition:
-    @asset(
-        op_tags=CPU_STEP,
-        key=MIX_SCORE,
-        deps=[AssetKey("embeddings"), MIX, *MIX_INPUTS],
-        partitions_def=shard_partitions,
-        group_name=FLYT_GROUP,
-        code_version=f"{update.CODE_VERSION}+{model_id}",
-        compute_kind="torch",
-        backfill_policy=batches,
-        automation_condition=_follows(MIX),
-    )
-    def mflyt_score(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        """The M-FLYT mix's score of each embedded pair of the shard (`mflyt`)."""
-        def one(shard: str) -> dict:
-            table, figures = update.mix_shard(lake, shard, model_id)
-            return {**figures, **table_metadata(table)}
-
-        return for_each_shard(context, one)
-
-    return mflyt_score
+    return _shard_score_asset(
+        MIX_SCORE, MIX, MIX_INPUTS, "The M-FLYT mix's score of each embedded pair of the shard (`mflyt`).",
+        lambda lake: update.read_score_mix(lake, model_id),
+        lambda lake, shard, mix: update.mix_shard(lake, shard, model_id, mix), model_id, batches)
 
 
 def build_flyt_assets(model_id: str, batches: BackfillPolicy = shard_batches()) -> list[AssetsDefinition]:

@@ -193,10 +193,6 @@ def update_mix(lake: LakeResource, crawl: CrawlResource, model_id: str, shards: 
     return {**record, "retrained": True, "reason": reason if not given else "weights given", "pool_now": pool}
 
 
-def _shard_keys(lake: LakeResource, shard: str, model_id: str) -> pa.Table:
-    return committed_keys(lake, shard, model_id)[0]
-
-
 def score_shard(lake: LakeResource, shard: str, model_id: str, scorer: FlytScorer) -> tuple[pa.Table, dict]:
     """Write the shard's scores/flyt (key, shard, flyt); the table and its figures."""
     keys, image, text = load_embeddings(lake, shard, model_id)
@@ -205,15 +201,19 @@ def score_shard(lake: LakeResource, shard: str, model_id: str, scorer: FlytScore
     return table, write_scores(lake, shard, "flyt", table, model_id)
 
 
-def mix_shard(lake: LakeResource, shard: str, model_id: str) -> tuple[pa.Table, dict]:
-    """Write the shard's scores/mflyt (key, shard, mflyt) with the committed mix."""
-    import torch
-
+def read_score_mix(lake: LakeResource, model_id: str) -> ScoreMix:
+    """The committed M-FLYT mix; a clear error when there is none."""
     record = committed_mix(lake, model_id)
     if record is None:
         raise ValueError("no M-FLYT mix yet: materialize flyt_mix first")
-    mix = ScoreMix.from_json(record["mix"])
-    keys = _shard_keys(lake, shard, model_id)
+    return ScoreMix.from_json(record["mix"])
+
+
+def mix_shard(lake: LakeResource, shard: str, model_id: str, mix: ScoreMix) -> tuple[pa.Table, dict]:
+    """Write the shard's scores/mflyt (key, shard, mflyt) with `mix`."""
+    import torch
+
+    keys = committed_keys(lake, shard, model_id)[0]
     features = shard_columns(lake, shard, model_id, mix.columns, keys)
     with torch.inference_mode():
         scores = mix(torch.as_tensor(features, dtype=torch.float32)).numpy()
