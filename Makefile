@@ -32,9 +32,12 @@ demo: install
 		$(BIN)/clipsieve sample-crawl $(CRAWL) --shards $(SHARDS) --samples-per-shard $(SAMPLES_PER_SHARD) --seed $(SEED)
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/clipsieve materialize --crawl $(CRAWL) --lake $(LAKE)
 
+# Two test processes: a test spends much of its time waiting on the processes it starts (the
+# webserver, run workers, Ray jobs), so a second one fills that time. Each file stays in one
+# process (its module fixtures run once); tests/conftest.py starts the longest files first.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ui: install
 	mkdir -p $(DAGSTER_HOME_DIR)

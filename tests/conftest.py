@@ -23,6 +23,16 @@ CLIPSIEVE = [sys.executable, "-m", "orchestration.cli"]
 SHARDS, SAMPLES_PER_SHARD, SEED = 8, 250, 0
 
 
+# The files that take longest (a Ray cluster; killed and repeated runs; real-size crawls): with
+# `make test`'s two processes they start first, one each, instead of ending the run alone.
+LONGEST_FIRST = ("test_cluster.py", "test_killed_and_parallel_runs.py", "test_real_crawl.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([*CLIPSIEVE, *args], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, **(env or {})})
