@@ -7,7 +7,7 @@
                           [--in-process]     (runs in this process, not through the run launcher)
                           [--flyt]           (also train the FLYT scorer and its policies: the flyt group)
     clipsieve downstream-data OUT.parquet [--samples 1000 --seed 5000]   labelled scenes for FLYT
-    clipsieve proxy --lake LAKE --crawl CRAWL [--policies a,b] [--steps 200 --batch 64 --seeds 0,1]
+    clipsieve proxy --lake LAKE --crawl CRAWL [--policies a,b] [--steps 400 --batch 128 --seeds 0,1]
                                                   train a small CLIP on each subset, zero-shot accuracy
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
@@ -87,14 +87,25 @@ def cmd_downstream_data(args: argparse.Namespace) -> None:
 
 
 def cmd_proxy(args: argparse.Namespace) -> None:
-    from assets.downstream_proxy import PROXY_PATH, ProxySettings, format_table, proxy_subsets, results_json, run_proxy
+    from assets.downstream_proxy import (
+        HELDOUT_SAMPLES,
+        PROXY_PATH,
+        ProxySettings,
+        format_table,
+        proxy_subsets,
+        results_json,
+        run_proxy,
+    )
     from assets.flyt.downstream import HELDOUT_SEED, generate_scenes, read_downstream
     from resources.catalog import open_catalog
     from resources.crawl import CrawlResource
     from resources.lake import LakeResource
 
-    settings = ProxySettings(args.steps, args.batch, args.lr, tuple(int(s) for s in args.seeds.split(",")))
-    heldout = read_downstream(args.heldout) if args.heldout else generate_scenes(args.heldout_samples, HELDOUT_SEED)
+    given = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr,
+             "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None}
+    settings = ProxySettings(**{name: value for name, value in given.items() if value is not None})
+    heldout = read_downstream(args.heldout) if args.heldout else generate_scenes(
+        args.heldout_samples or HELDOUT_SAMPLES, HELDOUT_SEED)
     lake = LakeResource(root=args.lake)
     catalog = open_catalog(args.lake, model_id(args.model, _pretrained(args)))
     try:
@@ -477,12 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", required=True)
     p.add_argument("--crawl", required=True, help="the crawl the lake was read from (the images)")
     p.add_argument("--policies", help="comma-separated subsets (default: every materialized one, and random_half)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seeds", default="0,1", help="comma-separated: one training run per seed")
+    # Defaults (None here) are assets/downstream_proxy.py's, printed above the table: importing
+    # it would load torch for every command.
+    p.add_argument("--steps", type=int, help="training steps per subset and seed (default: the proxy's budget)")
+    p.add_argument("--batch", type=int, help="pairs per step (default: the proxy's budget)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the proxy's)")
+    p.add_argument("--seeds", help="comma-separated: one training run per seed (default: 0,1)")
     p.add_argument("--heldout", help="a held-out downstream set (default: generated scenes, seed 6000)")
-    p.add_argument("--heldout-samples", type=int, default=500)
+    p.add_argument("--heldout-samples", type=int, help="how many generated scenes, when no --heldout is given")
     p.add_argument("--json-out", help="write the JSON here instead of <lake>/proxy/metrics.json")
     _model_args(p)
     p.set_defaults(func=cmd_proxy)

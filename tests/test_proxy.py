@@ -55,6 +55,7 @@ def test_the_proxy_command_trains_every_chosen_subset_per_seed_and_prints_the_ta
     assert "| policy | members | draws | accuracy |" in result.stdout
     written = json.loads((tmp_path / "proxy.json").read_text())
     assert written["heldout_images"] == 40 and written["steps"] == 3 and written["seeds"] == [0, 1]
+    assert written["lr"] == ProxySettings().lr  # what is not given is the proxy's default
     by_policy = {s["policy"]: s for s in written["subsets"]}
     assert set(by_policy) == {"safe", RANDOM_HALF}
     for subset in by_policy.values():

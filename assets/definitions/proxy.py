@@ -12,6 +12,7 @@ from pydantic import Field
 from assets.definitions.policy_keys import subset_key
 from assets.definitions.step_resources import CPU_STEP
 from assets.downstream_proxy import (
+    HELDOUT_SAMPLES,
     PROXY_PATH,
     ProxySettings,
     format_table,
@@ -34,7 +35,7 @@ class ProxyConfig(Config):
     lr: float = Field(default=ProxySettings.lr, description="AdamW learning rate (warm-up, then cosine).")
     seeds: list[int] = Field(default=list(ProxySettings.seeds), description="One training run per seed.")
     heldout: str = Field(default="", description="The held-out labelled set (a downstream set file); empty: "
-                         f"500 generated scenes of the sample crawl's world (seed {HELDOUT_SEED}).")
+                         f"{HELDOUT_SAMPLES} generated scenes of the sample crawl's world (seed {HELDOUT_SEED}).")
 
 
 def build_proxy_asset(model_id: str, policies: list[str]) -> AssetsDefinition:
@@ -51,7 +52,7 @@ def build_proxy_asset(model_id: str, policies: list[str]) -> AssetsDefinition:
         """Zero-shot accuracy of the demo architecture trained from scratch on each subset with the
         same budget (DataComp's protocol in miniature), against a random half of the pool."""
         settings = ProxySettings(config.steps, config.batch_size, config.lr, tuple(config.seeds))
-        heldout = read_downstream(config.heldout) if config.heldout else generate_scenes(500, HELDOUT_SEED)
+        heldout = read_downstream(config.heldout) if config.heldout else generate_scenes(HELDOUT_SAMPLES, HELDOUT_SEED)
         db = catalog.open(lake, model_id)
         try:
             subsets = proxy_subsets(db)
