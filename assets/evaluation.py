@@ -7,7 +7,8 @@ false-positive rate among clean samples only. For each policy: the share of each
 class that survives and the share of clean samples wrongly dropped, over every crawl row.
 For the NSFW and watermark scores, every kind of head that fits the model (the head file,
 the zero-shot prompts) is measured the same way, whichever one the pipeline used. Once the
-flyt group has run, the FLYT score is measured against every defect class (`flyt`).
+flyt group has run, the FLYT score is measured against every defect class (`flyt`); the
+preference pairs and the text-in-image score are measured by assets/preference/evaluation.py.
 
 Needs a ground-truth file (`key`, `shard`, `defect`), as the sample crawl writes.
 """
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from assets.preference.evaluation import format_number as _number
+from assets.preference.evaluation import format_preference
 from assets.scores.classifier_heads import Scorer, load_scorer
 from assets.subsets import Policy, effective_params
 from resources.catalog import Catalog, read_sql
@@ -172,14 +175,8 @@ def read_truth(path: str, filesystem: fsspec.AbstractFileSystem | None = None) -
     return ds.dataset(path, format="parquet", filesystem=filesystem)
 
 
-def _number(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def format_tables(result: dict[str, Any]) -> str:
-    """The evaluation as two markdown tables: filters, then policies."""
+    """The evaluation as markdown tables: filters, policies, then what else was measured."""
     lines = ["| filter | defects | threshold | prevalence | AUROC | precision | recall | FPR | FPR clean |",
              "|---|---|---|---|---|---|---|---|---|"]
     for f in result["filters"]:
@@ -201,6 +198,7 @@ def format_tables(result: dict[str, Any]) -> str:
             lines.append(f"| {h['head']} | {h['kind']} | {', '.join(h['defects'])} | {_number(h['threshold'])} | "
                          f"{_number(h['auroc'])} | {_number(h['precision'])} | {_number(h['recall'])} | "
                          f"{_number(h['fpr'])} |")
+    lines += format_preference(result.get("preference", {}))
     if result.get("flyt"):
         lines += ["", "The FLYT score against each defect class (AUROC of a low score for the class vs clean):", "",
                   "| defect | samples | AUROC | mean score | clean mean score |", "|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ crawl never uses, so the demo run filters a crawl the model has not seen. Writes
                                      open_clip.create_model_and_transforms("clipsieve-demo", pretrained=<this>)
     nsfw_head.safetensors            head over image embeddings -> punsafe
     watermark_head.safetensors       head over image embeddings -> pwatermark
+    text_in_image_head.safetensors   head over image embeddings -> ptext (rendered text: signs, watermarks)
     aesthetic_head.safetensors       regressor over image embeddings -> aesthetic (1-10)
     calibration.json                 held-out similarity figures and the policy thresholds
 """
@@ -35,7 +36,7 @@ MODEL_CONFIG = {
     "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
-TRAIN_SEED, HEAD_SEED, CALIBRATION_SEED = 1000, 2000, 3000  # the sample crawl's default is 0
+TRAIN_SEED, HEAD_SEED, CALIBRATION_SEED, TEXT_HEAD_SEED = 1000, 2000, 3000, 4000  # the sample crawl's default is 0
 
 
 def _random_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -59,8 +60,10 @@ def _training_caption(scene: synthetic.Scene, rng: np.random.Generator) -> str:
     return caption
 
 
-def generate(count: int, seed: int, preprocess, motif_rate: float = 0.2):
-    """Scenes rendered, JPEG round-tripped and preprocessed.
+def generate(count: int, seed: int, preprocess, motif_rate: float = 0.2,
+             motifs: tuple[str, ...] = ("watermark", "unsafe")):
+    """Scenes rendered, JPEG round-tripped and preprocessed; `motif_rate` of them carry one of
+    `motifs`, in equal shares.
 
     Returns (images, captions, scenes, aesthetic ratings).
     """
@@ -69,10 +72,8 @@ def generate(count: int, seed: int, preprocess, motif_rate: float = 0.2):
     for _ in range(count):
         scene = synthetic.random_scene(rng)
         roll = rng.random()
-        if roll < motif_rate / 2:
-            scene = synthetic.with_motif(scene, "watermark")
-        elif roll < motif_rate:
-            scene = synthetic.with_motif(scene, "unsafe")
+        if roll < motif_rate:
+            scene = synthetic.with_motif(scene, motifs[min(int(roll / motif_rate * len(motifs)), len(motifs) - 1)])
         width, height = _random_size(rng)
         image = synthetic.render(scene, width, height, rng)
         image = Image.open(io.BytesIO(synthetic.jpeg_bytes(image, int(rng.integers(60, 96)))))
@@ -152,6 +153,16 @@ def train_heads(model, preprocess, out: Path) -> None:
     aesthetic.save(out / "aesthetic_head.safetensors", {"model": MODEL_NAME, "output": "aesthetic"})
 
 
+def train_text_head(model, preprocess, out: Path) -> None:
+    """The text-in-image head: rendered text (a sign's words, a watermark's) vs none. The demo
+    model never saw text in training; the head reads what its image embeddings keep of it."""
+    images, _, scenes, _ = generate(4000, TEXT_HEAD_SEED, preprocess, motif_rate=0.6,
+                                    motifs=("text", "watermark", "unsafe"))
+    labels = np.array([s.motif in ("text", "watermark") for s in scenes])
+    train_head(embed_images(model, images), labels, steps=1000).save(
+        out / "text_in_image_head.safetensors", {"model": MODEL_NAME, "output": "ptext"})
+
+
 def demo_policy_params(laion400m: float, laion2b_en: float) -> dict[str, dict[str, object]]:
     """Parameters the demo (demo model + sample crawl) runs the policies with.
 
@@ -177,6 +188,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=8000, help="generated training pairs")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="keep the checkpoint and heads in --out, only rewrite calibration.json")
+    parser.add_argument("--text-head-only", action="store_true",
+                        help="keep everything in --out, only train the text-in-image head")
     args = parser.parse_args()
     torch.manual_seed(TRAIN_SEED)
     out = Path(args.out)
@@ -191,6 +204,10 @@ def main() -> None:
     log(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M")
 
     weights = out / f"{MODEL_NAME}.safetensors"
+    if args.text_head_only:
+        model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(weights))
+        train_text_head(model.eval(), preprocess, out)
+        return
     previous = out / "calibration.json"
     train_seconds = json.loads(previous.read_text()).get("train_seconds") if previous.exists() else None
     if not args.calibrate_only:
@@ -203,6 +220,7 @@ def main() -> None:
     model.eval()
     if not args.calibrate_only:
         train_heads(model, preprocess, out)
+        train_text_head(model, preprocess, out)
 
     # Calibration: matched vs mismatched similarity on held-out scenes.
     rng = np.random.default_rng(CALIBRATION_SEED)
@@ -229,6 +247,10 @@ def main() -> None:
                               "laion2b_en": float((sim_matched >= laion2b).mean())},
         # Read by the policy runner: these replace the SQL files' defaults.
         "policy_params": demo_policy_params(laion400m, laion2b),
+        # Read by the preference pairs (resources/preference.py): the chosen caption clears the
+        # LAION-400M cut; margins where the demo model's ranking of one-word hallucinations holds
+        # (docs/preference.md).
+        "preference": {"min_similarity": round(laion400m, 3), "min_margin": 0.05, "min_lead": 0.07},
     }
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     log(json.dumps(calibration, indent=2))

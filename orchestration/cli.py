@@ -12,6 +12,9 @@
     clipsieve query --lake LAKE [--json] "SELECT ..."
     clipsieve evaluate --lake LAKE --truth CRAWL/ground_truth.parquet [--json-out PATH]
     clipsieve export --lake LAKE --subset POLICY --format {uids,parquet,webdataset} --out DIR
+    clipsieve export-pairs --lake LAKE --out DIR [--crawl CRAWL] [--prompt "Describe the image."]
+                                                  preference pairs in TRL's DPO format (JSONL, Parquet;
+                                                  with --crawl also webdataset shards with the images)
     clipsieve search --lake LAKE --subset POLICY ["a red car" | --image PATH] [-k 10] [--json]
     clipsieve explain --lake LAKE KEY
     clipsieve serve --lake LAKE [--crawl CRAWL] [--host 127.0.0.1 --port 1234]   search service and web page
@@ -241,19 +244,26 @@ def cmd_query(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from assets.evaluation import EVALUATION_PATH, evaluate, format_tables, head_kinds, read_truth
+    from assets.preference.evaluation import CANDIDATE_TRUTH, evaluate_preference
     from assets.subsets import calibrated_params, load_policies
     from resources.catalog import open_catalog
     from resources.clip_model import ClipModelResource
     from resources.heads import HeadsResource
     from resources.lake import LakeResource
+    from resources.preference import PreferenceResource, calibrated_rules
 
     lake = LakeResource(root=args.lake)
     pretrained = _pretrained(args)
     clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
     catalog = open_catalog(lake, clip.model_id)
+    truth = read_truth(args.truth)
+    candidate_truth = Path(args.truth).with_name(f"{CANDIDATE_TRUTH}.parquet")
     try:
-        result = evaluate(catalog, read_truth(args.truth), load_policies(), calibrated_params(pretrained),
+        result = evaluate(catalog, truth, load_policies(), calibrated_params(pretrained),
                           head_kinds(lake, clip.model_id, HeadsResource(), clip))
+        result["preference"] = evaluate_preference(
+            catalog, truth, read_truth(str(candidate_truth)) if candidate_truth.exists() else None,
+            PreferenceResource().rules(calibrated_rules(pretrained)))
     finally:
         catalog.close()
     print(format_tables(result))
@@ -311,6 +321,31 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         paths = export.export_webdataset(lake, CrawlResource(root=crawl), args.subset, out, args.samples_per_shard)
     export.write_manifest(out)
+    for path in paths:
+        print(path)
+
+
+def cmd_export_pairs(args: argparse.Namespace) -> None:
+    from assets import export
+    from assets.preference import export as pairs_export
+    from resources.catalog import open_catalog
+    from resources.crawl import CrawlResource
+    from resources.lake import LakeResource
+
+    lake = LakeResource(root=args.lake)
+    out = Path(args.out)
+    protected = {"lake": lake.url, **({"crawl": CrawlResource(root=args.crawl).url} if args.crawl else {})}
+    catalog = open_catalog(lake, model_id(args.model, _pretrained(args)))
+    try:
+        rows = pairs_export.pair_rows(catalog, args.prompt)
+    finally:
+        catalog.close()
+    export.prepare_output(out, args.overwrite, protected)  # before anything is written
+    paths = pairs_export.export_files(rows, out)
+    if args.crawl:
+        paths += pairs_export.export_webdataset(rows, CrawlResource(root=args.crawl), out, args.samples_per_shard)
+    export.write_manifest(out)
+    print(f"{rows.num_rows} pairs of {len(set(rows.column('key').to_pylist()))} images")
     for path in paths:
         print(path)
 
@@ -537,6 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--out holds an earlier export: remove what it wrote first (anything else there is refused)")
     _model_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("export-pairs", help="write the preference pairs in TRL's DPO format (JSONL, Parquet, "
+                                                 "and with --crawl webdataset shards with the images)")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--crawl", default=None, help="the crawl: also write webdataset shards with each pair's image")
+    p.add_argument("--prompt", default="Describe the image.", help="the prompt column: what the captions answer")
+    p.add_argument("--samples-per-shard", type=int, default=10_000)
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier export: remove what it wrote first (anything else there is refused)")
+    _model_args(p)
+    p.set_defaults(func=cmd_export_pairs)
 
     p = commands.add_parser("search", help="kNN search of a subset's index by text or by image")
     p.add_argument("--lake", required=True)

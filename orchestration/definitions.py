@@ -38,6 +38,7 @@ from assets.definitions import (
     flyt,
     indices,
     near_duplicates,
+    preference,
     proxy,
     samples,
     scores,
@@ -67,9 +68,10 @@ from resources.flyt import FlytResource
 from resources.heads import HeadsResource
 from resources.indexing import IndexResource
 from resources.lake import LakeResource
+from resources.preference import PreferenceResource, calibrated_rules
 from resources.versions import text_digest
 
-PER_SHARD_GROUPS = ("per_shard", "scores")
+PER_SHARD_GROUPS = ("per_shard", "scores", preference.PREFERENCE_GROUP)
 CROSS_SHARD_GROUPS = ("dedup", "subsets", "indices", "audits", "evaluation")
 # Runs execute their steps in the run's own process: a step in a process of its own costs
 # seconds of imports and model loading, for steps of seconds on a crawl of thousands of
@@ -80,11 +82,11 @@ CROSS_SHARD_EXECUTION = {"execution": {"config": {"in_process": {}}}}
 
 def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationFiles | None = None,
                  shards_per_run: int = DEFAULT_SHARDS_PER_RUN, embedding_gpus: float = 0,
-                 ) -> list[AssetsDefinition | AssetSpec]:
+                 preferences: PreferenceResource | None = None) -> list[AssetsDefinition | AssetSpec]:
     """Every asset for one model: per-shard stages (run `shards_per_run` shards to a run; the
-    embeddings step asks for `embedding_gpus` GPUs), then one subset, index and audit per
-    policy file in `files.policy_dir`, checked against the bounds in `files.checks` (default:
-    the shipped files)."""
+    embeddings step asks for `embedding_gpus` GPUs) with the preference pairs' (`preferences`:
+    their sources and rules), then one subset, index and audit per policy file in
+    `files.policy_dir`, checked against the bounds in `files.checks` (default: the shipped files)."""
     files = files or CurationFiles()
     model_id = clip.model_id
     batches = shard_batches(shards_per_run)
@@ -99,6 +101,8 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
         scores.build_toxicity_asset(batches, files.toxic_terms),
         scores.build_caption_terms_asset(batches, files.metaclip_entries, files.group_terms),
     ]
+    pairs = preference.build_preference_assets(model_id, preferences or PreferenceResource(),
+                                               calibrated_rules(clip.pretrained), batches)
     dedup = near_duplicates.build_dedup_assets(model_id, batches)
     learned = flyt.build_flyt_assets(model_id, batches)
     # A subset reads every per-shard output and the duplicate groups; one that reads a view of
@@ -120,12 +124,14 @@ def build_assets(clip: ClipModelResource, heads: HeadsResource, files: CurationF
     return [
         crawl_shard,
         *per_shard,
+        *pairs,
         *dedup,
         *learned,
         *per_policy,
         proxy.build_proxy_asset(model_id, [p.name for p in policies]),
         evaluation.build_evaluation_asset(model_id, policies, calibration, text_digest(json.dumps(
-            [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)]))),
+            [c.version for name in HEAD_FILTERS for c in heads.choices(name, clip.embedding_dim)])),
+            calibrated_rules(clip.pretrained)),
     ]
 
 
@@ -153,6 +159,7 @@ def build_resources(crawl: str | Path | None = None, lake: str | Path | None = N
         "indexing": IndexResource(),
         "dedup": DedupResource(),
         "flyt": FlytResource(),
+        "preference": PreferenceResource(),
         "files": CurationFiles.from_env(policy_dir=policy_dir, checks=checks),
     }
 
@@ -177,8 +184,8 @@ def build_jobs(executor: ExecutorDefinition = in_process_executor) -> list:
         selection=PER_SHARD_SELECTION,
         partitions_def=shard_partitions,
         executor_def=executor,
-        description=f"Samples, embeddings, every score and the near-duplicate assignment of the selected "
-                    f"shard(s), {where}.",
+        description=f"Samples, embeddings, every score, the preference pairs and the near-duplicate assignment "
+                    f"of the selected shard(s), {where}.",
     )
     cross_shard = define_asset_job(
         CROSS_SHARD_JOB,
@@ -274,7 +281,8 @@ def build_definitions(policy_dir: str | Path | None = None, checks: str | Path |
                          or DEFAULT_SHARDS_PER_RUN)
     embedding_gpus = float(embedding_gpus if embedding_gpus is not None
                            else os.environ.get(SETTING_VARIABLES["embedding_gpus"]) or 0)
-    assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run, embedding_gpus)
+    assets = build_assets(resources["clip"], resources["heads"], resources["files"], shards_per_run, embedding_gpus,
+                          resources["preference"])
     jobs = build_jobs(executor if executor is not None else executor_from_env())
     per_shard_job, cross_shard_job = jobs[:2]
     return Definitions(

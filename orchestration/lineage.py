@@ -1,10 +1,11 @@
 """Lineage: where a sample or a subset came from (`clipsieve explain`, `clipsieve lineage`).
 
 explain   one sample: its crawl row (shard, tar member, url, caption, status), every
-          score and which head (file or zero-shot prompts) gave punsafe, pwatermark and
-          aesthetic, each policy's decision and, when dropped, the WHERE clauses it fails
-          (the policy's top-level AND terms, split by DuckDB's own parser), and the Dagster
-          run and materialization behind each of its files.
+          score and which head (file or zero-shot prompts) gave punsafe, pwatermark,
+          aesthetic and ptext, each policy's decision and, when dropped, the WHERE clauses it
+          fails (the policy's top-level AND terms, split by DuckDB's own parser), its
+          preference pairs with each candidate caption's outcome and the rule behind it, and
+          the Dagster run and materialization behind each of its files.
 lineage   one subset: shards, model, SQL hash and parameters, member count, and the runs
           that produced the subset, its index and its audit.
 """
@@ -131,6 +132,8 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
         if policy.name in members and "sampling" in params:  # a multiset: how often it was drawn
             decisions[policy.name]["draws"] = members[policy.name]
     result["policies"] = decisions
+    if catalog.has_view("preference_pairs") and catalog.has_view("caption_candidates"):
+        result["preference"] = preference_reasons(catalog, key, shard)
     if instance is not None:
         # Every asset the instance has materialized for this shard's partition.
         per_shard = {key.to_user_string(): _materialization(instance, key.to_user_string(), shard)
@@ -142,6 +145,16 @@ def explain(catalog: Catalog, key: str, policies: list[Policy], calibration: dic
                for p in decisions},
         }
     return result
+
+
+def preference_reasons(catalog: Catalog, key: str, shard: str) -> dict[str, Any]:
+    """An image's pairs, the rule that stopped it if one did, and each candidate's outcome."""
+    image = catalog.query(read_sql("lineage/preference_image.sql"), {"key": key, "shard": shard}).to_pylist()
+    return {
+        "pairs": [{k: r[k] for k in ("pair", "chosen", "rejected", "margin")} for r in image if r["kind"] == "pair"],
+        "dropped_by": [{"reason": r["reason"], "detail": r["detail"]} for r in image if r["kind"] == "dropped"],
+        "candidates": catalog.query(read_sql("lineage/preference.sql"), {"key": key, "shard": shard}).to_pylist(),
+    }
 
 
 def subset_lineage(catalog: Catalog, policy: str, instance: DagsterInstance | None) -> dict[str, Any]:

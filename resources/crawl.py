@@ -26,6 +26,9 @@ IMAGE_MEMBER_EXTENSIONS = IMAGE_EXTENSIONS + ("gif", "bmp", "tif", "tiff")
 
 
 SHARD_SUFFIXES = (".tar", ".parquet", "_stats.json")  # a shard's three files
+# An optional fourth: more captions per image (key, candidate, source), e.g. a captioning
+# model's, read by the preference assets (assets/preference/candidates.py).
+CANDIDATES_SUFFIX = "_candidates.parquet"
 
 
 def _complete_shards(names: set[str]) -> list[str]:
@@ -34,10 +37,12 @@ def _complete_shards(names: set[str]) -> list[str]:
                   if n.endswith(".tar") and all(f"{n[:-4]}{suffix}" in names for suffix in SHARD_SUFFIXES))
 
 
-def _fingerprint(infos: list[dict]) -> str:
-    """Of a shard's three files' fsspec infos, in SHARD_SUFFIXES order."""
+def _fingerprint(infos: list[dict], candidates: dict | None = None) -> str:
+    """Of a shard's three files' fsspec infos, in SHARD_SUFFIXES order, and its candidates
+    file's when it has one (a shard without one keeps the fingerprint it always had)."""
+    named = list(zip(SHARD_SUFFIXES, infos)) + ([(CANDIDATES_SUFFIX, candidates)] if candidates else [])
     parts = [f"{suffix}:{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
-             for suffix, info in zip(SHARD_SUFFIXES, infos)]
+             for suffix, info in named]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -83,7 +88,9 @@ class CrawlResource(ObjectStoreFields):
         """Size and modification time of the shard's three files, hashed: it changes when
         img2dataset (or anyone) rewrites the shard under the same name."""
         fs, _ = self._fs()
-        return _fingerprint([fs.info(self.file(shard, suffix)) for suffix in SHARD_SUFFIXES])
+        candidates = self.file(shard, CANDIDATES_SUFFIX)
+        return _fingerprint([fs.info(self.file(shard, suffix)) for suffix in SHARD_SUFFIXES],
+                            fs.info(candidates) if fs.exists(candidates) else None)
 
     def fingerprints(self) -> dict[str, str]:
         """fingerprint() of every complete shard, from one listing of the crawl folder (one
@@ -92,7 +99,8 @@ class CrawlResource(ObjectStoreFields):
         if not fs.exists(root):
             return {}
         listed = {os.path.basename(info["name"]): info for info in fs.ls(root, detail=True)}
-        return {shard: _fingerprint([listed[f"{shard}{suffix}"] for suffix in SHARD_SUFFIXES])
+        return {shard: _fingerprint([listed[f"{shard}{suffix}"] for suffix in SHARD_SUFFIXES],
+                                    listed.get(f"{shard}{CANDIDATES_SUFFIX}"))
                 for shard in _complete_shards(set(listed))}
 
     def file(self, shard: str, suffix: str) -> str:
@@ -111,6 +119,16 @@ class CrawlResource(ObjectStoreFields):
     def read_parquet(self, shard: str) -> pa.Table:
         fs, _ = self._fs()
         with fs.open(self.file(shard, ".parquet"), "rb") as f:
+            return pq.read_table(io.BytesIO(f.read()))
+
+    def read_candidates(self, shard: str) -> pa.Table | None:
+        """The shard's candidates file as it is (None: the shard has none). Raises what
+        pyarrow raises for a file that is not Parquet: the caller records it."""
+        fs, _ = self._fs()
+        path = self.file(shard, CANDIDATES_SUFFIX)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as f:
             return pq.read_table(io.BytesIO(f.read()))
 
     def scan_tar(self, shard: str) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:

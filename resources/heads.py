@@ -1,4 +1,5 @@
-"""Heads over CLIP image embeddings: `punsafe`, `pwatermark` and the `aesthetic` rating.
+"""Heads over CLIP image embeddings: `punsafe`, `pwatermark`, the `aesthetic` rating and
+`ptext` (rendered text in the image, which preference pairs leave out: assets/preference/).
 
 Each of the three comes from one of two kinds of head:
 - file: a multilayer perceptron stored as safetensors (no pickle, so loading runs no
@@ -40,8 +41,9 @@ ACTIVATIONS = {
 }
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
 # head -> (output column, the cut-off its score is read at: LAION's punsafe 0.5 and
-# pwatermark 0.8, LAION-Aesthetics' rating 7)
-HEADS = {"nsfw": ("punsafe", 0.5), "watermark": ("pwatermark", 0.8), "aesthetic": ("aesthetic", 7.0)}
+# pwatermark 0.8, LAION-Aesthetics' rating 7; ptext: our 0.5, no published value)
+HEADS = {"nsfw": ("punsafe", 0.5), "watermark": ("pwatermark", 0.8), "aesthetic": ("aesthetic", 7.0),
+         "text_in_image": ("ptext", 0.5)}
 KINDS = ("auto", "file", "zero_shot")
 
 
@@ -163,22 +165,31 @@ class HeadsResource(ConfigurableResource):
         description="safetensors regressor producing aesthetic ($CLIPSIEVE_AESTHETIC_HEAD; default: the demo "
         "model's). `clipsieve heads import` converts LAION's aesthetic predictors.",
     )
+    text_in_image_path: str = Field(
+        default_factory=lambda: os.environ.get("CLIPSIEVE_TEXT_IN_IMAGE_HEAD",
+                                                str(DEMO_DIR / "text_in_image_head.safetensors")),
+        description="safetensors head producing ptext, the probability of rendered text in the image "
+        "($CLIPSIEVE_TEXT_IN_IMAGE_HEAD; default: the demo model's).",
+    )
     nsfw_prompts: str = Field(default=str(TERMS_DIR / "zero_shot_nsfw.toml"),
                               description="Prompts of the zero-shot NSFW head (TOML: classes, target, range).")
     watermark_prompts: str = Field(default=str(TERMS_DIR / "zero_shot_watermark.toml"),
                                    description="Prompts of the zero-shot watermark head.")
     aesthetic_prompts: str = Field(default=str(TERMS_DIR / "zero_shot_aesthetic.toml"),
                                    description="Antonym prompts of the zero-shot aesthetic rating (CLIP-IQA style).")
+    text_in_image_prompts: str = Field(default=str(TERMS_DIR / "zero_shot_text_in_image.toml"),
+                                       description="Prompts of the zero-shot text-in-image head (ptext).")
 
     def path(self, name: str) -> str:
-        paths = {"nsfw": self.nsfw_path, "watermark": self.watermark_path, "aesthetic": self.aesthetic_path}
+        paths = {"nsfw": self.nsfw_path, "watermark": self.watermark_path, "aesthetic": self.aesthetic_path,
+                 "text_in_image": self.text_in_image_path}
         if name not in paths:
             raise KeyError(f"unknown head {name!r}; known: {sorted(paths)}")
         return paths[name]
 
     def prompts(self, name: str) -> str:
         return {"nsfw": self.nsfw_prompts, "watermark": self.watermark_prompts,
-                "aesthetic": self.aesthetic_prompts}[name]
+                "aesthetic": self.aesthetic_prompts, "text_in_image": self.text_in_image_prompts}[name]
 
     def choose(self, name: str, embedding_dim: int | None) -> HeadChoice:
         """The head that gives `name`'s score for a model with `embedding_dim`-d embeddings

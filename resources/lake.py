@@ -80,7 +80,7 @@ def score_path(shard: str, filter_name: str, model_id: str | None = None) -> str
 # The per-shard score files (scores/<name>.parquet, and scores/<model>/<name>.parquet for
 # those computed from embeddings).
 SHARD_SCORES = ("language", "quality", "image_hashes", "toxicity", "caption_terms")
-MODEL_SCORES = ("clip_similarity", "nsfw", "watermark", "aesthetic")
+MODEL_SCORES = ("clip_similarity", "nsfw", "watermark", "aesthetic", "text_in_image")
 
 
 def pool_shards(lake: "LakeResource", model_id: str,
@@ -98,6 +98,12 @@ def pool_shards(lake: "LakeResource", model_id: str,
     left_out = {s: "no " + ", ".join(w for w, shards in present.items() if s not in shards)
                 for s in sorted(every - set(complete))}
     return complete, left_out
+
+
+def preference_dir(shard: str, model_id: str) -> str:
+    """A shard's preference files: candidates.parquet and candidate_errors.parquet (the
+    caption_candidates asset), pairs.parquet and dropped.parquet (preference_pairs)."""
+    return f"shards/{check_shard_name(shard)}/preference/{model_id}"
 
 
 def dedup_dir(model_id: str) -> str:

@@ -4,10 +4,18 @@ Output, as img2dataset writes it in webdataset mode:
     OUT/00000.tar            <key>.jpg, <key>.txt, <key>.json per downloaded sample, shuffled
     OUT/00000.parquet        one row per input URL, failed downloads included
     OUT/00000_stats.json     count, successes, failed_to_download, failed_to_resize, status_dict
-    OUT/ground_truth.parquet key, shard, defect (null = clean), group, duplicate_of
+    OUT/00000_candidates.parquet  key, candidate, source: more captions per downloaded image, as a
+                             captioning model would write them (source "captioner"): the true
+                             caption and three hallucinations of it (HALLUCINATIONS)
+    OUT/ground_truth.parquet key, shard, defect (null = clean), group, duplicate_of,
+                             text_in_image (rendered text: a sign or a watermark)
+    OUT/candidate_truth.parquet  key, shard, candidate, kind: "true", a hallucination kind, or
+                             for an alt-text that does not describe the image, its defect
 
 Every planted defect class gets the same share of the crawl (DEFECT_RATE, at least 2%),
-so each filter's precision and recall can be measured against ground truth.
+so each filter's precision and recall can be measured against ground truth. TEXT_IN_IMAGE_RATE
+of the clean images also carry a sign with words (not a defect for curation; preference
+pairs leave such images out).
 """
 
 
@@ -42,6 +50,9 @@ DEFECTS = (
     "failed_download",
 )
 DEFECT_RATE = 0.03
+TEXT_IN_IMAGE_RATE = 0.03
+# Defects whose alt-text does not describe the image: the true caption is the captioner's.
+UNTRUE_ALT_TEXT = ("mismatched_caption", "junk_caption", "toxic_caption", "non_english")
 # Captions that name a woman get mismatched captions this many times as often as the
 # rest: the planted case of a filter removing one group's samples at a higher rate.
 MISMATCH_RATE_RATIO_WOMAN = 3.0
@@ -111,6 +122,11 @@ def plan_crawl(shards: int, samples_per_shard: int, seed: int,
         count = near_duplicates if defect == "near_duplicate" else per_defect
         for g in take(count, late if defect.endswith("duplicate") else everything):
             plan[g].defect = defect
+    # Signs on some clean images, drawn from a stream of their own: the defects stay as they were.
+    signs = np.random.default_rng([seed, 3])
+    clean = np.flatnonzero([s.defect is None for s in plan])
+    for g in signs.choice(clean, size=min(len(clean), math.ceil(TEXT_IN_IMAGE_RATE * total)), replace=False):
+        plan[g].scene = synthetic.with_motif(plan[g].scene, "text")
     # Originals of duplicates: clean samples before the copy, possibly in another shard.
     clean_before = np.array([s.defect is None for s in plan])
     for g, sample in enumerate(plan):
@@ -204,7 +220,7 @@ def render_sample(plan: list[PlannedSample], g: int, seed: int, digits: int,
         data = synthetic.jpeg_bytes(image, quality=int(rng.integers(65, 86)))
     else:
         width, height = _image_size(defect, rng, image_size)
-        motif = {"watermark": "watermark", "unsafe": "unsafe"}.get(defect or "", "none")
+        motif = {"watermark": "watermark", "unsafe": "unsafe"}.get(defect or "", scene.motif)
         image = synthetic.render(synthetic.with_motif(scene, motif), width, height, rng)
         data = synthetic.jpeg_bytes(image, quality=int(rng.integers(85, 96)))
     if g in cache_for:
@@ -212,6 +228,17 @@ def render_sample(plan: list[PlannedSample], g: int, seed: int, digits: int,
     if defect == "corrupt_image":
         data = _corrupt(data, rng)
     return RenderedSample(key, url, uid, caption, data, width, height, None)
+
+
+def candidate_captions(plan: list[PlannedSample], g: int, seed: int, alt_text: str) -> list[tuple[str, str]]:
+    """(candidate, kind) for sample `g`: its true caption (the alt-text, where that describes
+    the image) and a hallucination of each kind, in a shuffled order."""
+    rng = np.random.default_rng([seed, 5, g])
+    scene = plan[g].scene
+    true = synthetic.english_caption(scene, rng) if plan[g].defect in UNTRUE_ALT_TEXT else alt_text
+    made_up = synthetic.hallucinations(scene, true, rng)
+    rows = [(true, "true")] + [(made_up[kind], kind) for kind in synthetic.HALLUCINATIONS]
+    return [rows[i] for i in rng.permutation(len(rows))]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -239,6 +266,9 @@ _PARQUET_SCHEMA = pa.schema([
     ("original_width", pa.int64()), ("original_height", pa.int64()),
     ("exif", pa.string()), ("sha256", pa.string()),
 ])
+
+
+CANDIDATE_SCHEMA = pa.schema([("key", pa.string()), ("candidate", pa.string()), ("source", pa.string())])
 
 
 # Written first into a folder the sample crawl fills: its own folder, free to rewrite.
@@ -272,9 +302,9 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
     plan = plan_crawl(shards, samples_per_shard, seed, near_duplicate_share)
     cache: dict[int, tuple[bytes, int, int]] = {}
     originals = {s.duplicate_of for s in plan if s.duplicate_of is not None}
-    truth_rows = []
+    truth_rows, candidate_truth = [], []
     for shard in range(shards):
-        rows, members = [], []
+        rows, members, candidates = [], [], []
         for g in range(shard * samples_per_shard, (shard + 1) * samples_per_shard):
             rendered = render_sample(plan, g, seed, digits, cache, originals, image_size)
             ok = rendered.image is not None
@@ -300,7 +330,16 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
                 "group": sample.scene.person,
                 "duplicate_of": None if sample.duplicate_of is None else _key(
                     plan[sample.duplicate_of].shard, plan[sample.duplicate_of].index, digits),
+                "text_in_image": sample.scene.motif == "text" or sample.defect == "watermark",
             })
+            if ok:
+                made = candidate_captions(plan, g, seed, rendered.caption)
+                candidates += [{"key": rendered.key, "candidate": text, "source": "captioner"} for text, _ in made]
+                kinds = dict(made)
+                if rendered.caption not in kinds:
+                    kinds[rendered.caption] = sample.defect
+                candidate_truth += [{"key": rendered.key, "shard": shard_name(shard), "candidate": text, "kind": kind}
+                                    for text, kind in kinds.items()]
         # img2dataset writes tar members in completion order, not key order.
         order = np.random.default_rng([seed, 2, shard]).permutation(len(members))
         name = shard_name(shard)
@@ -308,6 +347,9 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=_PARQUET_SCHEMA), sink)
         _atomic_write(out / f"{name}.parquet", sink.getvalue())
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA), sink)
+        _atomic_write(out / f"{name}_candidates.parquet", sink.getvalue())
         successes = sum(r["status"] == "success" for r in rows)
         status_dict: dict[str, int] = {"success": successes}
         for r in rows:
@@ -321,11 +363,15 @@ def write_sample_crawl(out: str | Path, shards: int, samples_per_shard: int, see
         _atomic_write(out / f"{name}_stats.json", json.dumps(stats, indent=2).encode())
     truth = pa.Table.from_pylist(truth_rows, schema=pa.schema([
         ("key", pa.string()), ("shard", pa.string()), ("defect", pa.string()),
-        ("group", pa.string()), ("duplicate_of", pa.string()),
+        ("group", pa.string()), ("duplicate_of", pa.string()), ("text_in_image", pa.bool_()),
     ]))
     sink = io.BytesIO()
     pq.write_table(truth, sink)
     _atomic_write(out / "ground_truth.parquet", sink.getvalue())
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(candidate_truth, schema=pa.schema([
+        ("key", pa.string()), ("shard", pa.string()), ("candidate", pa.string()), ("kind", pa.string())])), sink)
+    _atomic_write(out / "candidate_truth.parquet", sink.getvalue())
     defect_counts = {d: sum(r["defect"] == d for r in truth_rows) for d in DEFECTS}
     return {
         "shards": shards,

@@ -58,7 +58,7 @@ class Scene:
     pattern: str = "plain"
     count: int = 1
     person: str | None = None  # one of GROUPS
-    motif: str = "none"  # "none" | "watermark" | "unsafe"
+    motif: str = "none"  # "none" | "watermark" | "unsafe" | "text"
 
 
 def random_scene(rng: np.random.Generator, person_rate: float = PERSON_RATE) -> Scene:
@@ -115,6 +115,32 @@ def english_caption(scene: Scene, rng: np.random.Generator) -> str:
     if scene.person is not None:
         text += f" next to a {scene.person}"
     return text
+
+
+HALLUCINATIONS = ("wrong_colour", "wrong_shape", "absent_object")
+
+
+def hallucinations(scene: Scene, caption: str, rng: np.random.Generator) -> dict[str, str]:
+    """`caption` (english_caption of `scene`) with one detail made up, as a captioning model
+    hallucinates it: another colour for the objects, another shape, or an object that is not
+    in the picture (a person where there is none, a second object, a second person)."""
+    noun = scene.shape if scene.count == 1 else _plural(scene.shape)
+    things = f"{scene.colour} {noun}"
+    colour = str(rng.choice([c for c in OBJECT_COLOURS if c not in (scene.colour, scene.background)]))
+    shape = str(rng.choice([s for s in SHAPES if s != scene.shape]))
+    other_noun = shape if scene.count == 1 else _plural(shape)
+    if scene.person is None:
+        absent = f"{caption} next to a {rng.choice(GROUPS)}"
+    elif scene.count == 1:
+        absent = caption.replace(f"a {things}", f"two {scene.colour} {_plural(scene.shape)}", 1)
+    else:
+        absent = caption.replace(f"next to a {scene.person}",
+                                 f"next to a {scene.person} and a {'woman' if scene.person == 'man' else 'man'}", 1)
+    return {
+        "wrong_colour": caption.replace(things, f"{colour} {noun}", 1),
+        "wrong_shape": caption.replace(things, f"{scene.colour} {other_noun}", 1),
+        "absent_object": absent,
+    }
 
 
 # Non-English templates: enough real words for a language identifier to be confident.
@@ -302,6 +328,38 @@ def _draw_watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image
     return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
 
 
+# Words on the signs of rendered-text scenes: shop signs, labels and the scene's own words, the
+# text a caption could repeat (CLIP over-scores a caption that spells out text in the image).
+SIGN_WORDS = ("SALE", "OPEN", "CAFE", "HOTEL", "EXIT", "STOP", "NEW", "FRESH", "SHOP", "BAR",
+              *(w.upper() for w in OBJECT_COLOURS), *(w.upper() for w in SHAPES))
+
+
+def sign_text(rng: np.random.Generator) -> str:
+    """One or two words for a sign."""
+    return " ".join(str(w) for w in rng.choice(SIGN_WORDS, size=int(rng.integers(1, 3)), replace=False))
+
+
+def _draw_sign(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rendered text: an opaque sign band with big dark words across the top or the bottom of
+    the picture, as on a shop front, a poster or a product label (not a translucent watermark)."""
+    w, h = image.size
+    draw = ImageDraw.Draw(image)
+    text = sign_text(rng)
+    band = int(h * rng.uniform(0.26, 0.32))
+    top = 0 if rng.random() < 0.5 else h - band
+    plate = tuple(int(v) for v in rng.choice([(250, 250, 245), (255, 230, 120), (235, 245, 255)]))
+    draw.rectangle((0, top, w, top + band), fill=plate)
+    font = ImageFont.load_default(size=max(8, int(band * 0.7)))
+    left, upper, right, lower = draw.textbbox((0, 0), text, font=font)
+    if right - left > w * 0.95:  # two long words: shrink to fit the width
+        font = ImageFont.load_default(size=max(6, int(band * 0.7 * w * 0.95 / (right - left))))
+        left, upper, right, lower = draw.textbbox((0, 0), text, font=font)
+    x = (w - (right - left)) * rng.uniform(0.2, 0.8) - left
+    y = top + (band - (lower - upper)) / 2 - upper
+    draw.text((x, y), text, font=font, fill=(15, 15, 15), stroke_width=max(1, band // 14), stroke_fill=(15, 15, 15))
+    return image
+
+
 def render(scene: Scene, width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """Draw `scene` at width x height pixels; `rng` decides positions and jitter."""
     image = Image.new("RGB", (width, height), BACKGROUND_COLOURS[scene.background])
@@ -331,6 +389,8 @@ def render(scene: Scene, width: int, height: int, rng: np.random.Generator) -> I
     image = _light(image, rng)
     if scene.motif == "watermark":
         image = _draw_watermark(image, rng)
+    elif scene.motif == "text":
+        image = _draw_sign(image, rng)
     return image
 
 
@@ -358,7 +418,7 @@ def aesthetic_rating(scene: Scene, width: int, height: int) -> float:
     rating = 5.0
     rating += {"plain": 1.5, "striped": 0.0, "dotted": -0.5, "checkered": -1.0}[scene.pattern]
     rating += 0.8 if scene.count == 1 else -0.3
-    rating += {"none": 0.0, "watermark": -3.0, "unsafe": -2.0}[scene.motif]
+    rating += {"none": 0.0, "watermark": -3.0, "unsafe": -2.0, "text": -0.5}[scene.motif]
     if min(width, height) < 32:
         rating -= 2.0
     return float(np.clip(rating, 1.0, 10.0))

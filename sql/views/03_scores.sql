@@ -12,6 +12,7 @@ SELECT
     nsfw.punsafe,
     wm.pwatermark,
     aes.aesthetic,
+    txt.ptext,
     lang.language,
     lang.language_score,
     q.caption_words,
@@ -34,6 +35,7 @@ LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/clip_similarity.parqu
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/nsfw.parquet') AS nsfw USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/watermark.parquet') AS wm USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/aesthetic.parquet') AS aes USING (shard, key)
+LEFT JOIN read_parquet('{{lake}}/shards/*/scores/{{model}}/text_in_image.parquet') AS txt USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/language.parquet') AS lang USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/quality.parquet') AS q USING (shard, key)
 LEFT JOIN read_parquet('{{lake}}/shards/*/scores/image_hashes.parquet') AS h USING (shard, key)
