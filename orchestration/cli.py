@@ -432,7 +432,7 @@ def cmd_heads_import(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     head.save(out, metadata)
     variable = {"punsafe": "CLIPSIEVE_NSFW_HEAD", "pwatermark": "CLIPSIEVE_WATERMARK_HEAD",
-                "aesthetic": "CLIPSIEVE_AESTHETIC_HEAD"}[metadata["output"]]
+                "aesthetic": "CLIPSIEVE_AESTHETIC_HEAD", "ptext": "CLIPSIEVE_TEXT_IN_IMAGE_HEAD"}[metadata["output"]]
     print(json.dumps({"out": str(out), "column": metadata["output"], "input_dim": head.input_dim,
                       "sizes": [head.input_dim] + [layer.out_features for layer in head.layers],
                       "hidden_activation": head.hidden_activation, "activation": head.activation,
@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sac+logos+ava1-l14-linearMSE.pth; mlp: Linear layers in key order, activations as stated")
     h.add_argument("file", help="the downloaded .pth / .pt / .bin / .safetensors file (read with weights_only)")
     h.add_argument("--out", required=True, help="HEAD.safetensors to write")
-    h.add_argument("--column", choices=["punsafe", "pwatermark", "aesthetic"],
+    h.add_argument("--column", choices=["punsafe", "pwatermark", "aesthetic", "ptext"],
                    help="the score it gives (required for mlp; aesthetic for the LAION kinds)")
     h.add_argument("--activation", choices=["sigmoid", "identity"],
                    help="at the output: sigmoid for a probability (mlp default), identity for a rating")

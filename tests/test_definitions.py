@@ -22,7 +22,8 @@ from tests.conftest import REPO, SAMPLES_PER_SHARD
 
 PER_SHARD = ["samples", "embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark",
              "scores/aesthetic", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
-             "scores/caption_terms", "dedup_assignment"]
+             "scores/caption_terms", "scores/text_in_image", "caption_candidates", "preference_pairs",
+             "dedup_assignment"]
 
 
 def test_graph_has_every_stage_with_shard_partitions():

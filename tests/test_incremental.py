@@ -224,7 +224,7 @@ def test_one_run_can_handle_a_batch_of_shards(tmp_path):
         instance, definitions = run.instance, run.defs
         instance.add_dynamic_partitions("shards", ["00000", "00001", "00002"])
         result = materialize(list(definitions.assets), instance=instance, resources=definitions.resources,
-                             selection=AssetSelection.groups("per_shard", "scores"),
+                             selection=AssetSelection.groups("per_shard", "scores", "preference"),
                              tags={"dagster/asset_partition_range_start": "00000",
                                    "dagster/asset_partition_range_end": "00002"})
         assert result.success

@@ -40,6 +40,7 @@ def catalog(tmp_path):
     lake.write_parquet(score_path("00000", "image_hashes"), pa.table({
         **base, "sha256": ["x", "y", "z", "x"], "phash": [1, 2, 3, 1]}))
     lake.write_parquet(score_path("00000", "aesthetic", MODEL), pa.table({**base, "aesthetic": [5.0, 6.0, 4.0, 2.0]}))
+    lake.write_parquet(score_path("00000", "text_in_image", MODEL), pa.table({**base, "ptext": [0.1, 0.1, 0.9, 0.1]}))
     lake.write_parquet(score_path("00000", "toxicity"), pa.table({
         **base, "toxicity": [0.01, 0.02, 0.03, 0.9], "flagged_terms": [0, 0, 0, 1]}))
     lake.write_parquet(score_path("00000", "caption_terms"), pa.table({

@@ -38,19 +38,21 @@ def test_vit_b_32_with_no_head_settings_materializes_every_asset(tmp_path, vit_b
 
     defs = build_definitions(crawl=str(crawl), lake=str(lake), model_name="ViT-B-32", pretrained=vit_b_32_checkpoint)
     assets = [a for a in defs.assets if isinstance(a, AssetsDefinition) and a.key != AssetKey("sample_crawl")]
-    # samples, embeddings, 9 scores, 3 near-duplicate steps, 7 x 3 per policy, evaluation; the
+    # samples, embeddings, 10 scores, caption candidates and preference pairs, 3 near-duplicate
+    # steps, 7 x 3 per policy, evaluation; the
     # flyt group (scorer, mix, their 2 per-shard scores, 2 x 3 per policy) runs with --flyt
     # only, the downstream proxy with `clipsieve proxy` only
     learned = [a for a in assets if a.group_names_by_key[a.key] in ("flyt", "proxy")]
     assets = [a for a in assets if a not in learned]
-    assert len(assets) == 36 and len(learned) == 11
+    assert len(assets) == 39 and len(learned) == 11
     for asset in assets:
         for partition in (["00000", "00001"] if asset.partitions_def else [None]):
             records = _materializations(home, asset.key, partition)
             assert records, f"{asset.key.to_user_string()} {partition or ''} was not materialized"
     vit_id = model_id("ViT-B-32", vit_b_32_checkpoint)
     lake_resource = LakeResource(root=str(lake))
-    for name, column in (("nsfw", "punsafe"), ("watermark", "pwatermark"), ("aesthetic", "aesthetic")):
+    for name, column in (("nsfw", "punsafe"), ("watermark", "pwatermark"), ("aesthetic", "aesthetic"),
+                         ("text_in_image", "ptext")):
         metadata = _materializations(home, AssetKey(["scores", name]), "00001")[0].asset_materialization.metadata
         assert metadata["head_kind"].value == "zero_shot"
         assert metadata["head_source"].value.endswith(f"zero_shot_{name}.toml")
@@ -67,6 +69,10 @@ def test_vit_b_32_with_no_head_settings_materializes_every_asset(tmp_path, vit_b
     assert explained["heads"]["aesthetic"]["source"].endswith("zero_shot_aesthetic.toml")
     evaluation = json.loads((lake / "evaluation" / "metrics.json").read_text())
     assert {(h["head"], h["kind"]) for h in evaluation["heads"]} == {("nsfw", "zero_shot"), ("watermark", "zero_shot")}
+    # The preference candidates are counted against ViT-B-32's 77-token context.
+    candidates = f"shards/00001/preference/{vit_id}/candidates.parquet"
+    assert lake_resource.parquet_metadata(candidates)["clipsieve.context_length"] == "77"
+    assert lake_resource.read_parquet(candidates).num_rows >= 4 * 30  # alt-text = true caption, three more
 
 
 @pytest.fixture(scope="module")

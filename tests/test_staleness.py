@@ -15,7 +15,7 @@ from tests.conftest import pipeline
 
 SHARD = "00000"
 PER_SHARD_MODEL = ["embeddings", "scores/clip_similarity", "scores/nsfw", "scores/watermark", "scores/aesthetic",
-                   "dedup_assignment"]
+                   "scores/text_in_image", "caption_candidates", "preference_pairs", "dedup_assignment"]
 PER_SHARD_TEXT = ["samples", "scores/language", "scores/quality", "scores/image_hashes", "scores/toxicity",
                   "scores/caption_terms"]
 POLICIES = ["laion400m", "laion2b_en", "datacomp_basic", "datacomp_clip_top30", "metaclip_balanced", "safe",

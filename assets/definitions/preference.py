@@ -46,8 +46,10 @@ def build_preference_assets(model_id: str, preference: PreferenceResource, calib
             result = candidates.write_candidates(crawl, lake, shard, model_id, model, clip.batch_size,
                                                  preference.extra_columns)
             table = result.table
-            for reason in result.errors.column("reason").to_pylist()[:5]:
-                context.log.warning(f"{shard}: candidate left out: {reason}")
+            if result.errors.num_rows:
+                context.log.warning(f"{shard}: {result.errors.num_rows} candidate row(s) left out, e.g. "
+                                    f"{result.errors.column('reason')[0].as_py()} (all of them in "
+                                    f"{preference_dir(shard, model_id)}/candidate_errors.parquet)")
             return {
                 "images": len(set(table.column("key").to_pylist())),
                 "candidates": table.num_rows,

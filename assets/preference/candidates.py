@@ -102,7 +102,10 @@ def gather(samples: pa.Table, embedded: set[str], sidecar: pa.Table | None,
             values = values.cast(pa.string())
         rows += [(k, t, column) for k, t in zip(keys, values.to_pylist())]
     rows += _sidecar_rows(sidecar, shard, errors)
-    statuses = dict(zip(samples.column("key").to_pylist(), samples.column("image_status").to_pylist()))
+    statuses: dict[str, str] = {}  # a key's usable row wins over its duplicate_key rows
+    for key, status in zip(samples.column("key").to_pylist(), samples.column("image_status").to_pylist()):
+        if statuses.get(key) != "ok":
+            statuses[key] = status
     for key, text, source in rows:
         if text is None:
             continue  # a missing alt-text or extra-column value: nothing to rank
