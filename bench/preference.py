@@ -1,7 +1,7 @@
 """Preference pairs at shard scale: the rules (assets/preference/pairs.py: DuckDB ranks each
 image's candidates and pairs them) over a synthetic shard of N images with K candidates each,
-and the candidates' text encoding with the demo model (the caption path of the embeddings
-step, assets/embeddings.encode_texts).
+and the candidates' token counting, text encoding (the caption path of the embeddings step)
+and scoring with the demo model (assets/preference/candidates.score).
 
     .venv/bin/python bench/preference.py                       # 10,000 images x 5 candidates
     .venv/bin/python bench/preference.py --images 100000 --encode 0
@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--per-image", type=int, default=5)
-    parser.add_argument("--encode", type=int, default=20_000, help="candidate texts to encode (0: skip)")
+    parser.add_argument("--encode", type=int, default=20_000, help="candidate texts to score (0: skip)")
     args = parser.parse_args()
 
     candidates, images = synthetic_shard(args.images, args.per_image)
@@ -62,17 +62,23 @@ def main() -> None:
     if args.encode:
         from assets.demo import synthetic
         from assets.embeddings import encode_texts
+        from assets.preference.candidates import score
         from resources.clip_model import ClipModelResource
 
         clip = ClipModelResource().load()
         rng = np.random.default_rng(1)
-        texts = [synthetic.english_caption(synthetic.random_scene(rng), rng) + f" {i}" for i in range(args.encode)]
+        found = {}
+        for i in range(args.encode // 4):  # the true caption and its three hallucinations
+            scene = synthetic.random_scene(rng)
+            true = synthetic.english_caption(scene, rng)
+            texts = [true, *synthetic.hallucinations(scene, true, rng).values()]
+            found[str(i)] = {text: ["captioner"] for text in texts}
+        image = rng.normal(size=(len(found), 128)).astype(np.float32)
         started = time.perf_counter()
-        encode_texts(clip, texts, 256)
+        table = score(found, "00000", list(found), image, clip.tokenizer, 32, lambda t: encode_texts(clip, t, 256))
         seconds = time.perf_counter() - started
-        print(f"encode: {len(texts):,} candidate texts with the demo model in {seconds:.2f} s "
-              f"({len(texts) / seconds:,.0f}/s, {clip.device}, {clip.precision})")
-
+        print(f"candidates: {table.num_rows:,} texts of {len(found):,} images counted, embedded with the demo model "
+              f"and scored in {seconds:.2f} s ({table.num_rows / seconds:,.0f}/s, {clip.device}, {clip.precision})")
 
 if __name__ == "__main__":
     main()

@@ -244,7 +244,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from assets.evaluation import EVALUATION_PATH, evaluate, format_tables, head_kinds, read_truth
-    from assets.preference.evaluation import CANDIDATE_TRUTH, evaluate_preference
+    from assets.preference.evaluation import evaluate_preference, read_candidate_truth
     from assets.subsets import calibrated_params, load_policies
     from resources.catalog import open_catalog
     from resources.clip_model import ClipModelResource
@@ -257,13 +257,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     clip = ClipModelResource(model_name=args.model, pretrained=pretrained)
     catalog = open_catalog(lake, clip.model_id)
     truth = read_truth(args.truth)
-    candidate_truth = Path(args.truth).with_name(f"{CANDIDATE_TRUTH}.parquet")
     try:
         result = evaluate(catalog, truth, load_policies(), calibrated_params(pretrained),
                           head_kinds(lake, clip.model_id, HeadsResource(), clip))
-        result["preference"] = evaluate_preference(
-            catalog, truth, read_truth(str(candidate_truth)) if candidate_truth.exists() else None,
-            PreferenceResource().rules(calibrated_rules(pretrained)))
+        result["preference"] = evaluate_preference(catalog, truth, read_candidate_truth(args.truth),
+                                                   PreferenceResource().rules(calibrated_rules(pretrained)))
     finally:
         catalog.close()
     print(format_tables(result))

@@ -173,8 +173,10 @@ def test_candidates_are_gathered_deduplicated_and_hostile_rows_recorded():
     # A candidates file without its columns is recorded whole, and the alt-texts still count.
     found, errors = gather(samples, {"a", "b"}, pa.table({"id": [1], "text": ["x"]}), [], "00000")
     assert set(found) == {"a", "b"} and "no 'key' column" in errors[0]["reason"]
-    with pytest.raises(ValueError, match="not columns of shard"):
-        gather(samples, {"a"}, None, ["missing_column"], "00000")
+    # A shard without an extra column records it and goes on.
+    found, errors = gather(samples, {"a"}, None, ["missing_column"], "00000")
+    assert found == {"a": {"a red star": ["alt_text"]}}
+    assert errors[0]["reason"] == "extra column 'missing_column' is not in 00000.parquet: no candidates from it"
 
 
 def test_candidates_over_the_token_limit_are_kept_unembedded():

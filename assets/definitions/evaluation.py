@@ -1,15 +1,13 @@
 """evaluation: the Dagster asset that measures filters and policies against ground truth,
 over assets/evaluation.py."""
 
-import posixpath
-
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from assets.definitions.policy_keys import subset_key
 from assets.definitions.step_resources import CPU_STEP
 from assets.evaluation import CODE_VERSION, EVALUATION_PATH, evaluate, format_tables, head_kinds, read_truth
-from assets.preference.evaluation import CANDIDATE_TRUTH, evaluate_preference
+from assets.preference.evaluation import evaluate_preference, read_candidate_truth
 from assets.subsets import Policy
 from resources.catalog import CatalogResource
 from resources.clip_model import ClipModelResource
@@ -49,18 +47,14 @@ def build_evaluation_asset(model_id: str, policies: list[Policy], calibration: d
         the NSFW and watermark heads for each kind that fits the model."""
         if config.truth:
             truth, truth_table = config.truth, read_truth(config.truth)
-            candidates, filesystem = posixpath.join(posixpath.dirname(config.truth), f"{CANDIDATE_TRUTH}.parquet"), None
+            candidate_truth = read_candidate_truth(config.truth)
         else:
             truth = f"{crawl.url}/ground_truth.parquet"
             truth_table = read_truth(crawl.file("ground_truth", ".parquet"), crawl.filesystem())
-            candidates, filesystem = crawl.file(CANDIDATE_TRUTH, ".parquet"), crawl.filesystem()
+            candidate_truth = read_candidate_truth(crawl.file("ground_truth", ".parquet"), crawl.filesystem())
         db = catalog.open(lake, model_id)
         try:
             result = evaluate(db, truth_table, policies, calibration, head_kinds(lake, model_id, heads, clip))
-            try:
-                candidate_truth = read_truth(candidates, filesystem)
-            except FileNotFoundError:
-                candidate_truth = None  # a ground truth without candidates: the text-in-image figures only
             result["preference"] = evaluate_preference(db, truth_table, candidate_truth,
                                                        preference.rules(preference_calibration))
         finally:

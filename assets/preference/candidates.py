@@ -91,12 +91,12 @@ def gather(samples: pa.Table, embedded: set[str], sidecar: pa.Table | None,
     usable = samples.filter(pc.equal(samples.column("image_status"), "ok"))
     keys = usable.column("key").to_pylist()
     found: dict[str, dict[str, list[str]]] = {k: {} for k in keys if k in embedded}
-    missing = [c for c in extra_columns if c not in samples.column_names]
-    if missing:
-        raise ValueError(f"extra_columns {missing} are not columns of shard {shard}'s crawl parquet "
-                         f"(its columns: {samples.column_names})")
     rows = [(k, t, ALT_TEXT) for k, t in zip(keys, usable.column("caption").to_pylist())]
     for column in extra_columns:
+        if column not in samples.column_names:  # crawls' shards need not agree on their columns
+            errors.append({"key": None, "shard": shard, "candidate": None, "source": column,
+                           "reason": f"extra column {column!r} is not in {shard}.parquet: no candidates from it"})
+            continue
         values = usable.column(column)
         if not pa.types.is_string(values.type):
             values = values.cast(pa.string())

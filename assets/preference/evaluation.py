@@ -7,13 +7,24 @@ Needs the sample crawl's candidate_truth.parquet (key, shard, candidate, kind) b
 ground_truth.parquet, and for ptext a ground truth with a `text_in_image` column.
 """
 
+import posixpath
 from typing import Any
 
+import fsspec
 import pyarrow.dataset as ds
 
 from resources.catalog import Catalog, read_sql
 
 CANDIDATE_TRUTH = "candidate_truth"  # <crawl>/candidate_truth.parquet
+
+
+def read_candidate_truth(truth: str, filesystem: fsspec.AbstractFileSystem | None = None) -> ds.Dataset | None:
+    """The candidate_truth.parquet beside the ground truth at `truth` (a path or URL, or a path
+    on `filesystem`), or None when there is none."""
+    path = posixpath.join(posixpath.dirname(truth), f"{CANDIDATE_TRUTH}.parquet")
+    if filesystem is None:
+        filesystem, path = fsspec.core.url_to_fs(path)
+    return ds.dataset(path, format="parquet", filesystem=filesystem) if filesystem.exists(path) else None
 
 
 def evaluate_preference(catalog: Catalog, truth: ds.Dataset, candidate_truth: ds.Dataset | None,
