@@ -29,6 +29,7 @@ from assets.audits.metrics import before_after_figures
 from assets.export import UID_DTYPE
 from assets.sampling_policy import SamplingSpec, create_sampled_draws
 from resources.catalog import SQL_DIR, Catalog, SqlLimits, interrupt_after, locked_connection, read_sql
+from resources.clip_model import model_calibration
 from resources.lake import (
     SUBSET_RECORD_KEY,
     LakeResource,
@@ -110,10 +111,7 @@ def load_policies(folder: Path = POLICY_DIR, skipped: dict[str, str] | None = No
 
 def calibrated_params(checkpoint: str) -> dict[str, dict[str, object]]:
     """Per-policy parameters from a calibration.json beside a local checkpoint, if any."""
-    calibration = Path(checkpoint).with_name("calibration.json")
-    if not os.path.isfile(checkpoint) or not calibration.exists():
-        return {}
-    return json.loads(calibration.read_text()).get("policy_params", {})
+    return model_calibration(checkpoint).get("policy_params", {})
 
 
 def effective_params(policy: Policy, calibration: dict[str, dict[str, object]]) -> dict[str, object]:

@@ -61,6 +61,15 @@ class EmbedOptions:
     decode_ahead: bool = False  # prepare the next batch while the model runs on this one
 
 
+def model_calibration(checkpoint: str) -> dict:
+    """The calibration.json beside a local checkpoint (its policy thresholds and preference
+    rules on the model's similarity scale, as models/train_demo.py writes it), or {}."""
+    calibration = Path(checkpoint).with_name("calibration.json")
+    if not os.path.isfile(checkpoint) or not calibration.exists():
+        return {}
+    return json.loads(calibration.read_text())
+
+
 def model_id(model_name: str, pretrained: str) -> str:
     """Filesystem-safe id of a model and its weights: name + tag, or name + file hash.
 

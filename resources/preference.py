@@ -6,12 +6,10 @@ check, so every default here is ours, on the similarity scale of OpenAI's ViT-B/
 on another scale (the demo model's similarities run about 3x wider) ships its own values in
 the `preference` entry of its calibration.json; a value set here wins over both."""
 
-import json
-import os
-from pathlib import Path
-
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from resources.clip_model import model_calibration
 
 PAIRINGS = ("best_vs_rest", "all_qualifying")
 # (min_similarity, min_margin, min_lead) for a model without calibrated values: ViT-B/32's scale.
@@ -68,7 +66,4 @@ class PreferenceResource(ConfigurableResource):
 
 def calibrated_rules(checkpoint: str) -> dict[str, float]:
     """The `preference` entry of a calibration.json beside a local checkpoint, if any."""
-    calibration = Path(checkpoint).with_name("calibration.json")
-    if not os.path.isfile(checkpoint) or not calibration.exists():
-        return {}
-    return json.loads(calibration.read_text()).get("preference", {})
+    return model_calibration(checkpoint).get("preference", {})
